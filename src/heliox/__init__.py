@@ -1,0 +1,3 @@
+"""Heliox: API gateway and caching proxy."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from heliox.cli import main
+
+sys.exit(main())

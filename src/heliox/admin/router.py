@@ -1,0 +1,91 @@
+"""The admin API assembled: every resource router under /admin, and its app-level hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from heliox.admin import audit, keys, policies, routes, tenants
+from heliox.admin.auth import require_admin
+from heliox.admin.deps import AdminRoute
+from heliox.admin.errors import NO_STORE, PROBLEM_CONTENT_TYPE, ProblemDetail, problem_for_exception
+
+ADMIN_PREFIX = "/admin"
+
+_PROBLEM: dict[str, Any] = {"model": ProblemDetail, "content": {PROBLEM_CONTENT_TYPE: {}}}
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {**_PROBLEM, "description": "missing or wrong X-Admin-Key"},
+    422: {**_PROBLEM, "description": "invalid request; field errors in `errors`"},
+    500: {**_PROBLEM, "description": "unexpected error (details only in the gateway's log)"},
+    503: {**_PROBLEM, "description": "database unavailable, retry"},
+}
+
+
+def admin_router() -> APIRouter:
+    """Tenants, keys, routes, cache policies and the audit log, all behind `X-Admin-Key`."""
+    router = APIRouter(
+        prefix=ADMIN_PREFIX,
+        route_class=AdminRoute,
+        dependencies=[Depends(require_admin)],
+        responses=COMMON_RESPONSES,
+    )
+    for resource in (tenants, keys, routes, policies, audit):
+        router.include_router(resource.router)
+    return router
+
+
+def is_admin_path(path: str) -> bool:
+    return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
+
+
+def install_admin_error_handlers(app: FastAPI) -> None:
+    """Problem responses for what happens outside the admin endpoints (unknown path, wrong
+    method) under /admin, and `Cache-Control: no-store` on every /admin response.
+
+    Other paths keep FastAPI's default handling. Call before the app starts.
+    """
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _validation_exception)
+    app.add_middleware(AdminNoStoreMiddleware)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    if is_admin_path(request.url.path):
+        return problem_for_exception(exc)
+    assert isinstance(exc, StarletteHTTPException)
+    return await http_exception_handler(request, exc)
+
+
+async def _validation_exception(request: Request, exc: Exception) -> Response:
+    if is_admin_path(request.url.path):
+        return problem_for_exception(exc)
+    assert isinstance(exc, RequestValidationError)
+    return await request_validation_exception_handler(request, exc)
+
+
+class AdminNoStoreMiddleware:
+    """Adds `Cache-Control: no-store` to every response under /admin (docs and errors included)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_admin_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["Cache-Control"] = NO_STORE
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)

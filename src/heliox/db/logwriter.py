@@ -1,0 +1,189 @@
+"""Request logs: a bounded in-process queue drained by one background writer.
+
+The request path only appends a tuple (never awaits). The writer flushes in batches: COPY on
+PostgreSQL, executemany inserts on SQLite. When the database is unreachable a batch is appended to
+a local spill file (JSON lines) and replayed, oldest first, once the database answers again, so a
+database outage loses nothing. A full queue drops the record and counts it (`log_queue_dropped`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from heliox.db.models import RequestLog
+from heliox.metrics import Metrics
+
+log = logging.getLogger("heliox.logs")
+
+COLUMNS: tuple[str, ...] = (
+    "ts",
+    "request_id",
+    "tenant_id",
+    "key_id",
+    "route_id",
+    "route_name",
+    "method",
+    "path",
+    "status",
+    "cache_status",
+    "latency_ms",
+    "upstream_latency_ms",
+    "bytes_in",
+    "bytes_out",
+    "client_ip",
+    "user_agent",
+)
+# One row, in COLUMNS order; `ts` is a UTC epoch float until written.
+LogRow = tuple[Any, ...]
+
+BATCH_SIZE = 2000
+FLUSH_INTERVAL = 0.25
+
+
+class LogWriter:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        is_postgres: bool,
+        metrics: Metrics,
+        queue_size: int,
+        spill_path: Path,
+    ) -> None:
+        self._engine = engine
+        self._is_postgres = is_postgres
+        self._metrics = metrics
+        self._queue: deque[LogRow] = deque()
+        self._queue_size = queue_size
+        self._spill_path = spill_path
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.written = 0
+
+    # --- request path ----------------------------------------------------------------------
+    def enqueue(self, row: LogRow) -> None:
+        if len(self._queue) >= self._queue_size:
+            self._metrics.count("log_queue_dropped")
+            return
+        self._queue.append(row)
+        if len(self._queue) >= BATCH_SIZE:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="heliox-log-writer")
+
+    async def stop(self) -> None:
+        """Flush everything queued (spilling what the database won't take), then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FLUSH_INTERVAL)
+            self._wake.clear()
+            await self.flush()
+            if self._stopping:
+                if self._queue:
+                    self._spill(self._take_all())
+                return
+
+    def _take_all(self) -> list[LogRow]:
+        rows = list(self._queue)
+        self._queue.clear()
+        return rows
+
+    async def flush(self) -> None:
+        if self._spill_path.exists() and not await self._replay_spill():
+            # Database still down: keep spilling so the queue never fills during an outage.
+            if self._queue:
+                self._spill(self._take_all())
+            return
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(BATCH_SIZE, len(self._queue)))]
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                self._metrics.count("log_write_errors")
+                log.warning("request log write failed (%s); spilling %d rows", exc, len(batch))
+                self._spill(batch + self._take_all())
+                return
+        self._metrics.gauges["log_queue_length"] = len(self._queue)
+
+    # --- storage -----------------------------------------------------------------------------
+    async def _write(self, batch: list[LogRow]) -> None:
+        records = [_as_record(row) for row in batch]
+        if self._is_postgres:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                await driver.copy_records_to_table(
+                    "request_logs", records=records, columns=list(COLUMNS)
+                )
+        else:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert(RequestLog), [dict(zip(COLUMNS, r, strict=True)) for r in records]
+                )
+        self.written += len(batch)
+        self._metrics.count("log_rows_written", len(batch))
+
+    def _spill(self, rows: list[LogRow]) -> None:
+        self._spill_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._spill_path.open("a", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._metrics.count("log_rows_spilled", len(rows))
+
+    async def _replay_spill(self) -> bool:
+        """Write the spill file back; True when it is gone (written, or nothing to do)."""
+        try:
+            lines = self._spill_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return True
+        rows = [tuple(json.loads(line)) for line in lines if line.strip()]
+        try:
+            for i in range(0, len(rows), BATCH_SIZE):
+                await self._write(rows[i : i + BATCH_SIZE])
+        except Exception as exc:
+            # Earlier batches of this file are in; keep only the rest so none is written twice.
+            written = i
+            self._spill_path.write_text(
+                "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows[written:]),
+                encoding="utf-8",
+            )
+            log.debug("spill replay deferred: %s", exc)
+            return False
+        self._spill_path.unlink(missing_ok=True)
+        self._metrics.count("log_rows_replayed", len(rows))
+        return True
+
+
+def _as_record(row: LogRow) -> tuple[Any, ...]:
+    ts = row[0]
+    if not isinstance(ts, datetime):
+        ts = datetime.fromtimestamp(float(ts), UTC)
+    return (ts, *row[1:])

@@ -1,0 +1,189 @@
+"""Build the hot path's in-memory Snapshot from SQL, and move the config version.
+
+The version is read first, in the same transaction as the rows: a write committed in between can
+only make the snapshot newer than its version says, so the next poll reloads it again rather than
+missing it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from sqlalchemy import or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from heliox.db.models import ApiKey, CachePolicy, ConfigVersion, Route, Tenant
+from heliox.snapshot import (
+    CachePolicyConfig,
+    KeyConfig,
+    RouteConfig,
+    Snapshot,
+    TenantConfig,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_VERSION_ID = 1
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class UpstreamURLError(ValueError):
+    """A route's upstream URL cannot be proxied to."""
+
+
+async def load_snapshot(session_factory: async_sessionmaker[AsyncSession]) -> Snapshot:
+    """Every active route, usable key and tenant, read in one transaction."""
+    now = datetime.now(UTC)
+    async with session_factory() as session, session.begin():
+        if session.get_bind().dialect.name == "postgresql":
+            # One consistent view across the SELECTs below.
+            await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        version = await _read_version(session)
+        policies = {p.id: _policy_config(p) for p in await session.scalars(select(CachePolicy))}
+        routes: dict[str, RouteConfig] = {}
+        for route in await session.scalars(select(Route).where(Route.is_active.is_(True))):
+            try:
+                routes[route.name] = _route_config(route, policies)
+            except UpstreamURLError as exc:
+                # One bad row must not stop every other route from loading.
+                log.warning("route %r skipped: %s", route.name, exc)
+        tenants = {
+            t.id: TenantConfig(id=t.id, name=t.name, is_active=t.is_active)
+            for t in await session.scalars(select(Tenant))
+        }
+        keys: dict[str, KeyConfig] = {}
+        keys_by_id: dict[int, KeyConfig] = {}
+        usable_keys = (
+            select(ApiKey)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(
+                ApiKey.is_active.is_(True),
+                ApiKey.revoked_at.is_(None),
+                Tenant.is_active.is_(True),
+                # Rotated keys in their grace period stay; the hot path checks expires_at.
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            )
+        )
+        for api_key in await session.scalars(usable_keys):
+            config = _key_config(api_key)
+            keys[api_key.key_hash] = config
+            keys_by_id[api_key.id] = config
+    return Snapshot(
+        version=version, routes=routes, keys=keys, tenants=tenants, keys_by_id=keys_by_id
+    )
+
+
+async def read_config_version(session_factory: async_sessionmaker[AsyncSession]) -> int:
+    """The current config version; 0 before anything was ever written."""
+    async with session_factory() as session:
+        return await _read_version(session)
+
+
+async def bump_config_version(session: AsyncSession) -> int:
+    """Increment the version in the caller's transaction (creating the row); returns the new one."""
+    now = datetime.now(UTC)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # One atomic upsert: concurrent writers each get a distinct, increasing version.
+    stmt = (
+        insert(ConfigVersion)
+        .values(id=CONFIG_VERSION_ID, version=1, updated_at=now)
+        .on_conflict_do_update(
+            index_elements=[ConfigVersion.id],
+            set_={"version": ConfigVersion.version + 1, "updated_at": now},
+        )
+        .returning(ConfigVersion.version)
+    )
+    version = (await session.execute(stmt)).scalar_one()
+    return int(version)
+
+
+async def _read_version(session: AsyncSession) -> int:
+    version = await session.scalar(
+        select(ConfigVersion.version).where(ConfigVersion.id == CONFIG_VERSION_ID)
+    )
+    return int(version or 0)
+
+
+def _policy_config(policy: CachePolicy) -> CachePolicyConfig:
+    return CachePolicyConfig(
+        id=policy.id,
+        name=policy.name,
+        mode=policy.mode,
+        ttl_seconds=policy.ttl_seconds,
+        stale_while_revalidate_seconds=policy.stale_while_revalidate_seconds,
+        stale_if_error_seconds=policy.stale_if_error_seconds,
+        vary_headers=tuple(str(h).strip().lower() for h in policy.vary_headers or ()),
+        cacheable_methods=frozenset(str(m).upper() for m in policy.cacheable_methods or ()),
+        cacheable_statuses=frozenset(int(s) for s in policy.cacheable_statuses or ()),
+        max_object_bytes=policy.max_object_bytes,
+        shared=policy.shared,
+        negative_cache=policy.negative_cache,
+    )
+
+
+def _route_config(route: Route, policies: dict[int, CachePolicyConfig]) -> RouteConfig:
+    scheme, host, port, base_path = parse_upstream_url(route.upstream_url)
+    authority = f"[{host}]" if ":" in host else host
+    if port != DEFAULT_PORTS[scheme]:
+        authority = f"{authority}:{port}"
+    return RouteConfig(
+        id=route.id,
+        name=route.name,
+        upstream_url=f"{scheme}://{authority}{base_path}",
+        path_pattern=route.path_pattern,
+        methods=frozenset(str(m).upper() for m in route.methods or ()),
+        cache_policy=policies.get(route.cache_policy_id)
+        if route.cache_policy_id is not None
+        else None,
+        is_public=route.is_public,
+        rate_limit_rps=route.rate_limit_rps,
+        rate_limit_burst=route.rate_limit_burst,
+        rate_limit_algorithm=route.rate_limit_algorithm,
+        fail_mode=route.fail_mode,
+        max_request_body_bytes=route.max_request_body_bytes,
+        timeout_seconds=route.timeout_seconds,
+        hide_ratelimit_headers=route.hide_ratelimit_headers,
+        upstream_scheme=scheme,
+        upstream_host=host,
+        upstream_port=port,
+        upstream_base_path=base_path,
+    )
+
+
+def parse_upstream_url(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, base path) of an upstream URL; the base path has no trailing slash.
+
+    The host is lower-cased and, for IPv6, given without brackets.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise UpstreamURLError(f"{url!r}: scheme must be http or https")
+    host = parts.hostname
+    if not host:
+        raise UpstreamURLError(f"{url!r}: has no host")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise UpstreamURLError(f"{url!r}: invalid port") from exc
+    return scheme, host, port or DEFAULT_PORTS[scheme], parts.path.rstrip("/")
+
+
+def _key_config(api_key: ApiKey) -> KeyConfig:
+    return KeyConfig(
+        id=api_key.id,
+        tenant_id=api_key.tenant_id,
+        name=api_key.name,
+        key_prefix=api_key.key_prefix,
+        rate_limit_rps=api_key.rate_limit_rps,
+        rate_limit_burst=api_key.rate_limit_burst,
+        rate_limit_algorithm=api_key.rate_limit_algorithm,
+        rate_limit_window_seconds=api_key.rate_limit_window_seconds,
+        daily_quota=api_key.daily_quota,
+        monthly_quota=api_key.monthly_quota,
+        expires_at=api_key.expires_at,
+    )

@@ -1,0 +1,182 @@
+"""Everything one gateway process holds while it runs, started and stopped in one place.
+
+The hot path reads `runtime.snapshot` (swapped whole on a config change) and calls the state
+backends; the admin API and UI use the session factory. Background tasks: the config watcher
+(Redis pub/sub plus polling as the fallback) and the request-log writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from heliox.config import Settings
+from heliox.db.engine import make_engine, make_session_factory
+from heliox.db.logwriter import LogWriter
+from heliox.db.migrate import upgrade_database
+from heliox.db.snapshot_loader import load_snapshot, read_config_version
+from heliox.gateway.upstream_client import UpstreamClient
+from heliox.metrics import Metrics
+from heliox.seed import seed
+from heliox.snapshot import Snapshot
+
+log = logging.getLogger("heliox")
+
+CONFIG_CHANNEL = "config"
+HEALTH_TIMEOUT = 2.0
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instance_id = uuid.uuid4().hex[:8]
+        self.metrics = Metrics()
+        self.snapshot = Snapshot()
+        self.engine: AsyncEngine = make_engine(settings.effective_database_url)
+        self.session_factory: async_sessionmaker[AsyncSession] = make_session_factory(self.engine)
+        self.upstream = UpstreamClient(
+            pool_size=settings.upstream_pool_size,
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
+        )
+        self.logs = LogWriter(
+            self.engine,
+            is_postgres=settings.is_postgres,
+            metrics=self.metrics,
+            queue_size=settings.log_queue_size,
+            spill_path=Path(os.environ.get("HELIOX_SPILL_DIR", "var"))
+            / f"logs-spill-{os.getpid()}.jsonl",
+        )
+        self.redis: Any = None  # redis.asyncio.Redis when REDIS_URL is set
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reload_lock = asyncio.Lock()
+        self.started = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        await upgrade_database(s.effective_database_url)
+        if s.auto_seed:
+            await seed(self.session_factory, s)
+        await self.reload_config()
+        await self.upstream.start()
+        if s.redis_url:
+            self.redis = _redis_client(s.redis_url)
+        self.logs.start()
+        self._tasks.append(asyncio.create_task(self._poll_config(), name="heliox-config-poll"))
+        if self.redis is not None:
+            self._tasks.append(asyncio.create_task(self._watch_config(), name="heliox-config-sub"))
+        self.started = True
+        log.info(
+            "heliox %s ready (%s mode, %d routes, %d keys)",
+            self.instance_id,
+            s.deployment_mode,
+            len(self.snapshot.routes),
+            len(self.snapshot.keys),
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.logs.stop()
+        await self.upstream.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+    # --- configuration -----------------------------------------------------------------------
+    async def reload_config(self) -> None:
+        async with self._reload_lock:
+            self.snapshot = await load_snapshot(self.session_factory)
+            self.metrics.count("config_reloads")
+            self.metrics.gauges["config_version"] = self.snapshot.version
+
+    async def config_changed(self) -> None:
+        """After an admin write has committed: reload here and tell the other instances."""
+        await self.reload_config()
+        if self.redis is not None:
+            try:
+                await self.redis.publish(
+                    self.settings.redis_key_prefix + CONFIG_CHANNEL, str(self.snapshot.version)
+                )
+            except Exception as exc:  # polling still propagates the change
+                log.warning("could not publish config version on Redis: %s", exc)
+
+    async def _poll_config(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.config_poll_interval)
+            try:
+                version = await read_config_version(self.session_factory)
+                if version != self.snapshot.version:
+                    await self.reload_config()
+            except Exception as exc:  # database down: keep serving the last snapshot
+                self.metrics.count("config_poll_errors")
+                log.debug("config poll failed: %s", exc)
+
+    async def _watch_config(self) -> None:
+        channel = self.settings.redis_key_prefix + CONFIG_CHANNEL
+        while True:
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        with contextlib.suppress(Exception):
+                            await self.reload_config()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("config subscription lost: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+
+    # --- health ------------------------------------------------------------------------------
+    async def health(self) -> dict[str, Any]:
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT), self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception:
+            checks["database"] = "degraded"
+        if self.settings.redis_url:
+            try:
+                async with asyncio.timeout(HEALTH_TIMEOUT):
+                    await self.redis.ping()
+                checks["redis"] = "ok"
+            except Exception:
+                checks["redis"] = "degraded"
+        status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
+        return {
+            "status": status,
+            "mode": self.settings.deployment_mode,
+            "instance": self.instance_id,
+            "config_version": self.snapshot.version,
+            "checks": checks,
+            "time": time.time(),
+        }
+
+
+def _redis_client(url: str) -> Any:
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        max_connections=64,
+        health_check_interval=15,
+        retry_on_timeout=False,
+    )

@@ -1,0 +1,127 @@
+"""The response-cache store interface, shared by the in-process and Redis stores.
+
+Stores keep entries and find them again; every decision (what to store, for how long, whether an
+entry may be served) is made by `heliox.core.freshness` before and after. An entry lives in a
+store until `expires_at`, the later of its stale and error windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["CacheEntry", "CacheStats", "CacheStore", "PurgeFilter"]
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    """A stored response. Treat an entry returned by `get` as read-only: it may be shared."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    stored_at: float
+    fresh_until: float
+    stale_until: float
+    error_until: float
+    uri_key: str
+    route: str
+    tenant_id: int | None
+    tags: tuple[str, ...] = ()
+    path: str = ""  # canonical path under the route: what purge-by-prefix matches
+    age_at_store: int = 0  # the upstream's Age when stored
+
+    @property
+    def expires_at(self) -> float:
+        return max(self.stale_until, self.error_until)
+
+    @property
+    def etag(self) -> bytes | None:
+        return self._header(b"etag")
+
+    @property
+    def last_modified(self) -> bytes | None:
+        return self._header(b"last-modified")
+
+    def _header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    entries: int
+    bytes: int  # memory store: estimated resident size; Redis store: serialised size
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeFilter:
+    """The criteria of one purge; all that are given must match (AND)."""
+
+    uri_key: str | None = None
+    route: str | None = None
+    tenant_id: int | None = None
+    prefix: str | None = None  # canonical path prefix (with `route`, within that route)
+    tag: str | None = None
+    everything: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        uri_key: str | None,
+        route: str | None,
+        tenant_id: int | None,
+        prefix: str | None,
+        tag: str | None,
+        all: bool,
+    ) -> PurgeFilter:
+        given = [v for v in (uri_key, route, tenant_id, prefix, tag) if v is not None]
+        if all and given:
+            raise ValueError("purge(all=True) takes no other criteria")
+        if not all and not given:
+            raise ValueError("purge needs a criterion, or all=True to empty the cache")
+        return cls(uri_key, route, tenant_id, prefix, tag, all)
+
+    def matches(self, entry: CacheEntry) -> bool:
+        if self.everything:
+            return True
+        return (
+            (self.uri_key is None or entry.uri_key == self.uri_key)
+            and (self.route is None or entry.route == self.route)
+            and (self.tenant_id is None or entry.tenant_id == self.tenant_id)
+            and (self.prefix is None or entry.path.startswith(self.prefix))
+            and (self.tag is None or self.tag in entry.tags)
+        )
+
+
+class CacheStore(Protocol):
+    async def get(self, key: str) -> CacheEntry | None:
+        """The entry stored under `key`, or None. One round trip at most."""
+        ...
+
+    async def set(self, key: str, entry: CacheEntry, now: float) -> None:
+        """Store `entry` until `entry.expires_at`; one already past it at `now` is not stored
+        and removes what `key` held (it is the newer answer)."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove one entry; True when there was one."""
+        ...
+
+    async def purge(
+        self,
+        *,
+        uri_key: str | None = None,
+        route: str | None = None,
+        tenant_id: int | None = None,
+        prefix: str | None = None,
+        tag: str | None = None,
+        all: bool = False,
+    ) -> int:
+        """Remove every entry matching all the given criteria; returns how many went."""
+        ...
+
+    async def stats(self) -> CacheStats: ...

@@ -1,0 +1,128 @@
+"""Shared fixtures: real PostgreSQL and Redis servers, isolated per test session or test.
+
+On a machine without them the tests that need them skip; with HELIOX_REQUIRE_SERVICES=1 (set by
+.ci/run) a missing service fails the run instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get(
+    "HELIOX_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("HELIOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_SERVICES = os.environ.get("HELIOX_REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+
+def _unavailable(what: str, exc: BaseException) -> None:
+    msg = f"{what} is not reachable ({exc!r})"
+    if REQUIRE_SERVICES:
+        pytest.fail(msg + "; HELIOX_REQUIRE_SERVICES is set, so this is a failure", pytrace=False)
+    pytest.skip(msg)
+
+
+def _dsn_for(dbname: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin DSN of a reachable PostgreSQL server (skips or fails when there is none)."""
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        _unavailable("PostgreSQL", exc)
+    return PG_ADMIN_URL
+
+
+def make_pg_database(admin_dsn: str) -> tuple[str, str]:
+    """Create a fresh empty database; returns (name, sqlalchemy async URL)."""
+    import asyncpg
+
+    name = "heliox_t_" + uuid.uuid4().hex[:12]
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return name, _dsn_for(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def drop_pg_database(admin_dsn: str, name: str) -> None:
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, as a postgresql+asyncpg:// URL."""
+    name, url = make_pg_database(pg_server)
+    try:
+        yield url
+    finally:
+        drop_pg_database(pg_server, name)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        _unavailable("Redis", exc)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_server: str) -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"heliox-test:{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_server)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def redis_client(redis_server: str) -> AsyncIterator[object]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_server)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -1,0 +1,118 @@
+"""Real gateway and upstream processes, shared per test module to keep the suite fast."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import drop_pg_database, make_pg_database
+from tests.e2e.harness import (
+    Gateway,
+    Upstream,
+    gateway_env,
+    start_gateway,
+    start_upstream,
+)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def upstream(workdir: Path) -> Iterator[Upstream]:
+    up = start_upstream(workdir)
+    try:
+        yield up
+    finally:
+        up.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded_gateway(workdir: Path, upstream: Upstream) -> Iterator[Gateway]:
+    """Embedded mode: SQLite file and in-process state (no DATABASE_URL, no REDIS_URL)."""
+    gw_dir = workdir / "embedded"
+    gw_dir.mkdir()
+    env = gateway_env(upstream)
+    env.pop("ADMIN_API_KEY")  # demo mode: the brief's default admin key
+    env.pop("SECRET_KEY")
+    env["ADMIN_API_KEY"] = "admin-secret-key"
+    gw = start_gateway(gw_dir, env)
+    try:
+        yield gw
+    finally:
+        gw.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_server: str) -> Iterator[str]:
+    name, url = make_pg_database(pg_server)
+    try:
+        yield url
+    finally:
+        drop_pg_database(pg_server, name)
+
+
+@pytest.fixture(scope="module")
+def redis_module_prefix(redis_server: str) -> Iterator[str]:
+    import redis
+
+    prefix = f"heliox-test:{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_server)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def production_env(
+    upstream: Upstream, pg_database: str, redis_server: str, redis_module_prefix: str
+) -> dict[str, str]:
+    return gateway_env(
+        upstream,
+        database_url=pg_database,
+        redis_url=redis_server,
+        extra={"REDIS_KEY_PREFIX": redis_module_prefix},
+    )
+
+
+@pytest.fixture(scope="module")
+def pg_gateway(workdir: Path, production_env: dict[str, str]) -> Iterator[Gateway]:
+    """Production mode: PostgreSQL + Redis."""
+    gw_dir = workdir / "production-a"
+    gw_dir.mkdir()
+    gw = start_gateway(gw_dir, production_env)
+    try:
+        yield gw
+    finally:
+        gw.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_gateway_b(
+    workdir: Path, production_env: dict[str, str], pg_gateway: Gateway
+) -> Iterator[Gateway]:
+    """A second instance sharing PostgreSQL and Redis with `pg_gateway`."""
+    gw_dir = workdir / "production-b"
+    gw_dir.mkdir()
+    gw = start_gateway(gw_dir, production_env)
+    try:
+        yield gw
+    finally:
+        gw.proc.stop()
+
+
+@pytest.fixture(params=["embedded", "production"])
+def gateway(request: pytest.FixtureRequest) -> Gateway:
+    """Each test using this runs against both modes."""
+    name = "embedded_gateway" if request.param == "embedded" else "pg_gateway"
+    gw: Gateway = request.getfixturevalue(name)
+    return gw
