@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     abuse_rate_multiplier: float = Field(0.1, gt=0, le=1)
     bloom_expected_items: int = Field(10_000, ge=100)
     bloom_false_positive_rate: float = Field(0.01, gt=0, lt=1)
+    bloom_rotation_seconds: float = Field(
+        300.0, gt=0, description="a remembered 404 ages out after 1-2 of these"
+    )
 
     # --- ours ----------------------------------------------------------------------------------
     example_upstream_url: str = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import time
@@ -28,6 +29,10 @@ from heliox.gateway.upstream_client import UpstreamClient
 from heliox.metrics import Metrics
 from heliox.seed import seed
 from heliox.snapshot import Snapshot
+from heliox.state.bloom_store import MemoryNegativeCache, NegativeCache, RedisNegativeCache
+from heliox.state.cache import CacheStore
+from heliox.state.cache_memory import MemoryCacheStore
+from heliox.state.cache_redis import RedisCacheStore
 
 log = logging.getLogger("heliox")
 
@@ -57,6 +62,14 @@ class Runtime:
             / f"logs-spill-{os.getpid()}.jsonl",
         )
         self.redis: Any = None  # redis.asyncio.Redis when REDIS_URL is set
+        # Response cache and negative (404) cache: in-process until start() sees REDIS_URL.
+        self.cache: CacheStore = MemoryCacheStore(settings.cache_max_bytes)
+        self.negative: NegativeCache = MemoryNegativeCache(
+            expected_items=settings.bloom_expected_items,
+            false_positive_rate=settings.bloom_false_positive_rate,
+            rotation_seconds=settings.bloom_rotation_seconds,
+            hash_key=self.bloom_hash_key,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self.started = False
@@ -71,6 +84,15 @@ class Runtime:
         await self.upstream.start()
         if s.redis_url:
             self.redis = _redis_client(s.redis_url)
+            self.cache = RedisCacheStore(self.redis, prefix=s.redis_key_prefix + "cache:")
+            self.negative = RedisNegativeCache(
+                self.redis,
+                expected_items=s.bloom_expected_items,
+                false_positive_rate=s.bloom_false_positive_rate,
+                rotation_seconds=s.bloom_rotation_seconds,
+                hash_key=self.bloom_hash_key,
+                prefix=s.redis_key_prefix + "neg:",
+            )
         self.logs.start()
         self._tasks.append(asyncio.create_task(self._poll_config(), name="heliox-config-poll"))
         if self.redis is not None:
@@ -96,6 +118,11 @@ class Runtime:
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
+
+    @property
+    def bloom_hash_key(self) -> bytes:
+        # Keyed hashing: nobody without the secret can craft paths that collide in the filter.
+        return hmac.new(self.settings.secret_key.encode(), b"heliox-bloom", "sha256").digest()[:16]
 
     # --- configuration -----------------------------------------------------------------------
     async def reload_config(self) -> None:

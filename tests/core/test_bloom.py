@@ -45,8 +45,8 @@ def test_positions_are_stable_in_range_and_keyed() -> None:
     assert len(set(first)) == params.hashes  # double hashing with a non-zero step
     assert positions("/items/2", params) != first
     assert positions("/items/1", params, key=b"secret") != first
-    # A fixed vector: memory and Redis filters (and old and new code) must agree.
-    assert first == positions("/items/1", bloom_params(1000, 0.01))
+    # A fixed vector: filters already in Redis must keep meaning the same after an upgrade.
+    assert first == [449, 2883, 5317, 7751, 599, 3033, 5467]
 
 
 def _measured_rate(rate: float, n: int, seed: int) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from heliox.config import Settings
+from heliox.config import Settings, load_settings
 from heliox.db.engine import make_engine, make_session_factory
 from heliox.db.migrate import upgrade_database
 
@@ -49,7 +49,7 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 def make_settings(upstream: str = EXAMPLE_UPSTREAM) -> Settings:
-    return Settings(
+    return load_settings(
         deployment_mode="demo", database_url="", redis_url="", example_upstream_url=upstream
     )
 

@@ -138,11 +138,13 @@ def test_alembic_cli_upgrade_head_reads_database_url(tmp_path: Path) -> None:
 
 
 def test_alembic_cli_defaults_to_heliox_db_in_working_directory(tmp_path: Path) -> None:
-    _run_alembic("-c", str(REPO_ROOT / "alembic.ini"), "upgrade", "head", cwd=tmp_path, env=_clean_env())
+    _run_alembic(
+        "-c", str(REPO_ROOT / "alembic.ini"), "upgrade", "head", cwd=tmp_path, env=_clean_env()
+    )
 
     tables, _, revision = asyncio.run(_inspect(f"sqlite+aiosqlite:///{tmp_path / 'heliox.db'}"))
     assert revision == "0001"
-    assert TABLES <= tables
+    assert tables >= TABLES
 
 
 def test_migrations_ship_inside_the_package() -> None:
@@ -151,7 +153,9 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "versions" / "0001_initial.py").is_file()
 
 
-def test_sync_upgrade_from_another_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_upgrade_from_another_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DATABASE_URL", raising=False)
     db_file = tmp_path / "data" / "deep" / "gateway.db"
@@ -180,25 +184,30 @@ async def test_concurrent_upgrades_on_postgres_all_succeed(pg_url: str) -> None:
 
 
 @pytest.mark.postgres
-def test_concurrent_upgrades_from_threads(pg_url: str) -> None:
-    """Separate event loops, as separate gateway processes would have."""
-    import threading
-
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            upgrade_database_sync(pg_url)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
-    assert asyncio.run(_inspect(pg_url))[2] == "0001"
+def test_concurrent_upgrades_from_separate_processes(pg_url: str) -> None:
+    """Gateway processes starting together: each waits its turn, none fails."""
+    code = (
+        "import sys; from heliox.db.migrate import upgrade_database_sync; "
+        "upgrade_database_sync(sys.argv[1], progress=print)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, pg_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_clean_env(),
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    for out in outputs:
+        assert out.splitlines()[-1] == "database at revision 0001"
+    tables, diff, revision = asyncio.run(_inspect(pg_url))
+    assert tables == TABLES | {"alembic_version"}
+    assert diff == []
+    assert revision == "0001"
 
 
 def _asyncpg_dsn(url: str) -> str:

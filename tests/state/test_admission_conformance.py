@@ -240,7 +240,9 @@ async def test_monthly_quota_resets_on_the_first(h: Harness) -> None:
 
 async def test_rate_limited_requests_use_no_quota(h: Harness) -> None:
     b = h.backend()
-    req = AdmissionRequest("k:1", tb(0.001, 2), daily_quota=5, monthly_quota=50, quota_subject="k:1")
+    req = AdmissionRequest(
+        "k:1", tb(0.001, 2), daily_quota=5, monthly_quota=50, quota_subject="k:1"
+    )
     results = await admit_n(b, req, 10)
     assert sum(r.allowed for r in results) == 2
     assert {r.reason for r in results[2:]} == {RATE}
@@ -308,11 +310,12 @@ async def test_block_unblock_and_listing_with_expiry(h: Harness) -> None:
     assert (await b.admit(AdmissionRequest("k:1", quota_subject="k:1"))).allowed
 
 
-async def test_a_block_can_be_replaced_and_one_in_the_past_is_a_no_op(h: Harness) -> None:
+async def test_a_block_can_be_replaced_and_one_in_the_past_lifts_it(h: Harness) -> None:
     b = h.backend()
     await b.block("ip:9.9.9.9", T0 + 100, {})
     await b.block("ip:9.9.9.9", T0 + 10, {"reason": "shortened"})
     assert [(x.until, x.info) for x in await b.blocked()] == [(T0 + 10, {"reason": "shortened"})]
+    await b.block("ip:8.8.8.8", T0 + 50, {})
     await b.block("ip:8.8.8.8", T0 - 1, {})
     assert [x.subject for x in await b.blocked()] == ["ip:9.9.9.9"]
     assert (await b.admit(AdmissionRequest("ip:8.8.8.8"))).allowed

@@ -279,3 +279,15 @@ async def test_many_entries_purged_in_batches(h: Harness) -> None:
     assert len(alive) == 20
     assert await h.store.purge(all=True) == 20
     assert (await h.store.stats()).entries == 0
+
+
+async def test_non_ascii_names_index_and_purge(h: Harness) -> None:
+    now = h.now()
+    entry = make_entry(now, route="démo", path="/café/1", tags=("thé",), tenant=3)
+    key = await put(h, entry)
+    assert await h.store.get(key) == entry
+    assert await h.store.purge(route="démo", prefix="/caf") == 1
+    await put(h, entry)
+    assert await h.store.purge(tag="thé") == 1
+    await put(h, entry)
+    assert await h.store.purge(prefix="/café/") == 1

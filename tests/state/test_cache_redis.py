@@ -183,7 +183,10 @@ def test_encoding_round_trips_exactly(
     path: str,
     age: int,
 ) -> None:
-    original = CacheEntry(status, headers, body, *times, "u:x", "route", tenant, tags, path, age)
+    stored, fresh, stale, error = times
+    original = CacheEntry(
+        status, headers, body, stored, fresh, stale, error, "u:x", "route", tenant, tags, path, age
+    )
     assert decode_entry(encode_entry(original)) == original
 
 

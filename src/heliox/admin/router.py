@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from heliox.admin import audit, keys, policies, routes, tenants
+from heliox.admin.analytics import router as analytics_router
 from heliox.admin.auth import require_admin
 from heliox.admin.deps import AdminRoute
 from heliox.admin.errors import NO_STORE, PROBLEM_CONTENT_TYPE, ProblemDetail, problem_for_exception
@@ -40,6 +41,7 @@ def admin_router() -> APIRouter:
     )
     for resource in (tenants, keys, routes, policies, audit):
         router.include_router(resource.router)
+    router.include_router(analytics_router)
     return router
 
 

@@ -15,6 +15,7 @@ So `+`, `%20` and `%2B` stay three different keys, as they can be three differen
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterable, Sequence
 from hashlib import blake2b
 
@@ -50,22 +51,26 @@ def _normalise_component(raw: bytes) -> bytes:
     return _ESCAPE.sub(_unescape_unreserved, raw)
 
 
+def _query_parts(raw_query: bytes) -> list[bytes]:
+    # Each pair normalised whole: escapes never touch "=" or "&" (not unreserved), so this is
+    # the name and value normalised apart, and "a" (no value) stays distinct from "a=".
+    parts = [_normalise_component(p) for p in raw_query.split(b"&") if p]
+    if len(parts) > 1:
+        parts.sort(key=_part_name)  # stable: same-name values keep their order
+    return parts
+
+
+def _part_name(part: bytes) -> bytes:
+    return part.partition(b"=")[0]
+
+
 def canonical_query(raw_query: bytes) -> list[Pair]:
     """Query pairs as the key sees them: normalised, sorted by name; value None means no `=`."""
-    if not raw_query:
-        return []
     pairs: list[Pair] = []
-    for part in raw_query.split(b"&"):
-        if not part:
-            continue
+    for part in _query_parts(raw_query) if raw_query else ():
         name, eq, value = part.partition(b"=")
-        pairs.append((_normalise_component(name), _normalise_component(value) if eq else None))
-    pairs.sort(key=_pair_name)
+        pairs.append((name, value if eq else None))
     return pairs
-
-
-def _pair_name(pair: Pair) -> bytes:
-    return pair[0]
 
 
 def normalise_header_value(value: bytes) -> bytes:
@@ -94,22 +99,20 @@ def lookup_method(method: str) -> str:
     return "GET" if method == "HEAD" else method
 
 
-def _put(out: bytearray, part: bytes) -> None:
-    out += b"%d:" % len(part)
-    out += part
-
-
 def _text(value: str) -> bytes:
     # surrogatepass is injective on every str, so distinct paths can never encode alike.
     return value.encode("utf-8", "surrogatepass")
 
 
-def _put_query(out: bytearray, raw_query: bytes) -> None:
-    pairs = canonical_query(raw_query)
-    _put(out, b"%d" % len(pairs))
-    for name, value in pairs:
-        _put(out, name)
-        _put(out, b"-" if value is None else b"=" + value)
+def _digest(head: tuple[int, ...], parts: list[bytes], person: bytes) -> str:
+    """Hash of `parts` behind a header of section counts and every part's length.
+
+    With all lengths up front the byte string parses back to exactly one list of parts, so
+    different requests cannot produce the same input to the hash.
+    """
+    lengths = [len(part) for part in parts]
+    header = struct.pack(f">{len(head) + 1 + len(lengths)}I", *head, len(parts), *lengths)
+    return blake2b(header + b"".join(parts), digest_size=16, person=person).hexdigest()
 
 
 def cache_key(
@@ -121,25 +124,24 @@ def cache_key(
     tenant_id: int | None,
 ) -> str:
     """The entry key for a request; `tenant_id` None means the route's shared cache."""
-    out = bytearray()
-    _put(out, _text(lookup_method(method)))
-    _put(out, _text(route_name))
-    _put(out, _text(canonical_path))
-    _put_query(out, raw_query)
-    headers = sorted((name.lower(), value) for name, value in vary)
-    _put(out, b"%d" % len(headers))
-    for name, value in headers:
-        _put(out, _text(name))
-        # Absent and empty are different requests: an upstream may answer them differently.
-        _put(out, b"-" if value is None else b"=" + normalise_header_value(value))
-    _put(out, b"*" if tenant_id is None else b"t%d" % tenant_id)
-    return "c:" + blake2b(bytes(out), digest_size=16, person=_CACHE_PERSON).hexdigest()
+    parts = [
+        _text(lookup_method(method)),
+        _text(route_name),
+        _text(canonical_path),
+        b"*" if tenant_id is None else b"t%d" % tenant_id,
+    ]
+    query = _query_parts(raw_query) if raw_query else []
+    parts += query
+    if vary:
+        for name, value in sorted((name.lower(), value) for name, value in vary):
+            parts.append(_text(name))
+            # Absent and empty are different requests: an upstream may answer them differently.
+            parts.append(b"-" if value is None else b"=" + normalise_header_value(value))
+    return "c:" + _digest((len(query), len(vary)), parts, _CACHE_PERSON)
 
 
 def uri_key(route_name: str, canonical_path: str, raw_query: bytes) -> str:
     """The key shared by every entry of one URL (any method, variant or tenant): for purges."""
-    out = bytearray()
-    _put(out, _text(route_name))
-    _put(out, _text(canonical_path))
-    _put_query(out, raw_query)
-    return "u:" + blake2b(bytes(out), digest_size=16, person=_URI_PERSON).hexdigest()
+    parts = [_text(route_name), _text(canonical_path)]
+    parts += _query_parts(raw_query) if raw_query else []
+    return "u:" + _digest((), parts, _URI_PERSON)

@@ -8,6 +8,7 @@ others wait, then find the database already at head.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +26,8 @@ PG_MIGRATION_LOCK_KEY = 0x68656C696F78
 PG_MIGRATION_LOCK_TIMEOUT_MS = 600_000
 
 Progress = Callable[[str], None]
+# Alembic keeps its running context in module globals: one command at a time per process.
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def alembic_config(url: str) -> Config:
@@ -66,7 +69,8 @@ def head_revision() -> str:
 
 def _upgrade(url: str) -> str:
     cfg = alembic_config(url)
-    command.upgrade(cfg, "head")
+    with _ALEMBIC_LOCK:
+        command.upgrade(cfg, "head")
     return str(cfg.attributes.get("current_revision") or head_revision())
 
 

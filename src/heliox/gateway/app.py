@@ -10,23 +10,23 @@ Everything the steps read comes from the in-memory snapshot; nothing here touche
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from fnmatch import fnmatchcase
 from typing import Any
 
 from heliox.core.headers import (
     client_ip,
-    downstream_response_headers,
     has_conflicting_framing,
     header_value,
     upstream_request_headers,
 )
 from heliox.core.paths import BadPath, join_upstream_path, parse_gateway_path
-from heliox.gateway.responses import Headers, send_problem
-from heliox.gateway.upstream_client import UpstreamError, UpstreamTarget
+from heliox.gateway.cache_layer import CacheLayer
+from heliox.gateway.exchange import ClientGone, Exchange, ProxyRequest, ResponseSink, body_stream
+from heliox.gateway.proxy import VIA, pass_through
+from heliox.gateway.upstream_client import UpstreamTarget
 from heliox.runtime import Runtime
 from heliox.snapshot import KeyConfig, RouteConfig, hash_key
 
@@ -39,62 +39,15 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PREFIX = "/g/"
-VIA = b"1.1 heliox"
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 MAX_KEY_LENGTH = 256
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class ClientGone(Exception):
-    pass
-
-
-class Exchange:
-    """What one request accumulates for its log row and metrics."""
-
-    __slots__ = (
-        "body_error",
-        "bytes_in",
-        "bytes_out",
-        "cache_status",
-        "client_ip",
-        "key",
-        "method",
-        "path",
-        "request_id",
-        "route",
-        "route_name",
-        "start",
-        "status",
-        "upstream_seconds",
-        "user_agent",
-    )
-
-    def __init__(self, method: str, start: float) -> None:
-        self.method = method
-        self.start = start
-        self.route: RouteConfig | None = None
-        self.route_name = ""
-        self.key: KeyConfig | None = None
-        self.path = ""
-        self.status = 0
-        self.cache_status = ""
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.upstream_seconds: float | None = None
-        self.client_ip = ""
-        self.user_agent = ""
-        self.request_id = ""
-        self.body_error: type[Exception] | None = None  # set by the body stream when it gives up
 
 
 class Gateway:
     def __init__(self, runtime: Runtime, fallback: ASGIApp) -> None:
         self.runtime = runtime
         self.fallback = fallback
+        self.cache = CacheLayer(runtime)
         self._seq = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -134,7 +87,7 @@ class Gateway:
         settings = rt.settings
         trusted = settings.trusted_proxy_networks
         ex.client_ip = client_ip(peer_host, header_value(headers, b"x-forwarded-for"), trusted)
-        sender = _CountingSend(send, ex)
+        sender = ResponseSink(send, ex)
         try:
             await self._serve(scope, receive, sender, headers, ex, peer_host)
         except ClientGone:
@@ -148,7 +101,7 @@ class Gateway:
         self,
         scope: Scope,
         receive: Receive,
-        send: _CountingSend,
+        send: ResponseSink,
         headers: list[tuple[bytes, bytes]],
         ex: Exchange,
         peer_host: str | None,
@@ -254,7 +207,7 @@ class Gateway:
         self,
         scope: Scope,
         receive: Receive,
-        send: _CountingSend,
+        send: ResponseSink,
         headers: list[tuple[bytes, bytes]],
         ex: Exchange,
         route: RouteConfig,
@@ -281,50 +234,26 @@ class Gateway:
             host=host,
             via=VIA,
             drop=drop,
+            peer=peer_host if peer_trusted else None,
         )
         up_headers.append((b"x-request-id", ex.request_id.encode()))
-        body = _body_stream(receive, ex, body_limit) if body_limit is not None else None
-        t0 = time.perf_counter()
-        try:
-            resp = await rt.upstream.request(
-                ex.method, target, up_headers, body, timeout=route.timeout_seconds
-            )
-        except (BodyTooLarge, ClientGone, UpstreamError) as exc:
-            # aiohttp may wrap what the body stream raised: the stream's own flag is the truth.
-            if ex.body_error is BodyTooLarge or isinstance(exc, BodyTooLarge):
-                await send.problem(
-                    413,
-                    "Request body too large",
-                    f"the body limit of route {route.name!r} is {body_limit} bytes",
-                )
-                return
-            if ex.body_error is ClientGone or isinstance(exc, ClientGone):
-                raise ClientGone from exc
-            assert isinstance(exc, UpstreamError)
-            rt.metrics.upstream_errors[(route.name, exc.status)] += 1
-            title = "Bad gateway" if exc.status == 502 else "Gateway timeout"
-            await send.problem(exc.status, title, exc.detail)
-            return
-        ex.upstream_seconds = time.perf_counter() - t0
-        ex.cache_status = "BYPASS"
-        out = downstream_response_headers(resp.headers)
-        out.append((b"via", VIA))
-        out.append((b"x-cache", b"BYPASS"))
-        out.append((b"x-request-id", ex.request_id.encode()))
-        try:
-            await send.start(resp.status, out)
-            if ex.method == "HEAD":
-                await send.body(b"", more=False)
-                return
-            async for chunk in resp.chunks():
-                await send.body(chunk, more=True)
-            await send.body(b"", more=False)
-        except UpstreamError:
-            # Headers are out: the only honest signal left is to abort the client connection.
-            resp.close()
-            raise
-        finally:
-            resp.release()
+        req = ProxyRequest(
+            method=ex.method,
+            route=route,
+            path=ex.path,
+            raw_query=query,
+            client_headers=headers,
+            upstream_headers=up_headers,
+            target=target,
+            tenant_id=ex.key.tenant_id if ex.key else None,
+            ex=ex,
+            body=body_stream(receive, ex, body_limit) if body_limit is not None else None,
+            body_limit=body_limit,
+        )
+        if route.cache_policy is not None:
+            await self.cache.serve(req, send)
+        else:
+            await pass_through(rt.upstream, rt.metrics, req, send)
 
     # --- after the response --------------------------------------------------------------------
     def _after(self, ex: Exchange) -> None:
@@ -355,59 +284,6 @@ class Gateway:
                 ex.user_agent,
             )
         )
-
-
-class _CountingSend:
-    """Wraps ASGI send: records status and bytes, maps a vanished client to ClientGone."""
-
-    __slots__ = ("_send", "ex", "started")
-
-    def __init__(self, send: Send, ex: Exchange) -> None:
-        self._send = send
-        self.ex = ex
-        self.started = False
-
-    async def start(self, status: int, headers: Headers) -> None:
-        self.ex.status = status
-        self.started = True
-        try:
-            await self._send({"type": "http.response.start", "status": status, "headers": headers})
-        except OSError as exc:
-            raise ClientGone from exc
-
-    async def body(self, chunk: bytes, *, more: bool) -> None:
-        self.ex.bytes_out += len(chunk)
-        try:
-            await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
-        except OSError as exc:
-            raise ClientGone from exc
-
-    async def problem(
-        self, status: int, title: str, detail: str, headers: Headers | None = None, **ext: object
-    ) -> None:
-        self.ex.status = status
-        self.started = True
-        with contextlib.suppress(OSError):
-            self.ex.bytes_out += await send_problem(
-                self._send, status, title, detail, headers, **ext
-            )
-
-
-async def _body_stream(receive: Receive, ex: Exchange, limit: int) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            ex.body_error = ClientGone
-            raise ClientGone
-        chunk: bytes = message.get("body", b"")
-        if chunk:
-            ex.bytes_in += len(chunk)
-            if ex.bytes_in > limit:
-                ex.body_error = BodyTooLarge
-                raise BodyTooLarge
-            yield chunk
-        if not message.get("more_body", False):
-            return
 
 
 def _is_trusted(peer_host: str | None, rt: Runtime) -> bool:

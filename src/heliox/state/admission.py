@@ -7,9 +7,10 @@ Backends: `admission_memory.MemoryAdmission` (one process) and `admission_redis.
 (shared by every gateway instance; one EVALSHA per request, Redis `TIME` as the clock).
 
 Subjects. `subject` names the rate-limit counter ("k:42", "ip:1.2.3.4", "k:42:r:7" for a route
-override); `quota_subject` names the quota counters and is the request's principal ("k:42"): soft
-blocks apply to the principal (`quota_subject`, or `subject` when that is empty), and on Redis every
-key of one request shares the principal's hash tag, so the script is cluster-safe.
+override); the principal (`quota_subject`, or `subject` when that is empty) names the quota
+counters and is whom soft blocks apply to. On Redis every key of one request shares the
+principal's hash tag, so the script is cluster-safe. A quota is counted only while the request
+carries it (`daily_quota` / `monthly_quota` not None).
 
 Abuse detection: the detector (`heliox.core.anomaly.AbuseDetector`) lives in each gateway process,
 fed after each response; with several instances each sees its share of a key's traffic, which
@@ -20,6 +21,7 @@ Redis round trip per response for a signal that is statistical anyway.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,8 +38,8 @@ DAILY_QUOTA = "daily_quota"
 MONTHLY_QUOTA = "monthly_quota"
 BLOCKED = "blocked"
 
-# Quota counters outlive their period by this much, so a read just after the reset still finds the
-# closing count (for the UI) and clocks a little apart never resurrect a period.
+# Quota counters outlive their period by this much, so the closing count can still be read (UI)
+# for a while after the reset.
 QUOTA_TTL_MARGIN_SECONDS = 3600
 # Rate-limit state is kept this long past the moment it becomes equal to a missing entry (a full
 # bucket, an empty window), in both backends, so whichever copy expires first they decide alike.
@@ -61,8 +63,8 @@ class LimitSpec:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown rate-limit algorithm {self.algorithm!r}")
-        if not self.rate > 0 or self.burst < 1 or self.window_seconds < 1:
-            raise ValueError("rate must be > 0, burst >= 1 and window_seconds >= 1")
+        if not 0 < self.rate < math.inf or self.burst < 1 or self.window_seconds < 1:
+            raise ValueError("rate must be finite and > 0, burst >= 1 and window_seconds >= 1")
 
     @property
     def limit(self) -> int:
@@ -80,6 +82,10 @@ class AdmissionRequest:
     monthly_quota: int | None = None
     quota_subject: str = ""
     cost: int = 1
+
+    def __post_init__(self) -> None:
+        if self.cost < 0:
+            raise ValueError("cost must not be negative (it would hand back quota)")
 
     @property
     def principal(self) -> str:
@@ -144,7 +150,8 @@ class AdmissionBackend(Protocol):
         ...
 
     async def block(self, subject: str, until: float, info: dict[str, Any]) -> None:
-        """Soft-block a principal until `until` (epoch, backend clock), replacing any block."""
+        """Soft-block a principal until `until` (epoch, backend clock), replacing any block; an
+        `until` already past lifts it."""
         ...
 
     async def unblock(self, subject: str) -> bool:

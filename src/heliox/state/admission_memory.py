@@ -3,8 +3,8 @@
 Every map is capped. Entries carry an expiry after which they equal a missing one (a full bucket,
 an empty window, a finished quota period, a lapsed block), so expired entries are dropped as they
 are met and, past the cap, the least recently written entry goes. Evicting a live rate-limit entry
-hands that subject a full allowance; evicting a live quota counter restarts it. Both are counted
-in `evictions`, and with the default caps they need 10^5 subjects active at once.
+hands that subject a full allowance, a live quota counter restarts, a live block is lifted. All
+are counted in `evictions`; with the default caps they need 10^5 subjects active at once.
 
 `admit` never awaits, so each decision is atomic on the event loop.
 """
@@ -78,17 +78,17 @@ class ExpiringMap(Generic[K, V]):
 
     def put(self, key: K, value: V, expires_us: int, now_us: int) -> None:
         d = self._d
-        d.pop(key, None)
-        # Drop expired entries at the old end as we pass, a couple per write, so idle maps shrink.
-        for _ in range(2):
-            first = next(iter(d), None)
-            if first is None or d[first][1] > now_us:
-                break
-            del d[first]
+        if d.pop(key, None) is None:
+            # A new entry: drop expired ones at the old end as we pass, a couple per insert, so
+            # maps of idle subjects shrink without a sweep.
+            for _ in range(2):
+                first = next(iter(d), None)
+                if first is None or d[first][1] > now_us:
+                    break
+                del d[first]
+            if len(d) >= self.maxsize and d.pop(next(iter(d)))[1] > now_us:
+                self.evictions += 1
         d[key] = (value, expires_us)
-        if len(d) > self.maxsize:
-            del d[next(iter(d))]
-            self.evictions += 1
 
     def pop(self, key: K) -> V | None:
         entry = self._d.pop(key, None)
@@ -123,7 +123,7 @@ class MemoryAdmission:
 
     @property
     def evictions(self) -> int:
-        """Live entries pushed out by the caps (see the module docstring)."""
+        """Entries pushed out by the caps before they expired (see the module docstring)."""
         maps = (self._buckets, self._windows, self._quotas, self._blocks)
         return sum(m.evictions for m in maps)
 
@@ -158,9 +158,8 @@ class MemoryAdmission:
                 block[0] / US, daily, None, monthly, None, now,
             )  # fmt: skip
 
-        qs = principal
-        dused = 0 if daily is None else self._quotas.get((qs, daily.id), now_us) or 0
-        mused = 0 if monthly is None else self._quotas.get((qs, monthly.id), now_us) or 0
+        dused = 0 if daily is None else self._quotas.get((principal, daily.id), now_us) or 0
+        mused = 0 if monthly is None else self._quotas.get((principal, monthly.id), now_us) or 0
 
         rkey = (principal, req.subject)
         decision: RateDecision | None = None
@@ -195,10 +194,10 @@ class MemoryAdmission:
             self._store(spec, rkey, state, now_us)
         if daily is not None:
             dused += cost
-            self._quotas.put((qs, daily.id), dused, _quota_expiry(daily), now_us)
+            self._quotas.put((principal, daily.id), dused, _quota_expiry(daily), now_us)
         if monthly is not None:
             mused += cost
-            self._quotas.put((qs, monthly.id), mused, _quota_expiry(monthly), now_us)
+            self._quotas.put((principal, monthly.id), mused, _quota_expiry(monthly), now_us)
         d = decision or _NO_LIMIT
         return build_result(
             req, True, None, d.limit, d.remaining, d.reset_after, d.retry_after, None,

@@ -41,6 +41,8 @@ from heliox.core.quota import QuotaCalendar, QuotaPeriod, daily_period, monthly_
 from heliox.core.ratelimit import US, to_us
 from heliox.state.admission import (
     BLOCKED,
+    DAILY_QUOTA,
+    MONTHLY_QUOTA,
     QUOTA_TTL_MARGIN_SECONDS,
     STATE_TTL_MARGIN_SECONDS,
     TOKEN_BUCKET,
@@ -112,11 +114,11 @@ def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _tag(principal: str) -> str:
-    if "{" in principal or "}" in principal or "%" in principal:
-        # A brace would end the hash tag early; escape so distinct subjects stay distinct.
-        return principal.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-    return principal
+def _escape(name: str) -> str:
+    if "{" in name or "}" in name or "%" in name:
+        # A brace would move the hash tag; escape (and escape the escape) so names stay distinct.
+        return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return name
 
 
 class RedisAdmission:
@@ -147,14 +149,14 @@ class RedisAdmission:
 
     # --- keys ---------------------------------------------------------------------------------
     def _base(self, principal: str) -> str:
-        return f"{self.prefix}{{{_tag(principal)}}}:"
+        return f"{self.prefix}{{{_escape(principal)}}}:"
 
     def block_key(self, principal: str) -> str:
         return self._base(principal) + "blk"
 
     def rate_key(self, principal: str, algorithm: str, subject: str) -> str:
         kind = "tb" if algorithm == TOKEN_BUCKET else "sw"
-        return f"{self._base(principal)}{kind}:{subject}"
+        return f"{self._base(principal)}{kind}:{_escape(subject)}"
 
     def quota_key(self, principal: str, period_id: str) -> str:
         return f"{self._base(principal)}q:{period_id}"
@@ -248,7 +250,7 @@ class RedisAdmission:
             allowed, reason = True, None
         else:
             allowed, reason = False, status
-            period = daily if status == "daily_quota" else monthly
+            period = {DAILY_QUOTA: daily, MONTHLY_QUOTA: monthly}.get(status)
             if period is not None:
                 retry_after = (to_us(period.end) - now_us) / US
         return build_result(
@@ -259,7 +261,12 @@ class RedisAdmission:
     # --- blocks -------------------------------------------------------------------------------
     async def block(self, subject: str, until: float, info: dict[str, Any]) -> None:
         until_us = str(to_us(until))
-        await self._redis.run(BLOCK, [self.block_key(subject)], ["set", self._override(), until_us])
+        reply = await self._redis.run(
+            BLOCK, [self.block_key(subject)], ["set", self._override(), until_us]
+        )
+        if int(until_us) <= int(float(reply[0])):  # already over: that lifts any block
+            await self._index("remove", subject)
+            return
         payload = json.dumps(info, default=str, separators=(",", ":"))
         await self._index("add", subject, until_us, payload)
 

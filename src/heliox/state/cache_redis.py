@@ -6,9 +6,10 @@ index memberships and the size bookkeeping change together. Purges walk one inde
 batches, so a route with a million entries never blocks Redis in one long script; under
 concurrent writes a purge removes what matched when each batch ran.
 
-Entry format (binary-safe, no pickle): b"HXC1", two big-endian u32 lengths, an index JSON
-(route, uri key, path, tenant, tags: what purge scripts read with GETRANGE), a meta JSON (status,
-times, headers as latin-1 text, which maps every byte to one code point and back) and the body.
+Entry format (binary-safe, no pickle, parsed with a handful of struct calls): a fixed
+big-endian header (magic, status, age, the four times, the sizes of what follows), the index
+part (route, uri key, path, tenant, tags: what purge scripts read with GETRANGE, without
+touching the body), the header lengths, the header bytes and the body.
 
 Redis is reached in two methods, `_get` and `_eval`, so the transport can be swapped for an
 auto-pipelining one without touching the rest. The client must return bytes
@@ -17,7 +18,6 @@ auto-pipelining one without touching the rest. The client must return bytes
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from importlib import resources
@@ -30,8 +30,11 @@ from heliox.state.cache import CacheEntry, CacheStats, PurgeFilter
 
 __all__ = ["RedisCacheStore", "decode_entry", "encode_entry"]
 
-_MAGIC = b"HXC1"
-_HEAD = struct.Struct(">4sII")
+_MAGIC = b"HXC2"
+# magic, status, age_at_store, stored_at, fresh_until, stale_until, error_until, then the sizes
+# of what follows: tenant, tag count, header count, route, uri key, path, the whole index part.
+# cache_common.lua reads the same layout: change both together (and the magic).
+_FIXED = struct.Struct(">4sHIddddHHHHHII")
 _DEFAULT_PREFIX = "heliox:cache:"
 
 
@@ -39,60 +42,113 @@ def _lua(name: str) -> str:
     return resources.files("heliox.state").joinpath("lua", name).read_text("utf-8")
 
 
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
 def encode_entry(entry: CacheEntry) -> bytes:
     """The stored form of `entry`."""
-    index = json.dumps(
-        {
-            "r": entry.route,
-            "u": entry.uri_key,
-            "p": entry.path,
-            "t": None if entry.tenant_id is None else str(entry.tenant_id),
-            "g": list(entry.tags),
-        },
-        separators=(",", ":"),
-    ).encode("ascii")
-    meta = json.dumps(
-        [
-            entry.status,
-            entry.stored_at,
-            entry.fresh_until,
-            entry.stale_until,
-            entry.error_until,
-            entry.age_at_store,
-            [[name.decode("latin-1"), value.decode("latin-1")] for name, value in entry.headers],
-        ],
-        separators=(",", ":"),
-    ).encode("ascii")
-    return b"".join((_HEAD.pack(_MAGIC, len(index), len(meta)), index, meta, entry.body))
+    route, uri, path = _utf8(entry.route), _utf8(entry.uri_key), _utf8(entry.path)
+    tenant = b"" if entry.tenant_id is None else b"%d" % entry.tenant_id
+    tags = [_utf8(tag) for tag in entry.tags]
+    index = b"".join(
+        (route, uri, path, tenant, struct.pack(f">{len(tags)}H", *map(len, tags)), *tags)
+    )
+    lengths: list[int] = []
+    for name, value in entry.headers:
+        lengths.append(len(name))
+        lengths.append(len(value))
+    fixed = _FIXED.pack(
+        _MAGIC,
+        entry.status,
+        entry.age_at_store,
+        entry.stored_at,
+        entry.fresh_until,
+        entry.stale_until,
+        entry.error_until,
+        len(tenant),
+        len(tags),
+        len(entry.headers),
+        len(route),
+        len(uri),
+        len(path),
+        len(index),
+    )
+    return b"".join(
+        (
+            fixed,
+            index,
+            struct.pack(f">{len(lengths)}I", *lengths),
+            *(part for header in entry.headers for part in header),
+            entry.body,
+        )
+    )
 
 
 def decode_entry(blob: bytes) -> CacheEntry | None:
     """The entry in `blob`, or None when it is not one (foreign or damaged data is a miss)."""
     try:
-        magic, index_len, meta_len = _HEAD.unpack_from(blob)
+        (
+            magic,
+            status,
+            age,
+            stored_at,
+            fresh_until,
+            stale_until,
+            error_until,
+            tenant_len,
+            tag_count,
+            header_count,
+            route_len,
+            uri_len,
+            path_len,
+            _index_len,
+        ) = _FIXED.unpack_from(blob)
         if magic != _MAGIC:
             return None
-        start = _HEAD.size
-        index = json.loads(blob[start : start + index_len])
-        meta = json.loads(blob[start + index_len : start + index_len + meta_len])
-        status, stored_at, fresh_until, stale_until, error_until, age, headers = meta
-        tenant = index["t"]
+        at = _FIXED.size
+        route = blob[at : at + route_len].decode("utf-8", "surrogatepass")
+        at += route_len
+        uri = blob[at : at + uri_len].decode("utf-8", "surrogatepass")
+        at += uri_len
+        path = blob[at : at + path_len].decode("utf-8", "surrogatepass")
+        at += path_len
+        tenant = int(blob[at : at + tenant_len]) if tenant_len else None
+        at += tenant_len
+        tags: list[str] = []
+        if tag_count:
+            tag_sizes = struct.unpack_from(f">{tag_count}H", blob, at)
+            at += 2 * tag_count
+            for size in tag_sizes:
+                tags.append(blob[at : at + size].decode("utf-8", "surrogatepass"))
+                at += size
+        headers: list[tuple[bytes, bytes]] = []
+        if header_count:
+            sizes = struct.unpack_from(f">{2 * header_count}I", blob, at)
+            at += 8 * header_count
+            for i in range(0, 2 * header_count, 2):
+                name_end = at + sizes[i]
+                value_end = name_end + sizes[i + 1]
+                headers.append((blob[at:name_end], blob[name_end:value_end]))
+                at = value_end
+        if at > len(blob):
+            return None  # truncated
         return CacheEntry(
             status=status,
-            headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
-            body=blob[start + index_len + meta_len :],
-            stored_at=float(stored_at),
-            fresh_until=float(fresh_until),
-            stale_until=float(stale_until),
-            error_until=float(error_until),
-            uri_key=index["u"],
-            route=index["r"],
-            tenant_id=None if tenant is None else int(tenant),
-            tags=tuple(index["g"]),
-            path=index["p"],
+            headers=headers,
+            body=blob[at:],
+            stored_at=stored_at,
+            fresh_until=fresh_until,
+            stale_until=stale_until,
+            error_until=error_until,
+            uri_key=uri,
+            route=route,
+            tenant_id=tenant,
+            tags=tuple(tags),
+            path=path,
             age_at_store=age,
         )
-    except (struct.error, ValueError, TypeError, KeyError, UnicodeError):
+    except (struct.error, ValueError, UnicodeError):
         return None
 
 
@@ -140,7 +196,7 @@ class RedisCacheStore:
             return
         blob = encode_entry(entry)
         ttl_ms = max(1, math.ceil((remaining + self.ttl_margin) * 1000))
-        tenant = "" if entry.tenant_id is None else str(entry.tenant_id)
+        tenant = b"" if entry.tenant_id is None else b"%d" % entry.tenant_id
         await self._eval(
             self._set_script,
             [
@@ -149,10 +205,10 @@ class RedisCacheStore:
                 blob,
                 ttl_ms,
                 len(blob) + len(key),
-                entry.route,
-                entry.uri_key,
+                _utf8(entry.route),  # as encode_entry writes them, so the scripts agree
+                _utf8(entry.uri_key),
                 tenant,
-                *entry.tags,
+                *map(_utf8, entry.tags),
             ],
         )
 
@@ -175,7 +231,7 @@ class RedisCacheStore:
         index_key, dimension = self._index_for(selector)
         tenant = None if selector.tenant_id is None else str(selector.tenant_id)
         filters = [
-            "" if value is None else "=" + value
+            b"" if value is None else b"=" + _utf8(value)
             for value in (selector.uri_key, selector.route, tenant, selector.prefix, selector.tag)
         ]
         deleted = 0
@@ -191,18 +247,18 @@ class RedisCacheStore:
                 return deleted
             start += scanned - left_index
 
-    def _index_for(self, selector: PurgeFilter) -> tuple[str, str]:
+    def _index_for(self, selector: PurgeFilter) -> tuple[bytes, str]:
         # The most selective index given; every other criterion is checked per entry.
-        p = self.prefix
+        p = _utf8(self.prefix)
         if selector.uri_key is not None:
-            return p + "i:u:" + selector.uri_key, "u"
+            return p + b"i:u:" + _utf8(selector.uri_key), "u"
         if selector.tag is not None:
-            return p + "i:g:" + selector.tag, "g"
+            return p + b"i:g:" + _utf8(selector.tag), "g"
         if selector.tenant_id is not None:
-            return p + "i:t:" + str(selector.tenant_id), "t"
+            return p + b"i:t:%d" % selector.tenant_id, "t"
         if selector.route is not None:
-            return p + "i:r:" + selector.route, "r"
-        return p + "i:all", "all"
+            return p + b"i:r:" + _utf8(selector.route), "r"
+        return p + b"i:all", "all"
 
     async def stats(self) -> CacheStats:
         entries, size = await self._eval(self._stats_script, [self.prefix])

@@ -1,40 +1,57 @@
 -- Shared head of the cache_*.lua scripts (heliox.state.cache_redis prepends it to each).
 --
 -- Layout under prefix P:
---   P e:<key>         the entry: 'HXC1' | u32 index-len | u32 meta-len | index JSON | meta | body
+--   P e:<key>         the entry (heliox.state.cache_redis.encode_entry): a 60-byte fixed header
+--                     '>4sHIddddHHHHHII' (magic 'HXC2', status, age, four times, then the sizes of
+--                     tenant, tag count, header count, route, uri key, path, index part), the index
+--                     part (route, uri key, path, tenant, tag sizes as u16, tags), headers, body
 --   P i:all           zset of every key, score = expiry (ms, Redis clock)
 --   P i:r:<route>  P i:u:<uri key>  P i:t:<tenant>  P i:g:<tag>
 --                     zsets of keys per dimension, same scores, TTL >= their latest member
 --   P sz              hash key -> serialised size;  P bytes   the sum of those sizes
--- Index keys are derived from P and the entry's own index JSON, so a standalone Redis (not a
+-- Index keys are derived from P and the entry's own index part, so a standalone Redis (not a
 -- cluster) is assumed.
+
+local FIXED = 60
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The entry's index fields {r=route, u=uri key, p=path, t=tenant|null, g={tags}}, or nil when
--- the key is missing or holds something else.
+-- The entry's index fields {r=route, u=uri key, p=path, t=tenant or nil, g={tags}}, or nil when
+-- the key is missing or holds something else. Reads the head of the value, never the body.
 local function read_index(entry_key)
-  local head = redis.call('GETRANGE', entry_key, 0, 11)
-  if #head < 12 or string.sub(head, 1, 4) ~= 'HXC1' then
+  local head = redis.call('GETRANGE', entry_key, 0, FIXED - 1)
+  if #head < FIXED or string.sub(head, 1, 4) ~= 'HXC2' then
     return nil
   end
-  local n = struct.unpack('>I4', head, 5)
-  if n == 0 then
+  local tenant_len, tag_count, _, route_len, uri_len, path_len, index_len =
+    struct.unpack('>HHHHHI4I4', head, 43)
+  local part = ''
+  if index_len > 0 then
+    part = redis.call('GETRANGE', entry_key, FIXED, FIXED + index_len - 1)
+  end
+  if #part ~= index_len then
     return nil
   end
-  local ok, meta = pcall(cjson.decode, redis.call('GETRANGE', entry_key, 12, 11 + n))
-  if not ok or type(meta) ~= 'table' or type(meta.r) ~= 'string' or type(meta.u) ~= 'string'
-      or type(meta.p) ~= 'string' then
-    return nil
+  local at = 1
+  local function take(n)
+    local s = string.sub(part, at, at + n - 1)
+    at = at + n
+    return s
   end
-  if type(meta.t) ~= 'string' then
-    meta.t = nil
+  local meta = {r = take(route_len), u = take(uri_len), p = take(path_len), g = {}}
+  if tenant_len > 0 then
+    meta.t = take(tenant_len)
   end
-  if type(meta.g) ~= 'table' then
-    meta.g = {}
+  local sizes = {}
+  for i = 1, tag_count do
+    sizes[i] = struct.unpack('>H', part, at)
+    at = at + 2
+  end
+  for i = 1, tag_count do
+    meta.g[i] = take(sizes[i])
   end
   return meta
 end

@@ -1,0 +1,445 @@
+"""The SQL behind /admin/analytics: aggregates and pages over `request_logs`.
+
+Written in SQLAlchemy Core and run on SQLite and PostgreSQL alike. Percentiles are exact on both
+and equal to PostgreSQL's `percentile_cont` (linear interpolation between the two nearest ranks):
+PostgreSQL computes them itself; on SQLite the two ranks around each percentile are picked with
+window functions and interpolated here with the same arithmetic.
+
+Every query is bounded by a time range, so the indexes on `ts`, `(route_name, ts)`,
+`(key_id, ts)` and `(tenant_id, ts)` keep them proportional to the rows in the window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    ColumnElement,
+    Float,
+    FunctionElement,
+    Integer,
+    Select,
+    and_,
+    cast,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    type_coerce,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from heliox.db.models import ApiKey, RequestLog
+
+PERCENTILES: tuple[float, ...] = (0.5, 0.95, 0.99)
+# X-Cache values whose body came from the cache (REVALIDATED: after a 304 from the upstream).
+SERVED_FROM_CACHE: tuple[str, ...] = ("HIT", "STALE", "UPDATING", "REVALIDATED", "NEGATIVE")
+# Lookups that found nothing usable and went upstream.
+CACHE_MISSES: tuple[str, ...] = ("MISS", "EXPIRED")
+CACHE_STATUSES: tuple[str, ...] = (*SERVED_FROM_CACHE, *CACHE_MISSES, "BYPASS")
+# Rows written for requests answered before the cache was consulted (401, 429, 404 route, ...).
+NO_CACHE_STATUS = ""
+
+T = RequestLog.__table__.c
+
+
+class epoch_seconds(FunctionElement[int]):
+    """Whole seconds since the Unix epoch of a `ts` value, on either backend."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "epoch_seconds"
+
+
+@compiles(epoch_seconds, "postgresql")
+def _epoch_postgresql(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(floor(extract(epoch FROM {compiler.process(element.clauses, **kw)})) AS BIGINT)"
+
+
+@compiles(epoch_seconds, "sqlite")
+def _epoch_sqlite(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite keeps the naive UTC text SQLAlchemy wrote; '%s' reads it as UTC.
+    return f"CAST(strftime('%s', {compiler.process(element.clauses, **kw)}) AS INTEGER)"
+
+
+# --- what to look at ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LogScope:
+    """Rows with `since <= ts < until`, optionally narrowed to a route, tenant or key."""
+
+    since: datetime
+    until: datetime
+    route: str | None = None
+    tenant_id: int | None = None
+    key_id: int | None = None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        conds: list[ColumnElement[bool]] = [T.ts >= self.since, T.ts < self.until]
+        if self.route is not None:
+            conds.append(T.route_name == self.route)
+        if self.tenant_id is not None:
+            conds.append(T.tenant_id == self.tenant_id)
+        if self.key_id is not None:
+            conds.append(T.key_id == self.key_id)
+        return conds
+
+
+@dataclass(frozen=True, slots=True)
+class LogQuery:
+    """Filters and cursor of one page of raw log rows."""
+
+    limit: int
+    since: datetime | None = None
+    until: datetime | None = None
+    route: str | None = None
+    tenant_id: int | None = None
+    key_id: int | None = None
+    status_min: int | None = None
+    status_max: int | None = None
+    cache_status: str | None = None
+    method: str | None = None
+    path_prefix: str | None = None
+    before_id: int | None = None
+    after_id: int | None = None
+
+
+# --- results -------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Latency:
+    avg: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+@dataclass(slots=True)
+class Counts:
+    """Request counts of one group of rows; `cache` is keyed by X-Cache value ("" = none)."""
+
+    requests: int = 0
+    errors: int = 0
+    client_errors: int = 0
+    rate_limited: int = 0
+    upstream_calls: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    cache: dict[str, int] = field(default_factory=dict)
+    latency: Latency = field(default_factory=Latency)
+
+    @property
+    def served_from_cache(self) -> int:
+        return sum(self.cache.get(s, 0) for s in SERVED_FROM_CACHE)
+
+    @property
+    def cache_lookups(self) -> int:
+        return self.served_from_cache + sum(self.cache.get(s, 0) for s in CACHE_MISSES)
+
+
+@dataclass(slots=True)
+class KeyCounts:
+    key_id: int
+    tenant_id: int | None
+    name: str | None
+    key_prefix: str | None
+    last_seen: datetime | None
+    counts: Counts
+
+
+@dataclass(slots=True)
+class GroupCounts:
+    """Counts of one route (`group` = route name) or one time bucket (`group` = epoch start)."""
+
+    group: Any
+    counts: Counts
+
+
+# --- aggregate building blocks -------------------------------------------------------------------
+def _count_if(cond: ColumnElement[bool], name: str) -> ColumnElement[int]:
+    return func.count().filter(cond).label(name)
+
+
+def _count_columns(c: Any = T, *, cache: bool = False) -> list[ColumnElement[Any]]:
+    """Aggregates over the columns `c` (the table's, or a subquery's with the same names)."""
+    cols: list[ColumnElement[Any]] = [
+        func.count().label("requests"),
+        _count_if(c.status >= 500, "errors"),
+        _count_if(and_(c.status >= 400, c.status < 500), "client_errors"),
+        _count_if(c.status == 429, "rate_limited"),
+        func.count(c.upstream_latency_ms).label("upstream_calls"),
+        func.coalesce(func.sum(c.bytes_in), 0).label("bytes_in"),
+        func.coalesce(func.sum(c.bytes_out), 0).label("bytes_out"),
+        func.avg(c.latency_ms).label("avg_latency"),
+    ]
+    if cache:
+        cols += [_count_if(c.cache_status == s, f"cache_{s}") for s in CACHE_STATUSES]
+        cols.append(_count_if(c.cache_status == NO_CACHE_STATUS, "cache_"))
+    else:
+        # Enough for a hit rate without one column per status.
+        cols.append(_count_if(c.cache_status.in_(SERVED_FROM_CACHE), "cache_HIT"))
+        cols.append(_count_if(c.cache_status.in_(CACHE_MISSES), "cache_MISS"))
+    return cols
+
+
+def _counts_from(row: Any) -> Counts:
+    m = row._mapping
+    cache = {
+        name.removeprefix("cache_"): int(value or 0)
+        for name, value in m.items()
+        if isinstance(name, str) and name.startswith("cache_")
+    }
+    avg = m["avg_latency"]
+    return Counts(
+        requests=int(m["requests"] or 0),
+        errors=int(m["errors"] or 0),
+        client_errors=int(m["client_errors"] or 0),
+        rate_limited=int(m["rate_limited"] or 0),
+        upstream_calls=int(m["upstream_calls"] or 0),
+        bytes_in=int(m["bytes_in"] or 0),
+        bytes_out=int(m["bytes_out"] or 0),
+        cache=cache,
+        latency=Latency(avg=float(avg) if avg is not None else None),
+    )
+
+
+def is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _pg_percentiles(value: ColumnElement[float]) -> ColumnElement[Sequence[Any]]:
+    # One sort for all three: percentile_cont over an array of fractions returns an array.
+    fractions = ",".join(repr(p) for p in PERCENTILES)
+    return type_coerce(
+        func.percentile_cont(literal_column(f"ARRAY[{fractions}]::float8[]")).within_group(value),
+        ARRAY(Float),
+    ).label("percentiles")
+
+
+def _set_percentiles(latency: Latency, values: Sequence[float | None] | None) -> None:
+    if values is None:
+        return
+    latency.p50, latency.p95, latency.p99 = (None if v is None else float(v) for v in values)
+
+
+def interpolate_percentile(p: float, n: int, value_at_rank: dict[int, float]) -> float:
+    """`percentile_cont(p)` of n sorted values, given the values at 1-based ranks around it.
+
+    The same arithmetic as PostgreSQL (`float8_lerp`), so both backends agree to the last bit.
+    """
+    position = p * (n - 1)
+    lo = math.floor(position)
+    hi = math.ceil(position)
+    first = value_at_rank[lo + 1]
+    if hi == lo:
+        return first
+    return first + (value_at_rank[hi + 1] - first) * (position - lo)
+
+
+async def _sqlite_percentiles(session: AsyncSession, rows: Select[Any]) -> dict[Any, list[float]]:
+    """Group `g` -> [p50, p95, p99] of `v`, for a select of columns `g` and `v`."""
+    src = rows.subquery()
+    ranked = select(
+        src.c.g,
+        src.c.v,
+        func.row_number().over(partition_by=src.c.g, order_by=src.c.v).label("rn"),
+        func.count().over(partition_by=src.c.g).label("n"),
+    ).subquery()
+    wanted: list[ColumnElement[bool]] = []
+    for p in PERCENTILES:
+        # CAST truncates, which is floor here: ranks are never negative.
+        lo = cast(literal(p, Float) * (ranked.c.n - 1), Integer) + 1
+        wanted += [ranked.c.rn == lo, ranked.c.rn == lo + 1]
+    query = select(ranked.c.g, ranked.c.n, ranked.c.rn, ranked.c.v).where(or_(*wanted))
+    by_group: dict[Any, tuple[int, dict[int, float]]] = {}
+    for g, n, rn, v in await session.execute(query):
+        by_group.setdefault(g, (int(n), {}))[1][int(rn)] = float(v)
+    return {
+        g: [interpolate_percentile(p, n, ranks) for p in PERCENTILES]
+        for g, (n, ranks) in by_group.items()
+    }
+
+
+# --- the queries ---------------------------------------------------------------------------------
+async def summary(session: AsyncSession, scope: LogScope) -> Counts:
+    """Totals over the scope, with every cache status counted and latency percentiles."""
+    conds = scope.conditions()
+    cols = _count_columns(cache=True)
+    pg = is_postgres(session)
+    if pg:
+        cols.append(_pg_percentiles(T.latency_ms))
+    row = (await session.execute(select(*cols).where(*conds))).one()
+    counts = _counts_from(row)
+    if pg:
+        _set_percentiles(counts.latency, row.percentiles)
+    elif counts.requests:
+        rows = select(literal(0).label("g"), T.latency_ms.label("v")).where(*conds)
+        _set_percentiles(counts.latency, (await _sqlite_percentiles(session, rows)).get(0))
+    return counts
+
+
+async def top_keys(session: AsyncSession, scope: LogScope, limit: int) -> list[KeyCounts]:
+    """The keys with the most requests, busiest first, with their name and display prefix."""
+    agg = (
+        select(
+            T.key_id,
+            func.max(T.tenant_id).label("log_tenant_id"),
+            func.max(T.ts).label("last_seen"),
+            *_count_columns(),
+        )
+        .where(*scope.conditions(), T.key_id.is_not(None))
+        .group_by(T.key_id)
+        .order_by(literal_column("requests").desc(), T.key_id)
+        .limit(limit)
+        .subquery()
+    )
+    query = (
+        select(agg, ApiKey.tenant_id, ApiKey.name, ApiKey.key_prefix)
+        .outerjoin(ApiKey, ApiKey.id == agg.c.key_id)
+        .order_by(agg.c.requests.desc(), agg.c.key_id)
+    )
+    out = []
+    for row in await session.execute(query):
+        tenant_id = row.tenant_id if row.tenant_id is not None else row.log_tenant_id
+        out.append(
+            KeyCounts(
+                key_id=row.key_id,
+                tenant_id=tenant_id,
+                name=row.name,
+                key_prefix=row.key_prefix,
+                last_seen=row.last_seen,
+                counts=_counts_from(row),
+            )
+        )
+    return out
+
+
+async def by_route(
+    session: AsyncSession,
+    scope: LogScope,
+    limit: int,
+    *,
+    every_cache_status: bool = False,
+    percentiles: bool = True,
+) -> list[GroupCounts]:
+    """Per route name ("" = matched no route), busiest first."""
+    conds = scope.conditions()
+    pg = is_postgres(session) and percentiles
+    cols = _count_columns(cache=every_cache_status)
+    if pg:
+        cols.append(_pg_percentiles(T.latency_ms))
+    query = (
+        select(T.route_name, *cols)
+        .where(*conds)
+        .group_by(T.route_name)
+        .order_by(literal_column("requests").desc(), T.route_name)
+        .limit(limit)
+    )
+    groups = []
+    for row in await session.execute(query):
+        counts = _counts_from(row)
+        if pg:
+            _set_percentiles(counts.latency, row.percentiles)
+        groups.append(GroupCounts(group=row.route_name, counts=counts))
+    if percentiles and not pg and groups:
+        names = [g.group for g in groups]
+        rows = select(T.route_name.label("g"), T.latency_ms.label("v")).where(
+            *conds, T.route_name.in_(names)
+        )
+        found = await _sqlite_percentiles(session, rows)
+        for g in groups:
+            _set_percentiles(g.counts.latency, found.get(g.group))
+    return groups
+
+
+async def series(session: AsyncSession, scope: LogScope, bucket_seconds: int) -> list[GroupCounts]:
+    """Counts and percentiles per time bucket; `group` is the bucket's start in epoch seconds.
+
+    Buckets are `floor(epoch / bucket_seconds)`: whole-number arithmetic that means the same on
+    both backends. Empty buckets are left out (the caller fills them).
+    """
+    conds = scope.conditions()
+    bucket = (epoch_seconds(T.ts) / literal(bucket_seconds, BigInteger)).label("bucket")
+    # Grouped through a subquery: PostgreSQL would not match a GROUP BY expression whose
+    # bucket width is a separate bind parameter from the one in the select list.
+    inner = (
+        select(
+            bucket,
+            T.status,
+            T.cache_status,
+            T.latency_ms,
+            T.upstream_latency_ms,
+            T.bytes_in,
+            T.bytes_out,
+        )
+        .where(*conds)
+        .subquery()
+    )
+    c = inner.c
+    cols = _count_columns(c)
+    pg = is_postgres(session)
+    if pg:
+        cols.append(_pg_percentiles(c.latency_ms))
+    query = select(c.bucket, *cols).group_by(c.bucket).order_by(c.bucket)
+    points = []
+    for row in await session.execute(query):
+        counts = _counts_from(row)
+        if pg:
+            _set_percentiles(counts.latency, row.percentiles)
+        points.append(GroupCounts(group=int(row.bucket) * bucket_seconds, counts=counts))
+    if not pg and points:
+        rows = select(bucket.label("g"), T.latency_ms.label("v")).where(*conds)
+        found = await _sqlite_percentiles(session, rows)
+        for point in points:
+            _set_percentiles(point.counts.latency, found.get(point.group // bucket_seconds))
+    return points
+
+
+async def log_page(session: AsyncSession, q: LogQuery) -> list[dict[str, Any]]:
+    """Up to `q.limit + 1` rows (the extra one tells the caller there is more).
+
+    Newest first below `before_id`, or oldest first above `after_id` (a live tail).
+    """
+    conds: list[ColumnElement[bool]] = []
+    if q.since is not None:
+        conds.append(T.ts >= q.since)
+    if q.until is not None:
+        conds.append(T.ts < q.until)
+    for column, value in (
+        (T.route_name, q.route),
+        (T.tenant_id, q.tenant_id),
+        (T.key_id, q.key_id),
+        (T.cache_status, q.cache_status),
+        (T.method, q.method),
+    ):
+        if value is not None:
+            conds.append(column == value)
+    if q.status_min is not None:
+        conds.append(T.status >= q.status_min)
+    if q.status_max is not None:
+        conds.append(T.status <= q.status_max)
+    if q.path_prefix is not None:
+        conds.append(T.path.startswith(q.path_prefix, autoescape=True))
+    query = select(*T).where(*conds).limit(q.limit + 1)
+    if q.after_id is not None:
+        query = query.where(T.id > q.after_id).order_by(T.id.asc())
+    else:
+        if q.before_id is not None:
+            query = query.where(T.id < q.before_id)
+        query = query.order_by(T.id.desc())
+    return [dict(row._mapping) for row in await session.execute(query)]
+
+
+def bucket_starts(since_epoch: int, until_epoch: float, bucket_seconds: int) -> Iterable[int]:
+    """Start (epoch seconds) of every bucket overlapping `[since_epoch, until_epoch)`."""
+    start = since_epoch - since_epoch % bucket_seconds
+    while start < until_epoch:
+        yield start
+        start += bucket_seconds

@@ -1,0 +1,81 @@
+"""Pass-through: send the request upstream and stream the answer back, storing nothing."""
+
+from __future__ import annotations
+
+import time
+
+from heliox.core.headers import downstream_response_headers
+from heliox.gateway.exchange import BodyTooLarge, ClientGone, ProxyRequest, ResponseSink
+from heliox.gateway.upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
+from heliox.metrics import Metrics
+
+VIA = b"1.1 heliox"
+
+
+async def call_upstream(
+    client: UpstreamClient, metrics: Metrics, req: ProxyRequest, send: ResponseSink
+) -> UpstreamResponse | None:
+    """The upstream's response, or None when an error answer has already been sent."""
+    ex = req.ex
+    t0 = time.perf_counter()
+    try:
+        resp = await client.request(
+            req.method, req.target, req.upstream_headers, req.body, timeout=req.timeout
+        )
+    except (BodyTooLarge, ClientGone, UpstreamError) as exc:
+        # aiohttp may wrap what the body stream raised: the stream's own flag is the truth.
+        if ex.body_error is BodyTooLarge or isinstance(exc, BodyTooLarge):
+            await send.problem(
+                413,
+                "Request body too large",
+                f"the body limit of route {req.route.name!r} is {req.body_limit} bytes",
+            )
+            return None
+        if ex.body_error is ClientGone or isinstance(exc, ClientGone):
+            raise ClientGone from exc
+        assert isinstance(exc, UpstreamError)
+        metrics.upstream_errors[(req.route.name, exc.status)] += 1
+        await send_upstream_error(send, exc)
+        return None
+    ex.upstream_seconds = time.perf_counter() - t0
+    return resp
+
+
+async def send_upstream_error(send: ResponseSink, exc: UpstreamError) -> None:
+    title = "Bad gateway" if exc.status == 502 else "Gateway timeout"
+    await send.problem(exc.status, title, exc.detail)
+
+
+async def relay(
+    resp: UpstreamResponse, req: ProxyRequest, send: ResponseSink, x_cache: bytes
+) -> None:
+    """Stream an upstream response to the client as it arrives."""
+    out = downstream_response_headers(resp.headers)
+    out.append((b"via", VIA))
+    out.append((b"x-cache", x_cache))
+    try:
+        await send.start(resp.status, out)
+        if req.method == "HEAD":
+            await send.body(b"", more=False)
+            return
+        async for chunk in resp.chunks():
+            await send.body(chunk, more=True)
+        await send.body(b"", more=False)
+    except UpstreamError:
+        # Headers are out: the only honest signal left is to abort the client connection.
+        resp.close()
+        raise
+    finally:
+        resp.release()
+
+
+async def pass_through(
+    client: UpstreamClient, metrics: Metrics, req: ProxyRequest, send: ResponseSink
+) -> int | None:
+    """Proxy without the cache; returns the upstream status (None when it could not be reached)."""
+    resp = await call_upstream(client, metrics, req, send)
+    if resp is None:
+        return None
+    req.ex.cache_status = "BYPASS"
+    await relay(resp, req, send, b"BYPASS")
+    return resp.status
