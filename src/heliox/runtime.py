@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from heliox.config import Settings
+from heliox.core.anomaly import AbuseDetector, DetectorConfig
 from heliox.db.engine import make_engine, make_session_factory
 from heliox.db.logwriter import LogWriter
 from heliox.db.migrate import upgrade_database
@@ -29,6 +30,9 @@ from heliox.gateway.upstream_client import UpstreamClient
 from heliox.metrics import Metrics
 from heliox.seed import seed
 from heliox.snapshot import Snapshot
+from heliox.state.admission import AdmissionBackend
+from heliox.state.admission_memory import MemoryAdmission
+from heliox.state.admission_redis import RedisAdmission
 from heliox.state.bloom_store import MemoryNegativeCache, NegativeCache, RedisNegativeCache
 from heliox.state.cache import CacheStore
 from heliox.state.cache_memory import MemoryCacheStore
@@ -62,7 +66,18 @@ class Runtime:
             / f"logs-spill-{os.getpid()}.jsonl",
         )
         self.redis: Any = None  # redis.asyncio.Redis when REDIS_URL is set
-        # Response cache and negative (404) cache: in-process until start() sees REDIS_URL.
+        self.admission: AdmissionBackend = MemoryAdmission(quota_tz=settings.quota_timezone)
+        self.detector = AbuseDetector(
+            DetectorConfig(
+                window_seconds=settings.abuse_window_seconds,
+                alpha=settings.abuse_ewma_alpha,
+                threshold=settings.abuse_zscore_threshold,
+                min_samples=settings.abuse_min_samples,
+                min_rate=settings.abuse_min_rate,
+                action=settings.abuse_action,
+            )
+        )
+        # State: in-process unless REDIS_URL is set (then shared by every instance, below).
         self.cache: CacheStore = MemoryCacheStore(settings.cache_max_bytes)
         self.negative: NegativeCache = MemoryNegativeCache(
             expected_items=settings.bloom_expected_items,
@@ -70,6 +85,22 @@ class Runtime:
             rotation_seconds=settings.bloom_rotation_seconds,
             hash_key=self.bloom_hash_key,
         )
+        s = settings
+        if s.redis_url:
+            # Connections open lazily; building the clients here lets every step hold them.
+            self.redis = _redis_client(s.redis_url)
+            self.admission = RedisAdmission(
+                self.redis, prefix=s.redis_key_prefix, quota_tz=s.quota_timezone
+            )
+            self.cache = RedisCacheStore(self.redis, prefix=s.redis_key_prefix + "cache:")
+            self.negative = RedisNegativeCache(
+                self.redis,
+                expected_items=s.bloom_expected_items,
+                false_positive_rate=s.bloom_false_positive_rate,
+                rotation_seconds=s.bloom_rotation_seconds,
+                hash_key=self.bloom_hash_key,
+                prefix=s.redis_key_prefix + "neg:",
+            )
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self.started = False
@@ -82,17 +113,6 @@ class Runtime:
             await seed(self.session_factory, s)
         await self.reload_config()
         await self.upstream.start()
-        if s.redis_url:
-            self.redis = _redis_client(s.redis_url)
-            self.cache = RedisCacheStore(self.redis, prefix=s.redis_key_prefix + "cache:")
-            self.negative = RedisNegativeCache(
-                self.redis,
-                expected_items=s.bloom_expected_items,
-                false_positive_rate=s.bloom_false_positive_rate,
-                rotation_seconds=s.bloom_rotation_seconds,
-                hash_key=self.bloom_hash_key,
-                prefix=s.redis_key_prefix + "neg:",
-            )
         self.logs.start()
         self._tasks.append(asyncio.create_task(self._poll_config(), name="heliox-config-poll"))
         if self.redis is not None:
@@ -198,12 +218,18 @@ class Runtime:
 
 def _redis_client(url: str) -> Any:
     import redis.asyncio as aioredis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    return aioredis.Redis.from_url(
+    # Bounded pool that waits (not fails) when busy; no retries, so an outage is seen in one
+    # timeout and the hot path can fail open at once.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
         max_connections=64,
+        timeout=2.0,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
         health_check_interval=15,
-        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 0),
     )
+    return aioredis.Redis(connection_pool=pool)

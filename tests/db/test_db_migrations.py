@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
 
 import heliox
-from heliox.db.engine import make_engine
+from heliox.config import load_settings
+from heliox.db.engine import make_engine, make_session_factory
 from heliox.db.migrate import (
     MIGRATIONS_DIR,
     PG_MIGRATION_LOCK_KEY,
@@ -26,6 +28,7 @@ from heliox.db.migrate import (
     upgrade_database_sync,
 )
 from heliox.db.models import Base
+from heliox.seed import seed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TABLES = {
@@ -249,3 +252,48 @@ async def test_upgrade_waits_for_the_migration_lock(pg_url: str) -> None:
     finally:
         await holder.close()
     assert (await _inspect(pg_url))[2] == "0001"
+
+
+RECREATE_TENANTS = """
+from alembic import op
+
+revision = "9999"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("tenants", recreate="always"):
+        pass
+
+
+def downgrade() -> None:
+    pass
+"""
+
+
+async def test_sqlite_batch_migration_keeps_rows_of_child_tables(tmp_path: Path) -> None:
+    """SQLite batch mode drops and recreates a table; that must not cascade to api_keys."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'heliox.db'}"
+    await upgrade_database(url)
+    engine = make_engine(url)
+    try:
+        settings = load_settings(deployment_mode="demo", database_url="", redis_url="")
+        await seed(make_session_factory(engine), settings)
+        await engine.dispose()
+
+        scripts = tmp_path / "migrations"
+        shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+        (scripts / "versions" / "9999_recreate_tenants.py").write_text(RECREATE_TENANTS)
+        cfg = alembic_config(url)
+        cfg.set_main_option("script_location", str(scripts))
+        await asyncio.to_thread(command.upgrade, cfg, "head")
+
+        async with engine.connect() as conn:
+            keys = await conn.scalar(text("SELECT count(*) FROM api_keys"))
+            revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    finally:
+        await engine.dispose()
+    assert revision == "9999"
+    assert keys == 4

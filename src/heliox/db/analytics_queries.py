@@ -366,7 +366,7 @@ async def series(session: AsyncSession, scope: LogScope, bucket_seconds: int) ->
     both backends. Empty buckets are left out (the caller fills them).
     """
     conds = scope.conditions()
-    bucket = (epoch_seconds(T.ts) / literal(bucket_seconds, BigInteger)).label("bucket")
+    bucket = (epoch_seconds(T.ts) // literal(bucket_seconds, BigInteger)).label("bucket")
     # Grouped through a subquery: PostgreSQL would not match a GROUP BY expression whose
     # bucket width is a separate bind parameter from the one in the select list.
     inner = (

@@ -23,6 +23,8 @@ from heliox.core.headers import (
     upstream_request_headers,
 )
 from heliox.core.paths import BadPath, join_upstream_path, parse_gateway_path
+from heliox.gateway.abuse import AbuseMonitor
+from heliox.gateway.admission_step import AdmissionStep
 from heliox.gateway.cache_layer import CacheLayer
 from heliox.gateway.exchange import ClientGone, Exchange, ProxyRequest, ResponseSink, body_stream
 from heliox.gateway.proxy import VIA, pass_through
@@ -48,6 +50,8 @@ class Gateway:
         self.runtime = runtime
         self.fallback = fallback
         self.cache = CacheLayer(runtime)
+        self.admission = AdmissionStep(runtime.admission, runtime.settings, runtime.metrics)
+        self.abuse = AbuseMonitor(runtime)
         self._seq = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -173,6 +177,8 @@ class Gateway:
                 f"the body limit of route {route.name!r} is {limit} bytes",
             )
             return
+        if not await self.admission.admit(route, ex.key, ex.client_ip, send):
+            return
         send_body = method not in BODYLESS_METHODS and (has_te or (declared not in (None, b"0")))
 
         await self._forward(
@@ -264,6 +270,8 @@ class Gateway:
         )
         key = ex.key
         route = ex.route
+        if key is not None and ex.status != 429:
+            self.abuse.observe(key, time.time())
         rt.logs.enqueue(
             (
                 time.time(),

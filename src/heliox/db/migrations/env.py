@@ -62,8 +62,17 @@ async def run_async_migrations(url: str) -> None:
     engine = make_engine(url, pool_size=1, statement_timeout_ms=None)
     try:
         async with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Batch mode drops and recreates tables; with foreign keys on, dropping `tenants`
+                # would cascade-delete every API key. Checked again after the migration instead.
+                await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             await connection.run_sync(do_run_migrations)
             await connection.commit()
+            if sqlite:
+                broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise RuntimeError(f"migration left rows with dangling foreign keys: {broken}")
     finally:
         await engine.dispose()
 

@@ -1,0 +1,86 @@
+"""Abuse detection after the response: feed the per-key detector, act on its verdicts.
+
+The detector (`heliox.core.anomaly`) is pure and lives in this process; a verdict becomes a soft
+block in the admission backend (so every instance enforces it) and an `abuse_events` row (so
+operators see why). Nothing here runs before the client has its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from heliox.core.anomaly import AbuseDetector, Verdict
+from heliox.db.models import AbuseEvent
+from heliox.gateway.admission_step import key_subject
+from heliox.snapshot import KeyConfig
+
+log = logging.getLogger("heliox.abuse")
+
+
+class AbuseMonitor:
+    def __init__(self, runtime: object) -> None:
+        from heliox.runtime import Runtime
+
+        assert isinstance(runtime, Runtime)
+        self.rt = runtime
+        self.detector: AbuseDetector = runtime.detector
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def observe(self, key: KeyConfig, now: float) -> None:
+        verdict = self.detector.record(key_subject(key.id), now)
+        if verdict is not None and verdict.anomalous:
+            task = asyncio.create_task(self._act(key, verdict, now))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _act(self, key: KeyConfig, v: Verdict, now: float) -> None:
+        rt = self.rt
+        s = rt.settings
+        action = s.abuse_action
+        window = v.window_seconds
+        observed_rate = v.observed / window
+        baseline_rate = v.baseline_mean / window
+        reason = (
+            f"request rate {observed_rate:.1f}/s against a baseline of {baseline_rate:.1f}/s "
+            f"(z = {v.score:.1f} > {s.abuse_zscore_threshold})"
+        )
+        until: float | None = None
+        if action != "shadow":
+            until = now + s.abuse_block_duration_seconds
+            info = {
+                "key_id": key.id,
+                "tenant_id": key.tenant_id,
+                "reason": reason,
+                "score": round(v.score, 3),
+                "observed_rate": round(observed_rate, 3),
+                "baseline_rate": round(baseline_rate, 3),
+                "action": action,
+            }
+            try:
+                await rt.admission.block(key_subject(key.id), until, info)
+                rt.metrics.count("abuse_blocks")
+            except Exception as exc:
+                log.warning("could not store the abuse block of key %s: %s", key.id, exc)
+        else:
+            rt.metrics.count("abuse_shadow_flags")
+        log.warning("abuse: key %s (%s) %s; action %s", key.id, key.key_prefix, reason, action)
+        try:
+            async with rt.session_factory() as session:
+                session.add(
+                    AbuseEvent(
+                        ts=datetime.fromtimestamp(now, UTC),
+                        key_id=key.id,
+                        tenant_id=key.tenant_id,
+                        reason=reason,
+                        score=float(v.score),
+                        observed_rate=observed_rate,
+                        baseline_rate=baseline_rate,
+                        action=action,
+                        blocked_until=datetime.fromtimestamp(until, UTC) if until else None,
+                    )
+                )
+                await session.commit()
+        except Exception as exc:
+            log.warning("could not record the abuse event of key %s: %s", key.id, exc)

@@ -1,0 +1,223 @@
+"""Admission on the request path: soft block → rate limit → quotas, in one backend call.
+
+Which limit applies: the route's override if it has one (its own counter per key, or per client
+IP on a public route), else the key's, else DEFAULT_RATE_LIMIT_RPS / _BURST. Quotas belong to
+the key. The answer's rate-limit fields go on every response (unless the route hides them);
+a refusal is a 429 problem+json saying which limit was hit and when it resets.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from heliox.config import Settings
+from heliox.gateway.exchange import ResponseSink
+from heliox.gateway.responses import Headers
+from heliox.metrics import Metrics
+from heliox.snapshot import KeyConfig, RouteConfig
+from heliox.state.admission import (
+    BLOCKED,
+    DAILY_QUOTA,
+    MONTHLY_QUOTA,
+    RATE,
+    TOKEN_BUCKET,
+    AdmissionBackend,
+    AdmissionRequest,
+    AdmissionResult,
+    LimitSpec,
+)
+
+log = logging.getLogger("heliox.admission")
+
+PROBLEM_TYPES = {
+    RATE: "https://heliox.dev/problems/rate-limited",
+    DAILY_QUOTA: "https://heliox.dev/problems/daily-quota-exceeded",
+    MONTHLY_QUOTA: "https://heliox.dev/problems/monthly-quota-exceeded",
+    BLOCKED: "https://heliox.dev/problems/key-blocked",
+}
+TITLES = {
+    RATE: "Rate limit exceeded",
+    DAILY_QUOTA: "Daily quota exceeded",
+    MONTHLY_QUOTA: "Monthly quota exceeded",
+    BLOCKED: "API key temporarily blocked",
+}
+
+
+def key_subject(key_id: int) -> str:
+    return f"k:{key_id}"
+
+
+class AdmissionStep:
+    def __init__(self, backend: AdmissionBackend, settings: Settings, metrics: Metrics) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.metrics = metrics
+        self._default = LimitSpec(
+            TOKEN_BUCKET, settings.default_rate_limit_rps, settings.default_rate_limit_burst
+        )
+        self._specs: dict[tuple[object, ...], LimitSpec] = {}
+
+    def _spec(
+        self, algorithm: str | None, rps: float | None, burst: int | None, window: int
+    ) -> LimitSpec:
+        cache_key = (algorithm, rps, burst, window)
+        spec = self._specs.get(cache_key)
+        if spec is None:
+            if rps is None:
+                spec = self._default
+            else:
+                if burst is None:
+                    burst = max(1, round(rps * 2))
+                spec = LimitSpec(algorithm or TOKEN_BUCKET, rps, burst, max(1, window))
+            if len(self._specs) > 4096:
+                self._specs.clear()
+            self._specs[cache_key] = spec
+        return spec
+
+    def request_for(
+        self, route: RouteConfig, key: KeyConfig | None, client_ip: str
+    ) -> AdmissionRequest:
+        if key is not None:
+            principal = key_subject(key.id)
+            if route.rate_limit_rps is not None:
+                spec = self._spec(
+                    route.rate_limit_algorithm or key.rate_limit_algorithm,
+                    route.rate_limit_rps,
+                    route.rate_limit_burst,
+                    key.rate_limit_window_seconds,
+                )
+                subject = f"{principal}:r:{route.id}"
+            else:
+                spec = self._spec(
+                    key.rate_limit_algorithm,
+                    key.rate_limit_rps,
+                    key.rate_limit_burst,
+                    key.rate_limit_window_seconds,
+                )
+                subject = principal
+            return AdmissionRequest(
+                subject=subject,
+                limit=spec,
+                daily_quota=key.daily_quota,
+                monthly_quota=key.monthly_quota,
+                quota_subject=principal,
+            )
+        # Public route: limits per client address (the canonical form headers.client_ip gives).
+        spec = self._spec(
+            route.rate_limit_algorithm, route.rate_limit_rps, route.rate_limit_burst, 1
+        )
+        return AdmissionRequest(subject=f"ip:{client_ip}:r:{route.id}", limit=spec)
+
+    async def admit(
+        self, route: RouteConfig, key: KeyConfig | None, client_ip: str, send: ResponseSink
+    ) -> bool:
+        """True to go on; False when a refusal has been sent."""
+        req = self.request_for(route, key, client_ip)
+        try:
+            result = await self.backend.admit(req)
+        except Exception as exc:
+            # Authentication already happened; only the counters are unknown.
+            self.metrics.count("admission_unavailable")
+            if route.fail_mode == "closed":
+                self.metrics.admission[(route.name, "refused", "unavailable")] += 1
+                await send.problem(
+                    503,
+                    "Rate limiter unavailable",
+                    f"route {route.name!r} refuses traffic while its rate limiter's store is "
+                    "unreachable (fail-closed); retry shortly",
+                    [(b"retry-after", b"1")],
+                )
+                return False
+            log.debug("admission unavailable, failing open: %s", exc)
+            self.metrics.admission[(route.name, "admitted", "fail_open")] += 1
+            return True
+        if not route.hide_ratelimit_headers:
+            send.extra_headers.extend(rate_limit_headers(req, result))
+        if result.allowed:
+            self.metrics.admission[(route.name, "admitted", "")] += 1
+            return True
+        reason = result.reason or RATE
+        self.metrics.admission[(route.name, "limited", reason)] += 1
+        await self._refuse(send, req, result, reason)
+        return False
+
+    async def _refuse(
+        self, send: ResponseSink, req: AdmissionRequest, result: AdmissionResult, reason: str
+    ) -> None:
+        reset_at = result.now + result.retry_after
+        if reason == BLOCKED and result.blocked_until is not None:
+            reset_at = result.blocked_until
+            detail = (
+                "this API key is temporarily blocked after unusual traffic until "
+                f"{_iso(reset_at)}; an administrator can lift the block"
+            )
+        elif reason == DAILY_QUOTA:
+            reset_at = result.daily_reset or reset_at
+            detail = (
+                f"the daily quota of {result.daily_limit} requests is used up; it resets at "
+                f"{_iso(reset_at)}"
+            )
+        elif reason == MONTHLY_QUOTA:
+            reset_at = result.monthly_reset or reset_at
+            detail = (
+                f"the monthly quota of {result.monthly_limit} requests is used up; it resets at "
+                f"{_iso(reset_at)}"
+            )
+        else:
+            detail = f"rate limit of {result.limit} requests exceeded"
+        retry = max(1, int(-(-(reset_at - result.now) // 1)))  # whole seconds, rounded up
+        if reason == RATE:
+            detail += f"; retry in {retry} s (at {_iso(reset_at)})"
+        await send.problem(
+            429,
+            TITLES[reason],
+            detail,
+            [(b"retry-after", str(retry).encode())],
+            type_=PROBLEM_TYPES[reason],
+            limit=reason,
+            retry_after=retry,
+            reset_at=_iso(reset_at),
+        )
+
+
+def rate_limit_headers(req: AdmissionRequest, result: AdmissionResult) -> Headers:
+    """IETF draft-10 RateLimit-Policy / RateLimit, plus the legacy RateLimit-* and X-RateLimit-*."""
+    out: Headers = []
+    policies: list[str] = []
+    states: list[str] = []
+    spec = req.limit
+    if spec is not None and result.limit:
+        if spec.algorithm == TOKEN_BUCKET:
+            window = max(1, round(spec.burst / spec.rate))
+        else:
+            window = spec.window_seconds
+        reset = max(0, int(-(-result.reset_after // 1)))
+        policies.append(f'"rate";q={result.limit};w={window}')
+        states.append(f'"rate";r={result.remaining};t={reset}')
+        limit_b = str(result.limit).encode()
+        remaining_b = str(result.remaining).encode()
+        reset_b = str(reset).encode()
+        out += [
+            (b"ratelimit-limit", limit_b),
+            (b"ratelimit-remaining", remaining_b),
+            (b"ratelimit-reset", reset_b),
+            (b"x-ratelimit-limit", limit_b),
+            (b"x-ratelimit-remaining", remaining_b),
+            (b"x-ratelimit-reset", reset_b),
+        ]
+    for name, limit, remaining, reset_at, window in (
+        ("daily", result.daily_limit, result.daily_remaining, result.daily_reset, 86400),
+        ("monthly", result.monthly_limit, result.monthly_remaining, result.monthly_reset, 2592000),
+    ):
+        if limit is not None and remaining is not None and reset_at is not None:
+            policies.append(f'"{name}";q={limit};w={window}')
+            states.append(f'"{name}";r={remaining};t={max(0, int(reset_at - result.now))}')
+    if policies:
+        out.append((b"ratelimit-policy", ", ".join(policies).encode()))
+        out.append((b"ratelimit", ", ".join(states).encode()))
+    return out
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
