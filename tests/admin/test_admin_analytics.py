@@ -425,35 +425,33 @@ async def test_logs_filtered_pages(seeded: FakeRuntime, client: httpx.AsyncClien
     assert seen == row_ids(lambda r: r.route == "orders")
 
 
-@pytest.mark.parametrize(
-    ("params", "predicate"),
-    [
-        ({"status": "5xx"}, lambda r: r.status >= 500),
-        ({"status": "4xx"}, lambda r: 400 <= r.status < 500),
-        ({"status": "404"}, lambda r: r.status == 404),
-        ({"cache_status": "hit"}, lambda r: r.cache == "HIT"),
-        ({"cache_status": "none"}, lambda r: r.cache == ""),
-        ({"method": "post"}, lambda r: r.method == "POST"),
-        ({"key_id": 2}, lambda r: r.key_id == 2),
-        ({"tenant_id": 1}, lambda r: r.key_id is not None),
-        ({"path_prefix": "/users/"}, lambda r: r.path.startswith("/users/")),
-        # "_" is a LIKE wildcard: it must match only itself.
-        ({"path_prefix": "/orders/1_"}, lambda r: r.path == "/orders/1_a"),
-        ({"path_prefix": "%"}, lambda r: False),
-        (RANGE, lambda r: 0 <= r.at < 600),
-        ({"since": SINCE}, lambda r: r.at >= 0),
-        ({"until": SINCE}, lambda r: r.at < 0),
-        (
-            {"route": "users", "status": "2xx", **RANGE},
-            lambda r: r.route == "users" and r.status < 300,
-        ),
-    ],
-)
-async def test_logs_filters(
-    seeded: FakeRuntime, client: httpx.AsyncClient, params: dict[str, Any], predicate: Any
-) -> None:
-    body = await get_json(client, "/admin/analytics/logs", **params)
-    assert ids_of(body) == row_ids(predicate)
+LOG_FILTERS: list[tuple[dict[str, Any], Any]] = [
+    ({"status": "5xx"}, lambda r: r.status >= 500),
+    ({"status": "4xx"}, lambda r: 400 <= r.status < 500),
+    ({"status": "404"}, lambda r: r.status == 404),
+    ({"cache_status": "hit"}, lambda r: r.cache == "HIT"),
+    ({"cache_status": "none"}, lambda r: r.cache == ""),
+    ({"method": "post"}, lambda r: r.method == "POST"),
+    ({"key_id": 2}, lambda r: r.key_id == 2),
+    ({"tenant_id": 1}, lambda r: r.key_id is not None),
+    ({"path_prefix": "/users/"}, lambda r: r.path.startswith("/users/")),
+    # "_" is a LIKE wildcard: it must match only itself.
+    ({"path_prefix": "/orders/1_"}, lambda r: r.path == "/orders/1_a"),
+    ({"path_prefix": "%"}, lambda r: False),
+    (RANGE, lambda r: 0 <= r.at < 600),
+    ({"since": SINCE}, lambda r: r.at >= 0),
+    ({"until": SINCE}, lambda r: r.at < 0),
+    (
+        {"route": "users", "status": "2xx", **RANGE},
+        lambda r: r.route == "users" and r.status < 300,
+    ),
+]
+
+
+async def test_logs_filters(seeded: FakeRuntime, client: httpx.AsyncClient) -> None:
+    for params, predicate in LOG_FILTERS:
+        body = await get_json(client, "/admin/analytics/logs", **params)
+        assert ids_of(body) == row_ids(predicate), params
 
 
 async def test_logs_window_bounds_rows_to_the_recent_past(
@@ -490,47 +488,47 @@ async def test_logs_tail_with_after_id(seeded: FakeRuntime, client: httpx.AsyncC
 ENDPOINTS = ["summary", "top-keys", "top-routes", "cache-hit-rate", "logs"]
 
 
-@pytest.mark.parametrize("endpoint", ENDPOINTS)
-async def test_requires_the_admin_key(app: Any, endpoint: str) -> None:
-    async with client_for(app, admin_key=None) as anonymous:
-        assert_problem(await anonymous.get(f"/admin/analytics/{endpoint}"), 401)
-    async with client_for(app, admin_key="wrong-key-wrong-key-wrong") as wrong:
-        assert_problem(await wrong.get(f"/admin/analytics/{endpoint}"), 401)
+async def test_requires_the_admin_key(app: Any) -> None:
+    async with (
+        client_for(app, admin_key=None) as anonymous,
+        client_for(app, admin_key="wrong-key-wrong-key-wrong") as wrong,
+    ):
+        for endpoint in ENDPOINTS:
+            assert_problem(await anonymous.get(f"/admin/analytics/{endpoint}"), 401)
+            assert_problem(await wrong.get(f"/admin/analytics/{endpoint}"), 401)
 
 
-@pytest.mark.parametrize("endpoint", ENDPOINTS)
-@pytest.mark.parametrize("window", ["1x", "0h", "h", "-1h", "91d", "1.5h", "9999999999d"])
-async def test_bad_window_is_422(client: httpx.AsyncClient, endpoint: str, window: str) -> None:
-    body = assert_problem(
-        await client.get(f"/admin/analytics/{endpoint}", params={"window": window}), 422
-    )
-    assert body["errors"][0]["loc"] == ["query", "window"]
+async def test_bad_window_is_422(client: httpx.AsyncClient) -> None:
+    for endpoint in ENDPOINTS:
+        for window in ("1x", "0h", "h", "-1h", "91d", "1.5h", "9999999999d"):
+            response = await client.get(f"/admin/analytics/{endpoint}", params={"window": window})
+            body = assert_problem(response, 422)
+            assert body["errors"][0]["loc"] == ["query", "window"], (endpoint, window)
 
 
-@pytest.mark.parametrize(
-    ("endpoint", "params", "field"),
-    [
-        ("summary", {"since": UNTIL, "until": SINCE}, "since"),
-        ("summary", {"since": SINCE, "until": SINCE}, "since"),
-        ("summary", {"since": "yesterday"}, "since"),
-        ("summary", {"since": "2024-01-01T00:00:00Z", "until": UNTIL}, "since"),
-        ("summary", {"tenant_id": 0}, "tenant_id"),
-        ("top-keys", {"limit": 101}, "limit"),
-        ("top-routes", {"limit": 0}, "limit"),
-        ("cache-hit-rate", {"bucket": "2m"}, "bucket"),
-        ("cache-hit-rate", {"bucket": "10s", "window": "7d"}, "bucket"),
-        ("logs", {"status": "6xx"}, "status"),
-        ("logs", {"status": "20"}, "status"),
-        ("logs", {"limit": 1001}, "limit"),
-        ("logs", {"before_id": 5, "after_id": 1}, "after_id"),
-        ("logs", {"since": UNTIL, "until": SINCE}, "since"),
-    ],
-)
-async def test_bad_parameters_are_422(
-    client: httpx.AsyncClient, endpoint: str, params: dict[str, Any], field: str
-) -> None:
-    body = assert_problem(await client.get(f"/admin/analytics/{endpoint}", params=params), 422)
-    assert ["query", field] in [e["loc"] for e in body["errors"]]
+BAD_PARAMETERS: list[tuple[str, dict[str, Any], str]] = [
+    ("summary", {"since": UNTIL, "until": SINCE}, "since"),
+    ("summary", {"since": SINCE, "until": SINCE}, "since"),
+    ("summary", {"since": "yesterday"}, "since"),
+    ("summary", {"since": "2024-01-01T00:00:00Z", "until": UNTIL}, "since"),
+    ("summary", {"tenant_id": 0}, "tenant_id"),
+    ("top-keys", {"limit": 101}, "limit"),
+    ("top-routes", {"limit": 0}, "limit"),
+    ("cache-hit-rate", {"bucket": "2m"}, "bucket"),
+    ("cache-hit-rate", {"bucket": "10s", "window": "7d"}, "bucket"),
+    ("logs", {"status": "6xx"}, "status"),
+    ("logs", {"status": "20"}, "status"),
+    ("logs", {"limit": 1001}, "limit"),
+    ("logs", {"before_id": 5, "after_id": 1}, "after_id"),
+    ("logs", {"since": UNTIL, "until": SINCE}, "since"),
+]
+
+
+async def test_bad_parameters_are_422(client: httpx.AsyncClient) -> None:
+    for endpoint, params, field in BAD_PARAMETERS:
+        response = await client.get(f"/admin/analytics/{endpoint}", params=params)
+        body = assert_problem(response, 422)
+        assert ["query", field] in [e["loc"] for e in body["errors"]], (endpoint, params)
 
 
 @pytest.mark.parametrize(
