@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from heliox import __version__
@@ -49,6 +50,16 @@ def create_app(settings: Settings | None = None) -> Gateway:
             headers={"cache-control": "no-store"},
         )
 
+    if settings.cors_origin_list:
+        # Browsers on these origins may call the admin API with the X-Admin-Key header.
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["X-Admin-Key", "Content-Type", "X-CSRF-Token"],
+            allow_credentials=False,
+            max_age=600,
+        )
     _mount_optional(api)
     return Gateway(runtime, api)
 
@@ -58,6 +69,13 @@ def _mount_optional(api: FastAPI) -> None:
 
     install_admin_error_handlers(api)
     api.include_router(admin_router())
+
+    from heliox.ui.auth import session_actor_hook
+    from heliox.ui.views import mount_ui
+
+    # The UI's session cookie (with its CSRF token) authenticates admin API calls too.
+    api.state.runtime.session_actor = session_actor_hook(api.state.runtime.settings)
+    mount_ui(api)
 
 
 def __getattr__(name: str) -> Any:

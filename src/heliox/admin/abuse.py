@@ -76,7 +76,7 @@ async def unblock_key(key_id: int, admin: AdminDep, request: Request) -> dict[st
             .values(unblocked_at=now)
         )
         await record_audit(
-            session, admin.actor, "abuse.unblock", "api_key", str(key_id),
+            session, admin.actor, "abuse.unblock", "key", str(key_id),
             after={"unblocked": lifted},
         )  # fmt: skip
         await session.commit()
@@ -106,7 +106,7 @@ async def block_key(
                 action="manual", blocked_until=datetime.fromtimestamp(until, UTC),
             )
         )  # fmt: skip
-        await record_audit(session, admin.actor, "abuse.block", "api_key", str(key_id), after=info)
+        await record_audit(session, admin.actor, "abuse.block", "key", str(key_id), after=info)
         await session.commit()
     return {"key_id": key_id, "blocked_until": _iso(until)}
 

@@ -44,9 +44,7 @@ def read_session(
     token = conn.cookies.get(COOKIE_NAME)
     if not token:
         return None
-    return sessions.decode(
-        session_key(settings), token, now=time.time() if now is None else now
-    )
+    return sessions.decode(session_key(settings), token, now=time.time() if now is None else now)
 
 
 def ui_actor(settings: Settings) -> str:
@@ -89,9 +87,7 @@ def is_https(conn: HTTPConnection, settings: Settings) -> bool:
     return any(peer in net for net in settings.trusted_proxy_networks)
 
 
-def set_session_cookie(
-    response: Response, token: str, *, max_age: int, secure: bool
-) -> None:
+def set_session_cookie(response: Response, token: str, *, max_age: int, secure: bool) -> None:
     for path in COOKIE_PATHS:
         response.set_cookie(
             COOKIE_NAME,

@@ -10,6 +10,7 @@ sample then counts from zero.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def parse_sample(text: str, ts: float, *, blocked_keys: int | None = None) -> Sa
                 if le is not None:
                     buckets[le] = buckets.get(le, 0.0) + s.value
     finite = tuple(sorted(b for b in buckets if math.isfinite(b)))
-    cumulative = tuple(buckets[b] for b in finite) + (buckets.get(math.inf, 0.0),)
+    cumulative = (*(buckets[b] for b in finite), buckets.get(math.inf, 0.0))
     return Sample(
         ts=ts,
         requests=requests,
@@ -110,7 +111,7 @@ def interval(a: Sample, b: Sample) -> dict[str, Any]:
 def points(samples: Sequence[Sample], *, after: float | None = None) -> list[dict[str, Any]]:
     """One point per consecutive pair of samples, those ending after `after` (if given)."""
     out = []
-    for a, b in zip(samples, samples[1:], strict=False):
+    for a, b in itertools.pairwise(samples):
         if after is None or b.ts > after:
             out.append(interval(a, b))
     return out
@@ -198,4 +199,3 @@ def list_items(payload: Any) -> list[Any] | None:
             if isinstance(value, list):
                 return value
     return None
-

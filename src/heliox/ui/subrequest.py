@@ -44,7 +44,7 @@ async def get(
     path: str,
     params: dict[str, Any] | None = None,
     *,
-    timeout: float = DEFAULT_TIMEOUT,
+    deadline: float = DEFAULT_TIMEOUT,
 ) -> SubResponse:
     """GET `path` from `app` with the parent request's cookie; parameters that are None drop."""
     query = urlencode(
@@ -102,10 +102,10 @@ async def get(
                 done.set()
 
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(deadline):
             await app(scope, receive, send)
     except TimeoutError as exc:
-        raise SubrequestError(f"{path} did not answer within {timeout}s") from exc
+        raise SubrequestError(f"{path} did not answer within {deadline}s") from exc
     finally:
         done.set()
     return SubResponse(status, b"".join(chunks), content_type)

@@ -226,7 +226,9 @@ async def login_page(request: Request, next: str = "") -> Response:
     return _login_form(request, next_path=next)
 
 
-def _login_form(request: Request, *, next_path: str, error: str = "", status: int = 200) -> Response:
+def _login_form(
+    request: Request, *, next_path: str, error: str = "", status: int = 200
+) -> Response:
     token = session.new_token()
     response = _render(
         request,
@@ -426,7 +428,9 @@ async def logs_stream(
     return _stream(streams.log_events(request.app, request, filters, ui.timing))
 
 
-def _log_filters(route: str, key_id: str, status: str, cache_status: str) -> streams.LogFilters | None:
+def _log_filters(
+    route: str, key_id: str, status: str, cache_status: str
+) -> streams.LogFilters | None:
     route = route.strip()
     if len(route) > 100 or any(ord(c) < 32 for c in route):
         return None

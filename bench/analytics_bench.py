@@ -1,0 +1,344 @@
+"""Time the /admin/analytics endpoints against a large request_logs table in PostgreSQL.
+
+Creates a fresh database, migrates it, loads N synthetic log rows spread over the last D days
+(COPY, in time order as the log writer appends them), then calls every endpoint through the real
+ASGI app (httpx ASGITransport, no network) several times and prints median/max per endpoint
+against a budget. The database is dropped at the end unless --keep is given.
+
+    .venv/bin/python bench/analytics_bench.py                    # 10^6 rows, 7 days
+    .venv/bin/python bench/analytics_bench.py --rows 200000 --repeat 3
+    .venv/bin/python bench/analytics_bench.py --sql "CREATE INDEX ..."   # try an index
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+
+from heliox.config import load_settings
+from heliox.db.logwriter import COLUMNS
+from heliox.db.migrate import upgrade_database
+from heliox.main import create_app
+
+ADMIN_KEY = "bench-admin-key-0123456789abcdef"
+CHUNK = 50_000
+TENANTS = 20
+KEYS = 200
+# name, share of traffic, cacheable (GET mostly through the cache)
+ROUTES: list[tuple[str, float, bool]] = [
+    ("catalog", 0.30, True),
+    ("search", 0.18, True),
+    ("users", 0.14, True),
+    ("orders", 0.10, False),
+    ("inventory", 0.08, True),
+    ("pricing", 0.06, True),
+    ("reports", 0.05, True),
+    ("auth", 0.04, False),
+    ("media", 0.03, True),
+    ("webhooks", 0.015, False),
+    ("legacy", 0.005, True),
+]
+UNROUTED_SHARE = 0.005
+STATUSES = [(200, 0.90), (404, 0.03), (429, 0.025), (401, 0.01), (500, 0.01), (502, 0.01)]
+CACHE_OUTCOMES = [
+    ("HIT", 0.62),
+    ("MISS", 0.22),
+    ("STALE", 0.06),
+    ("REVALIDATED", 0.03),
+    ("NEGATIVE", 0.02),
+    ("EXPIRED", 0.02),
+    ("BYPASS", 0.03),
+]
+SERVED = {"HIT", "STALE", "NEGATIVE", "UPDATING"}
+
+
+def synthetic_rows(n: int, days: float, now: datetime, seed: int) -> Iterator[tuple[Any, ...]]:
+    """Log rows in COLUMNS order, oldest first, evenly spread over `days` ending at `now`."""
+    rng = random.Random(seed)
+    start = now - timedelta(days=days)
+    step = days * 86400 / n
+    route_names = [r[0] for r in ROUTES] + [""]
+    route_weights = [r[1] for r in ROUTES] + [UNROUTED_SHARE]
+    cacheable = {r[0]: r[2] for r in ROUTES}
+    route_ids = {name: i + 1 for i, name in enumerate(route_names)}
+    # Zipf-like: a few keys carry most of the traffic.
+    key_weights = [1 / (k + 1) for k in range(KEYS)]
+    statuses = [s for s, _ in STATUSES]
+    status_weights = [w for _, w in STATUSES]
+    outcomes = [c for c, _ in CACHE_OUTCOMES]
+    outcome_weights = [w for _, w in CACHE_OUTCOMES]
+    batch = 4096
+    i = 0
+    while i < n:
+        size = min(batch, n - i)
+        routes = rng.choices(route_names, route_weights, k=size)
+        keys = rng.choices(range(1, KEYS + 1), key_weights, k=size)
+        codes = rng.choices(statuses, status_weights, k=size)
+        caches = rng.choices(outcomes, outcome_weights, k=size)
+        for j in range(size):
+            ts = start + timedelta(seconds=(i + j + rng.random()) * step)
+            route, key_id, status = routes[j], keys[j], codes[j]
+            if route == "":
+                status, key_id_or_none, cache = 404, None, ""
+            elif status in (401, 429):
+                key_id_or_none = key_id if status == 429 else None
+                cache = ""
+            else:
+                key_id_or_none = key_id
+                cache = caches[j] if cacheable[route] else "BYPASS"
+            if status in (500, 502) and cache in SERVED:
+                cache = "MISS"
+            upstream: float | None = None
+            if cache in ("MISS", "EXPIRED", "BYPASS", "REVALIDATED"):
+                upstream = round(rng.lognormvariate(math.log(40), 0.6), 3)
+                latency = upstream + round(rng.uniform(0.2, 2.0), 3)
+            elif cache:
+                latency = round(rng.lognormvariate(math.log(0.8), 0.5), 3)
+            else:
+                latency = round(rng.uniform(0.05, 0.5), 3)
+            yield (
+                ts,
+                uuid.UUID(int=rng.getrandbits(128)).hex[:32],
+                (key_id - 1) % TENANTS + 1 if key_id_or_none is not None else None,
+                key_id_or_none,
+                route_ids[route] if route else None,
+                route,
+                "GET" if cacheable.get(route, True) else rng.choice(("GET", "POST")),
+                f"/g/{route or 'unknown'}/items/{rng.randrange(5000)}",
+                status,
+                cache,
+                latency,
+                upstream,
+                rng.randrange(0, 400),
+                rng.randrange(0, 20_000) if status == 200 else 120,
+                f"10.0.{rng.randrange(256)}.{rng.randrange(256)}",
+                "bench-client/1.0",
+            )
+        i += size
+
+
+def _db_dsn(admin_dsn: str, name: str) -> str:
+    base, _, _ = admin_dsn.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def create_database(admin_dsn: str) -> str:
+    name = "heliox_bench_" + uuid.uuid4().hex[:10]
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    rate = done / elapsed if elapsed else 0.0
+    bar = "#" * int(30 * done / total)
+    sys.stdout.write(
+        f"\r  loading [{bar:<30}] {done:>9,}/{total:,} rows  {rate / 1000:6.1f}k rows/s"
+    )
+    sys.stdout.flush()
+
+
+async def load(dsn: str, rows: int, days: float, now: datetime, seed: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.executemany(
+            "INSERT INTO tenants (id, name, description, is_active, created_at, updated_at) "
+            "VALUES ($1, $2, '', true, now(), now())",
+            [(t, f"tenant-{t}") for t in range(1, TENANTS + 1)],
+        )
+        await conn.executemany(
+            "INSERT INTO api_keys (id, tenant_id, name, key_hash, key_prefix, "
+            "rate_limit_algorithm, rate_limit_window_seconds, is_active, created_at, updated_at) "
+            "VALUES ($1, $2, $3, $4, $5, 'token_bucket', 1, true, now(), now())",
+            [
+                (k, (k - 1) % TENANTS + 1, f"key-{k}", f"{k:064x}", f"hx_{k:04d}")
+                for k in range(1, KEYS + 1)
+            ],
+        )
+        started = time.perf_counter()
+        done = 0
+        chunk: list[tuple[Any, ...]] = []
+        for record in synthetic_rows(rows, days, now, seed):
+            chunk.append(record)
+            if len(chunk) == CHUNK:
+                await conn.copy_records_to_table(
+                    "request_logs", records=chunk, columns=list(COLUMNS)
+                )
+                done += len(chunk)
+                chunk = []
+                _progress(done, rows, started)
+        if chunk:
+            await conn.copy_records_to_table("request_logs", records=chunk, columns=list(COLUMNS))
+            done += len(chunk)
+        _progress(done, rows, started)
+        print()
+        # What autovacuum does to an append-only table soon after a load like this: statistics
+        # for the planner and the visibility map for index-only scans.
+        t0 = time.perf_counter()
+        await conn.execute("VACUUM ANALYZE request_logs")
+        print(f"  VACUUM ANALYZE in {time.perf_counter() - t0:.1f}s")
+    finally:
+        await conn.close()
+
+
+async def run_sql(dsn: str, statements: list[str]) -> None:
+    if not statements:
+        return
+    conn = await asyncpg.connect(dsn)
+    try:
+        for sql in statements:
+            t0 = time.perf_counter()
+            await conn.execute(sql)
+            print(f"  {sql}  ({time.perf_counter() - t0:.1f}s)")
+        await conn.execute("ANALYZE request_logs")
+    finally:
+        await conn.close()
+
+
+def cases(max_id: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, path, params) for every endpoint, over the default 1h and a 24h window."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for window in ("1h", "24h"):
+        w = {"window": window}
+        out += [
+            (f"summary {window}", "summary", w),
+            (f"summary {window} route=orders", "summary", {**w, "route": "orders"}),
+            (f"summary {window} key_id=3", "summary", {**w, "key_id": 3}),
+            (f"top-keys {window}", "top-keys", w),
+            (f"top-routes {window}", "top-routes", w),
+            (f"cache-hit-rate {window}", "cache-hit-rate", w),
+            (f"logs {window}", "logs", w),
+            (f"logs {window} status=5xx", "logs", {**w, "status": "5xx"}),
+            (f"logs {window} key_id=150", "logs", {**w, "key_id": 150}),
+        ]
+    out += [
+        ("cache-hit-rate 1h bucket=10s", "cache-hit-rate", {"window": "1h", "bucket": "10s"}),
+        ("cache-hit-rate 7d (5m)", "cache-hit-rate", {"window": "7d"}),
+        ("logs newest, no window", "logs", {}),
+        ("logs route=legacy limit=1000", "logs", {"route": "legacy", "limit": 1000}),
+        ("logs path_prefix", "logs", {"path_prefix": "/g/legacy/items/42"}),
+        ("logs tail after_id", "logs", {"after_id": max(max_id - 50, 0)}),
+        ("logs deep page before_id", "logs", {"before_id": max_id // 2}),
+    ]
+    return out
+
+
+async def time_endpoints(url: str, repeat: int, budget_ms: float) -> bool:
+    settings = load_settings(
+        database_url=url,
+        redis_url="",
+        admin_api_key=ADMIN_KEY,
+        secret_key="bench-secret-key-0123456789abcdef",
+        deployment_mode="production",
+        auto_seed=False,
+    )
+    gateway = create_app(settings)
+    transport = httpx.ASGITransport(app=gateway)
+    ok = True
+    try:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://bench",
+            headers={"X-Admin-Key": ADMIN_KEY},
+            timeout=60,
+        ) as client:
+            newest = (await client.get("/admin/analytics/logs", params={"limit": 1})).json()
+            max_id = newest["items"][0]["id"] if newest["items"] else 0
+            print(f"\n  {'endpoint':<36} {'median ms':>10} {'max ms':>9} {'rows':>6}  result")
+            print("  " + "-" * 72)
+            for label, path, params in cases(max_id):
+                timings = []
+                size = 0
+                for attempt in range(repeat + 1):
+                    t0 = time.perf_counter()
+                    response = await client.get(f"/admin/analytics/{path}", params=params)
+                    elapsed = (time.perf_counter() - t0) * 1000
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{label}: {response.status_code} {response.text}")
+                    if attempt:  # the first call warms the pool and the caches
+                        timings.append(elapsed)
+                    size = _size(response.json())
+                median = statistics.median(timings)
+                verdict = "PASS" if max(timings) < budget_ms else "FAIL"
+                ok = ok and verdict == "PASS"
+                print(f"  {label:<36} {median:>10.1f} {max(timings):>9.1f} {size:>6}  {verdict}")
+    finally:
+        await gateway.runtime.engine.dispose()
+    return ok
+
+
+def _size(body: dict[str, Any]) -> int:
+    for key in ("items", "series"):
+        if key in body:
+            return len(body[key])
+    return int(body.get("requests", 0))
+
+
+async def main(args: argparse.Namespace) -> int:
+    name = await create_database(args.dsn)
+    dsn = _db_dsn(args.dsn, name)
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    print(f"database {name}")
+    try:
+        t0 = time.perf_counter()
+        await upgrade_database(url)
+        print(f"  migrated in {time.perf_counter() - t0:.1f}s")
+        now = datetime.now(UTC)
+        await load(dsn, args.rows, args.days, now, args.seed)
+        await run_sql(dsn, args.sql)
+        ok = await time_endpoints(url, args.repeat, args.budget_ms)
+    finally:
+        if args.keep:
+            print(f"kept database {name}")
+        else:
+            await drop_database(args.dsn, name)
+            print(f"dropped database {name}")
+    print(f"\n{'PASS' if ok else 'FAIL'}: every endpoint under {args.budget_ms:.0f} ms (max)")
+    return 0 if ok else 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--dsn",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="an existing database to connect to as a user allowed to CREATE DATABASE",
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--days", type=float, default=7.0)
+    parser.add_argument("--repeat", type=int, default=5, help="timed calls per endpoint")
+    parser.add_argument("--budget-ms", type=float, default=300.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--sql", action="append", default=[], help="run after loading (e.g. CREATE INDEX …)"
+    )
+    parser.add_argument("--keep", action="store_true", help="do not drop the database")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))

@@ -1,0 +1,63 @@
+"""Answers the cache sends itself: stored entries (or 304s from them) and negative-cache 404s,
+each with `X-Cache`, RFC 9211 `Cache-Status` and, for stored entries, `Age`."""
+
+from __future__ import annotations
+
+from heliox.core.freshness import age_header, not_modified, not_modified_headers
+from heliox.gateway.exchange import ProxyRequest, ResponseSink
+from heliox.gateway.proxy import VIA
+from heliox.state.cache import CacheEntry
+
+__all__ = ["NEGATIVE_DETAIL", "send_entry", "send_negative", "status_headers"]
+
+# RFC 9110 §8.6: no Content-Length on these.
+_NO_LENGTH = frozenset({204, 304})
+
+NEGATIVE_DETAIL = (
+    "answered from the negative cache without asking the upstream: it recently answered 404 "
+    "for this URL. A new resource can be hidden for a few minutes by this; send "
+    "'Cache-Control: no-cache' to ask the upstream again."
+)
+
+
+def status_headers(x_cache: str, cache_status: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b"x-cache", x_cache.encode("ascii")), (b"cache-status", cache_status)]
+
+
+async def send_entry(
+    send: ResponseSink,
+    req: ProxyRequest,
+    entry: CacheEntry,
+    now: float,
+    x_cache: str,
+    cache_status: bytes,
+) -> None:
+    """Serve `entry`; a 304 when the request's preconditions match it (RFC 9110 §13.2)."""
+    req.ex.cache_status = x_cache
+    if not_modified(entry.headers, req.upstream_headers, status=entry.status):
+        headers = not_modified_headers(entry.headers)
+        status = 304
+        body = b""
+    else:
+        headers = [(n, v) for n, v in entry.headers if n != b"content-length"]
+        status = entry.status
+        if status not in _NO_LENGTH:
+            headers.append((b"content-length", b"%d" % len(entry.body)))
+        body = b"" if req.method == "HEAD" else entry.body
+    headers.append((b"age", age_header(entry, now)))
+    headers.append((b"via", VIA))
+    headers.extend(status_headers(x_cache, cache_status))
+    await send.start(status, headers)
+    await send.body(body, more=False)
+
+
+async def send_negative(send: ResponseSink, req: ProxyRequest, cache_status: bytes) -> None:
+    """The 404 for a URL the negative cache remembers, when no stored 404 is left to serve."""
+    req.ex.cache_status = "NEGATIVE"
+    await send.problem(
+        404,
+        "Not Found",
+        NEGATIVE_DETAIL,
+        [(b"via", VIA), *status_headers("NEGATIVE", cache_status)],
+        negative_cache=True,
+    )

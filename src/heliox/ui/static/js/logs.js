@@ -1,0 +1,184 @@
+import {
+  ApiError, api, badge, cacheKind, fmtDate, fmtMs, fmtTime, h, itemsOf, listAll, reportError,
+  statusKind, svgIcon,
+} from "./common.js";
+
+const MAX_TAIL_ROWS = 500;
+const filters = document.getElementById("log-filters");
+const tailBody = document.querySelector("#tail-table tbody");
+const tailEmpty = document.getElementById("tail-empty");
+const tailStatus = document.getElementById("tail-status");
+const tailState = document.getElementById("tail-state");
+const toggle = document.getElementById("tail-toggle");
+const searchCard = document.getElementById("search-card");
+const searchBody = document.querySelector("#search-table tbody");
+const searchStatus = document.getElementById("search-status");
+const moreButton = document.getElementById("search-more");
+
+let source = null;
+let paused = false;
+let buffered = [];
+let nextCursor = null;
+let lastQuery = null;
+
+function filterValues() {
+  const data = new FormData(filters);
+  const get = (name) => String(data.get(name) || "").trim();
+  return { route: get("route"), key_id: get("key_id"), status: get("status"), cache_status: get("cache_status") };
+}
+
+// One log row as a table row; every value goes in as text.
+function logRow(r, fresh) {
+  const ua = r.user_agent || "";
+  return h("tr", { class: fresh ? "fresh" : null, dataset: { id: r.id } },
+    h("td", { title: fmtDate(r.ts) }, fmtTime(r.ts)),
+    h("td", null, r.method),
+    h("td", null, r.route_name || h("span", { class: "muted" }, "–")),
+    h("td", { class: "path" }, r.path),
+    h("td", { class: "num" }, badge(String(r.status), statusKind(r.status))),
+    h("td", null, r.cache_status ? badge(r.cache_status, cacheKind(r.cache_status)) : h("span", { class: "muted" }, "–")),
+    h("td", { class: "num" }, fmtMs(r.latency_ms)),
+    h("td", { class: "num" }, r.key_id ?? "–"),
+    h("td", { class: "mono" }, r.client_ip || "–"),
+    h("td", { class: "truncate", title: ua }, ua || "–"),
+  );
+}
+
+function setState(state, text) {
+  tailState.dataset.state = state;
+  tailStatus.textContent = text;
+}
+
+function addRows(rows, initial) {
+  if (!rows.length) return;
+  const fragment = document.createDocumentFragment();
+  // Newest first: the rows arrive oldest first.
+  for (let i = rows.length - 1; i >= 0; i -= 1) fragment.appendChild(logRow(rows[i], !initial));
+  tailBody.insertBefore(fragment, tailBody.firstChild);
+  while (tailBody.rows.length > MAX_TAIL_ROWS) tailBody.deleteRow(-1);
+  tailEmpty.hidden = tailBody.rows.length > 0;
+}
+
+function connect() {
+  if (source) source.close();
+  const f = filterValues();
+  const params = new URLSearchParams();
+  for (const [k, v] of Object.entries(f)) if (v) params.set(k, v);
+  source = new EventSource("/ui/stream/logs" + (params.toString() ? "?" + params : ""));
+  setState("connecting", "Connecting…");
+  source.addEventListener("open", () => setState(paused ? "paused" : "live", paused ? "Paused" : "Live"));
+  source.addEventListener("rows", (event) => {
+    const data = JSON.parse(event.data);
+    if (paused) {
+      buffered.push(...data.rows);
+      setState("paused", `Paused · ${buffered.length} new`);
+      return;
+    }
+    addRows(data.rows, data.initial);
+    setState("live", "Live");
+  });
+  source.addEventListener("problem", (event) => {
+    setState("down", JSON.parse(event.data).detail || "The log stream has a problem");
+  });
+  source.addEventListener("unavailable", (event) => {
+    source.close();
+    setState("down", JSON.parse(event.data).detail || "Not available");
+  });
+  source.addEventListener("unauthorized", () => {
+    source.close();
+    location.assign("/ui/login?next=" + encodeURIComponent(location.pathname));
+  });
+  source.addEventListener("error", () => {
+    // EventSource reconnects by itself (the server ends each stream after a few seconds).
+    if (source.readyState === EventSource.CLOSED) setState("down", "Disconnected");
+  });
+}
+
+function setPaused(value) {
+  paused = value;
+  toggle.setAttribute("aria-pressed", String(paused));
+  toggle.replaceChildren(svgIcon(paused ? "play" : "pause"), h("span", null, paused ? "Resume" : "Pause"));
+  if (!paused && buffered.length) {
+    addRows(buffered, false);
+    buffered = [];
+  }
+  setState(paused ? "paused" : "live", paused ? "Paused" : "Live");
+}
+
+// --- search over stored logs ----------------------------------------------------------------------
+function isoFromLocal(value) {
+  if (!value) return null;
+  const d = new Date(value);
+  return Number.isNaN(d.getTime()) ? null : d.toISOString();
+}
+
+async function search(cursor) {
+  const f = filterValues();
+  const data = new FormData(filters);
+  const query = {
+    ...f,
+    since: isoFromLocal(String(data.get("since") || "")),
+    until: isoFromLocal(String(data.get("until") || "")),
+    limit: 100,
+    cursor: cursor || null,
+  };
+  lastQuery = query;
+  searchCard.hidden = false;
+  searchStatus.textContent = "Searching…";
+  try {
+    const page = await api("GET", "/admin/analytics/logs", { query });
+    const rows = itemsOf(page);
+    if (!cursor) searchBody.replaceChildren();
+    for (const r of rows) searchBody.appendChild(logRow(r, false));
+    nextCursor = page && (page.next_cursor ?? null);
+    moreButton.hidden = nextCursor === null || nextCursor === undefined;
+    const shown = searchBody.rows.length;
+    searchStatus.textContent = shown ? `${shown} row${shown === 1 ? "" : "s"}${moreButton.hidden ? "" : " so far"}` : "No stored request matches.";
+  } catch (err) {
+    searchStatus.textContent = "Search failed.";
+    if (!(err instanceof ApiError && err.status === 401)) reportError(err, "Searching logs");
+  }
+}
+
+async function loadRoutes() {
+  try {
+    const routes = await listAll("/admin/routes");
+    const select = document.getElementById("lf-route");
+    select.append(...routes.map((r) => h("option", { value: r.name }, r.name)));
+  } catch (err) {
+    reportError(err, "Loading routes");
+  }
+}
+
+// The page has no log section when the gateway does not serve request logs.
+if (filters) {
+  filters.addEventListener("submit", (event) => {
+    event.preventDefault();
+    search(null);
+  });
+  for (const name of ["route", "key_id", "status", "cache_status"]) {
+    filters.elements.namedItem(name).addEventListener("change", () => {
+      tailBody.replaceChildren();
+      tailEmpty.hidden = false;
+      buffered = [];
+      connect();
+    });
+  }
+  document.getElementById("reset-filters").addEventListener("click", () => {
+    filters.reset();
+    tailBody.replaceChildren();
+    tailEmpty.hidden = false;
+    searchCard.hidden = true;
+    connect();
+  });
+  toggle.addEventListener("click", () => setPaused(!paused));
+  document.getElementById("tail-clear").addEventListener("click", () => {
+    tailBody.replaceChildren();
+    tailEmpty.hidden = false;
+  });
+  moreButton.addEventListener("click", () => { if (lastQuery) search(nextCursor); });
+  window.addEventListener("pagehide", () => { if (source) source.close(); });
+
+  loadRoutes();
+  connect();
+}
