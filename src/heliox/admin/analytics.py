@@ -11,6 +11,7 @@ cacheable) and requests answered before the cache (no X-Cache) are not lookups.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -433,11 +434,14 @@ async def cache_hit_rate(
     since_epoch = int(r.since.timestamp()) // width * width
     aligned = TimeRange(r.label, datetime.fromtimestamp(since_epoch, UTC), r.until)
     scope = _scope(aligned, route, tenant_id, key_id)
-    async with admin.read() as session:
-        routes = await q.by_route(
-            session, scope, MAX_ROUTES, every_cache_status=True, percentiles=False
+    # Two independent scans: on two connections they run side by side on the database.
+    async with admin.read() as routes_session, admin.read() as series_session:
+        routes, points = await asyncio.gather(
+            q.by_route(
+                routes_session, scope, MAX_ROUTES, every_cache_status=True, percentiles=False
+            ),
+            q.series(series_session, scope, width),
         )
-        points = await q.series(session, scope, width)
     by_route = [
         RouteCacheOut(
             route=g.group,

@@ -14,7 +14,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from heliox.admin import abuse, audit, keys, policies, routes, tenants
+from heliox.admin import abuse, audit, cache, keys, policies, routes, tenants
 from heliox.admin.analytics import router as analytics_router
 from heliox.admin.auth import require_admin
 from heliox.admin.deps import AdminRoute
@@ -39,7 +39,7 @@ def admin_router() -> APIRouter:
         dependencies=[Depends(require_admin)],
         responses=COMMON_RESPONSES,
     )
-    for resource in (tenants, keys, routes, policies, audit, abuse):
+    for resource in (tenants, keys, routes, policies, audit, abuse, cache):
         router.include_router(resource.router)
     router.include_router(analytics_router)
     return router

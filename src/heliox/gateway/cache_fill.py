@@ -199,12 +199,17 @@ class CacheIO:
             self.failed("unlock", exc)
 
     async def fetch(
-        self, req: ProxyRequest, headers: list[tuple[bytes, bytes]], *, background: bool = False
+        self,
+        req: ProxyRequest,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        method: str = "GET",
+        background: bool = False,
     ) -> UpstreamResponse:
-        """GET the request's target upstream (raises UpstreamError); times the call."""
+        """Ask the upstream for the request's target (raises UpstreamError); times the call."""
         t0 = time.perf_counter()
         resp: UpstreamResponse = await self.runtime.upstream.request(
-            "GET", req.target, headers, None, timeout=req.timeout
+            method, req.target, headers, None, timeout=req.timeout
         )
         seconds = time.perf_counter() - t0
         if background:

@@ -23,6 +23,7 @@ remembered 404) and BYPASS. Requests that waited on another's fill answer HIT, w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -130,14 +131,13 @@ class CacheLayer:
         state = LookupState.EXPIRED if entry is None else lookup_state(entry, now, request_cc)
 
         if entry is not None and state is LookupState.HIT:
-            status = cache_status(hit=True, ttl=ttl_seconds(entry, now), detail=_detail(policy, entry))
+            status = _hit_status(policy, entry, now)
             await send_entry(send, req, entry, now, _label(policy, entry, "HIT"), status)
             return
         if entry is not None and state is LookupState.STALE:
             updating = self.flights.busy(key)
             label = _label(policy, entry, "UPDATING" if updating else "STALE")
-            status = cache_status(hit=True, ttl=ttl_seconds(entry, now), detail=_detail(policy, entry))
-            await send_entry(send, req, entry, now, label, status)
+            await send_entry(send, req, entry, now, label, _hit_status(policy, entry, now))
             if not updating:
                 self.refresher.start(req, key, entry)
             return
@@ -206,15 +206,16 @@ class CacheLayer:
         fill = _Fill()
         running = self.flights.current(key)
         if running is not None:
-            _, result = await SingleFlight.wait(running, self.lock_timeout)
+            _, result = await SingleFlight.wait(running, within=self.lock_timeout)
             if result is not None:
                 await self._serve_collapsed(req, send, result)
                 return
             # Past the lock timeout, or the fill had nothing shareable: go upstream alone and
             # store nothing (nginx's proxy_cache_lock_timeout).
             await self._fetch(req, send, key, entry, fill, store=False)
-        elif request_cc.no_store:
-            # §5.2.1.5: nothing of this exchange may be stored, so it cannot fill for others.
+        elif request_cc.no_store or req.method == "HEAD":
+            # §5.2.1.5: nothing of a no-store exchange may be stored; a HEAD has no body to
+            # store. Neither can fill for others, so they go upstream on their own.
             await self._fetch(req, send, key, entry, fill, store=False)
         else:
             future = self.flights.start(key)
@@ -271,7 +272,7 @@ class CacheLayer:
         assert notices is not None  # a lock is only ever held elsewhere with Redis
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.lock_timeout
-        await notices.ready(min(self.recheck, self.lock_timeout))
+        await notices.ready(within=min(self.recheck, self.lock_timeout))
         while True:
             notice = notices.register(key)
             try:
@@ -324,7 +325,7 @@ class CacheLayer:
         assert policy is not None
         validating = entry is not None and bool(conditional_headers(entry.headers))
         try:
-            resp = await self.io.fetch(req, fill_headers(req, entry))
+            resp = await self.io.fetch(req, fill_headers(req, entry), method=req.method)
         except UpstreamError as exc:
             self.runtime.metrics.upstream_errors[(req.route.name, exc.status)] += 1
             now = self.clock()
@@ -356,7 +357,7 @@ class CacheLayer:
 
         decision = storable(
             policy,
-            "GET",
+            req.method,
             resp.status,
             resp.headers,
             resp.content_length or 0,
@@ -487,9 +488,7 @@ class CacheLayer:
     async def _forget_negative(self, req: ProxyRequest, key: str, entry: CacheEntry) -> None:
         """A client bypassed the negative cache and the URL exists after all: if the filter
         still claims it, that claim (a stale 404 or a false positive) must go."""
-        if entry.status != 404 and await self.io.negative_has(
-            req.route.name, key, self.clock()
-        ):
+        if entry.status != 404 and await self.io.negative_has(req.route.name, key, self.clock()):
             await self.io.negative_clear(req.route.name)
 
     # --- background --------------------------------------------------------------------------
@@ -520,10 +519,8 @@ class CacheLayer:
         for task in self._background:
             task.cancel()
         for task in self._background:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            except (asyncio.CancelledError, Exception):
-                pass
         await self.refresher.drain()
 
 
@@ -532,5 +529,8 @@ def _label(policy: CachePolicyConfig, entry: CacheEntry, label: str) -> str:
     return "NEGATIVE" if entry.status == 404 and policy.negative_cache else label
 
 
-def _detail(policy: CachePolicyConfig, entry: CacheEntry) -> str | None:
-    return "negative" if entry.status == 404 and policy.negative_cache else None
+def _hit_status(policy: CachePolicyConfig, entry: CacheEntry, now: float) -> bytes:
+    negative = entry.status == 404 and policy.negative_cache
+    return cache_status(
+        hit=True, ttl=ttl_seconds(entry, now), detail="negative" if negative else None
+    )

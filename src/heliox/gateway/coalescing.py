@@ -79,11 +79,11 @@ class SingleFlight:
 
     @staticmethod
     async def wait(
-        future: asyncio.Future[FillResult | None], timeout: float
+        future: asyncio.Future[FillResult | None], *, within: float
     ) -> tuple[bool, FillResult | None]:
         """(finished in time, result); the shield keeps one waiter's timeout from the others."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 return True, await asyncio.shield(future)
         except TimeoutError:
             return False, None
@@ -132,12 +132,12 @@ class FillNotices:
             if not future.done():
                 future.set_result(outcome)
 
-    async def ready(self, timeout: float) -> bool:
-        """Whether the subscription is live (waiting at most `timeout` for it)."""
+    async def ready(self, *, within: float) -> bool:
+        """Whether the subscription is live (waiting at most `within` seconds for it)."""
         if self._ready.is_set():
             return True
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self._ready.wait()
         except TimeoutError:
             return False

@@ -163,10 +163,14 @@ async def _top(app: ASGIApp, request: Request, features: dict[str, bool]) -> dic
 
 @dataclass(frozen=True, slots=True)
 class LogFilters:
+    """The tail's filters, passed on to the log endpoint as they are (it validates them)."""
+
     route: str | None = None
     key_id: int | None = None
-    status: int | None = None
+    status: str | None = None  # "404", or a class: "4xx"
     cache_status: str | None = None
+    method: str | None = None
+    path_prefix: str | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -174,6 +178,8 @@ class LogFilters:
             "key_id": self.key_id,
             "status": self.status,
             "cache_status": self.cache_status,
+            "method": self.method,
+            "path_prefix": self.path_prefix,
         }
 
 
@@ -203,6 +209,10 @@ async def log_events(
                 return
             if answer.status in (404, 405):
                 yield event("unavailable", {"detail": "request logs are not available"})
+                return
+            if answer.status == 422:
+                # The filters are wrong; polling again cannot fix that.
+                yield event("invalid", {"detail": _problem_detail(answer)})
                 return
             if not answer.ok:
                 yield event("problem", {"detail": _problem_detail(answer)})

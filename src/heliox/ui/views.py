@@ -87,12 +87,15 @@ OPTIONAL_ENDPOINTS = {
     "purge": "/admin/cache/purge",
     "abuse": "/admin/abuse/blocked",
     "unblock": "/admin/abuse/unblock/{}",
+    "block": "/admin/abuse/block/{}",
     "abuse_events": "/admin/abuse/events",
     "key_usage": "/admin/keys/{}/usage",
 }
 _PATH_PARAM = re.compile(r"\{[^}]*\}")
 _SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9_\-./?=&%]*)?$")
 _CACHE_STATUS = re.compile(r"^[A-Z_]{1,16}$")
+_STATUS_FILTER = re.compile(r"^(?:[1-5][0-9][0-9]|[1-5]xx)$")
+_METHOD_FILTER = re.compile(r"^[A-Z]{1,16}$")
 
 
 @dataclass
@@ -418,32 +421,52 @@ async def logs_stream(
     key_id: str = "",
     status: str = "",
     cache_status: str = "",
+    method: str = "",
+    path_prefix: str = "",
 ) -> Response:
     ui = _ui(request)
     if auth.read_session(request, ui.settings) is None:
         return _unauthorized()
-    filters = _log_filters(route, key_id, status, cache_status)
+    filters = log_filters(
+        route=route,
+        key_id=key_id,
+        status=status,
+        cache_status=cache_status,
+        method=method,
+        path_prefix=path_prefix,
+    )
     if filters is None:
         return _headers(Response("invalid filter", status_code=400, media_type="text/plain"))
     return _stream(streams.log_events(request.app, request, filters, ui.timing))
 
 
-def _log_filters(
-    route: str, key_id: str, status: str, cache_status: str
+def log_filters(
+    *, route: str, key_id: str, status: str, cache_status: str, method: str, path_prefix: str
 ) -> streams.LogFilters | None:
-    route = route.strip()
-    if len(route) > 100 or any(ord(c) < 32 for c in route):
+    """The tail's filters from query parameters, or None when one is malformed."""
+    route, status = route.strip(), status.strip().lower()
+    cache, method = cache_status.strip().upper(), method.strip().upper()
+    if len(route) > 100 or len(path_prefix) > 2000 or _has_control(route + path_prefix):
         return None
     key = _bounded_int(key_id, 1, 2**31 - 1)
-    code = _bounded_int(status, 100, 599)
-    if (key_id.strip() and key is None) or (status.strip() and code is None):
+    if key_id.strip() and key is None:
         return None
-    cache = cache_status.strip().upper()
-    if cache and not _CACHE_STATUS.match(cache):
+    if status and not _STATUS_FILTER.match(status):
+        return None
+    if (cache and not _CACHE_STATUS.match(cache)) or (method and not _METHOD_FILTER.match(method)):
         return None
     return streams.LogFilters(
-        route=route or None, key_id=key, status=code, cache_status=cache or None
+        route=route or None,
+        key_id=key,
+        status=status or None,
+        cache_status=cache or None,
+        method=method or None,
+        path_prefix=path_prefix or None,
     )
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
 def _bounded_int(text: str, low: int, high: int) -> int | None:

@@ -27,9 +27,10 @@ async function loadHitRates() {
   const source = document.getElementById("hit-source");
   try {
     if (features.cache_hit_rate) {
-      const payload = await api("GET", "/admin/analytics/cache-hit-rate");
-      const rows = itemsOf(payload.by_route ?? payload.routes ?? payload);
-      source.textContent = "all instances, from the request logs";
+      const windowSelect = document.getElementById("hit-window");
+      const payload = await api("GET", "/admin/analytics/cache-hit-rate", { query: { window: windowSelect.value } });
+      const rows = itemsOf(payload.by_route ?? payload.routes ?? payload).filter((r) => (r.route ?? r.route_name) !== "");
+      source.textContent = "all instances";
       if (!rows.length) { emptyRow(hitBody, 6, "No cacheable traffic yet."); return; }
       hitBody.replaceChildren(...rows.map((r) => hitRow(
         r.route ?? r.route_name ?? "–", r.requests ?? r.total ?? r.lookups, r.hits ?? r.hit,
@@ -57,7 +58,7 @@ async function loadRoutes() {
   const routes = await listAll("/admin/routes");
   for (const id of ["pr-route", "pp-route"]) {
     const select = document.getElementById(id);
-    if (select) select.append(...routes.map((r) => h("option", { value: r.name }, r.name)));
+    if (select) select.replaceChildren(...routes.map((r) => h("option", { value: r.name }, r.name)));
   }
 }
 
@@ -85,6 +86,7 @@ if (features.purge) {
       const body = {};
       if (kind === "all") body.all = true;
       if (kind === "tag") body.tag = fieldValue(form, "tag");
+      if (kind === "url") body.url = fieldValue(form, "url");
       if (kind === "prefix") body.prefix = fieldValue(form, "prefix");
       if (kind === "route" || kind === "prefix") {
         const route = fieldValue(form, "route");
@@ -96,4 +98,5 @@ if (features.purge) {
   loadRoutes().catch((err) => reportError(err, "Loading routes"));
 }
 document.getElementById("cache-refresh").addEventListener("click", loadHitRates);
+document.getElementById("hit-window")?.addEventListener("change", loadHitRates);
 loadHitRates();

@@ -305,6 +305,7 @@ export function onSubmit(form, action) {
 const nf = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
 const nf0 = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
 const dtf = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const df = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
 const tf = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
 
 export function fmtNumber(n, digits = 1) {
@@ -340,6 +341,11 @@ export function toDate(value) {
 export function fmtDate(value) {
   const d = toDate(value);
   return d ? dtf.format(d) : "–";
+}
+
+export function fmtDay(value) {
+  const d = toDate(value);
+  return d ? df.format(d) : "–";
 }
 
 export function fmtTime(value) {

@@ -1,6 +1,7 @@
 import { fmtCompact, fmtMs, fmtNumber, fmtPct, fmtTime, h, itemsOf } from "./common.js";
 
 const HISTORY_SECONDS = 15 * 60;
+let rangeSeconds = 5 * 60;
 const css = getComputedStyle(document.documentElement);
 const color = (name) => css.getPropertyValue(name).trim();
 const points = [];
@@ -20,6 +21,15 @@ function axisValues(format) {
   return (u, values) => values.map((v) => (v === null ? "" : format(v)));
 }
 
+function isolated(u, seriesIdx) {
+  const ys = u.data[seriesIdx];
+  const out = [];
+  for (let i = 0; i < ys.length; i += 1) {
+    if (ys[i] !== null && (i === 0 || ys[i - 1] === null) && (i === ys.length - 1 || ys[i + 1] === null)) out.push(i);
+  }
+  return out;
+}
+
 function makeChart(id, series, { format = (v) => fmtNumber(v), max = null } = {}) {
   const el = document.getElementById(id);
   const opts = {
@@ -29,7 +39,8 @@ function makeChart(id, series, { format = (v) => fmtNumber(v), max = null } = {}
     cursor: { drag: { x: false, y: false }, points: { size: 6 } },
     padding: [8, 8, 0, 0],
     scales: {
-      x: { time: true },
+      // A fixed window ending now, so the chart fills from the right as time passes.
+      x: { time: true, range: () => { const now = Date.now() / 1000; return [now - rangeSeconds, now]; } },
       y: { range: (u, lo, hi) => [0, max !== null ? max : Math.max(hi * 1.15, 1)] },
     },
     axes: [
@@ -43,8 +54,9 @@ function makeChart(id, series, { format = (v) => fmtNumber(v), max = null } = {}
         stroke: color(s.color),
         width: 2,
         fill: s.fill ? color(s.color) + "1f" : undefined,
-        points: { show: false },
-        spanGaps: false,
+        // A value with no neighbour (one busy interval among idle ones) still shows, as a dot.
+        points: { show: true, size: 5, filter: isolated },
+        spanGaps: Boolean(s.spanGaps),
       })),
     ],
   };
@@ -59,12 +71,12 @@ const CHARTS = [
     { label: "429/s", color: "--c4", value: (p) => p.rejected_429 / p.seconds },
   ] },
   { id: "chart-latency", format: (v) => fmtMs(v), series: [
-    { label: "p50", color: "--c1", value: (p) => p.p50 },
-    { label: "p95", color: "--c2", value: (p) => p.p95 },
-    { label: "p99", color: "--c4", value: (p) => p.p99 },
+    { label: "p50", color: "--c1", spanGaps: true, value: (p) => p.p50 },
+    { label: "p95", color: "--c2", spanGaps: true, value: (p) => p.p95 },
+    { label: "p99", color: "--c4", spanGaps: true, value: (p) => p.p99 },
   ] },
   { id: "chart-hit", max: 100, format: (v) => `${fmtNumber(v, 0)}%`, series: [
-    { label: "hit rate", color: "--c3", fill: true, value: (p) => (p.hit_rate === null ? null : p.hit_rate * 100) },
+    { label: "hit rate", color: "--c3", fill: true, spanGaps: true, value: (p) => (p.hit_rate === null ? null : p.hit_rate * 100) },
   ] },
   { id: "chart-saved", series: [
     { label: "saved/s", color: "--c3", fill: true, value: (p) => p.upstream_saved / p.seconds },
@@ -103,6 +115,7 @@ function renderKpis(k, latest) {
   setText("kpi-p99", fmtMs(k.p99));
   setText("kpi-429", fmtCompact(k.rejected_429), k.rejected_429 > 0);
   setText("kpi-saved", fmtCompact(k.upstream_saved));
+  setText("kpi-5xx", fmtCompact(k.errors_5xx), k.errors_5xx > 0);
   const blocked = latest ? latest.blocked_keys : k.blocked_keys;
   setText("kpi-blocked", blocked === null || blocked === undefined ? "–" : String(blocked), blocked > 0);
   document.getElementById("kpi-rps-sub").textContent = `last ${fmtNumber(k.seconds, 0)} s`;
@@ -127,18 +140,34 @@ function topTable(rows, nameOf, subOf) {
   return h("table", { class: "table table-dense" },
     h("thead", null, h("tr", null,
       h("th", { scope: "col" }, "Name"), h("th", { scope: "col", class: "num" }, "Requests"),
-      h("th", { scope: "col", class: "num" }, "Errors"), h("th", { scope: "col", class: "num" }, "Hit rate"))),
+      h("th", { scope: "col", class: "num" }, "5xx"), h("th", { scope: "col", class: "num" }, "Hit rate"))),
     h("tbody", null, rows.map((r) => {
       const requests = Number(pick(r, "requests", "count", "total")) || 0;
-      const errors = pick(r, "error_rate", "errors");
+      const errors = pick(r, "error_rate");
       const hit = pick(r, "cache_hit_rate", "hit_rate");
       return h("tr", null,
         h("td", null, h("div", { class: "cell-title" }, nameOf(r)), subOf(r) ? h("div", { class: "cell-sub" }, subOf(r)) : null,
           h("div", { class: "bar" }, h("span", { style: { width: `${((requests / max) * 100).toFixed(1)}%` } }))),
         h("td", { class: "num" }, fmtCompact(requests)),
-        h("td", { class: "num" }, errors === null ? "–" : (errors <= 1 && pick(r, "error_rate") !== null ? fmtPct(errors) : fmtCompact(errors))),
+        h("td", { class: "num" }, fmtPct(errors)),
         h("td", { class: "num" }, hit === null ? "–" : fmtPct(hit)));
     })));
+}
+
+function renderSummary(summary) {
+  const box = document.getElementById("cluster-summary");
+  const set = (name, text) => { box.querySelector(`[data-stat="${name}"]`).textContent = text; };
+  if (!summary || summary.error) {
+    for (const dd of box.querySelectorAll("dd")) dd.textContent = "–";
+    return;
+  }
+  set("requests", fmtCompact(summary.requests));
+  set("rps", fmtNumber(summary.requests_per_second, 2));
+  set("hit_rate", fmtPct(summary.cache ? summary.cache.hit_rate : null));
+  set("p95", fmtMs(summary.latency_ms ? summary.latency_ms.p95 : null));
+  set("error_rate", fmtPct(summary.error_rate));
+  set("rate_limited", fmtCompact(summary.rate_limited));
+  set("saved", fmtCompact(summary.upstream_calls_saved));
 }
 
 function renderTop(top) {
@@ -150,7 +179,8 @@ function renderTop(top) {
     routesBox.replaceChildren(note());
     return;
   }
-  document.getElementById("top-window").textContent = top.window ? `last ${top.window}` : "";
+  renderSummary(top.summary);
+  for (const el of document.querySelectorAll(".top-window")) el.textContent = top.window ? `last ${top.window}` : "";
   const failed = (part) => part && part.error;
   keysBox.replaceChildren(failed(top.keys)
     ? h("p", { class: "empty" }, "Could not load top keys.")
@@ -159,8 +189,8 @@ function renderTop(top) {
       (r) => [pick(r, "key_prefix") ? `${pick(r, "key_prefix")}…` : null, pick(r, "tenant_name")].filter(Boolean).join(" · ")));
   routesBox.replaceChildren(failed(top.routes)
     ? h("p", { class: "empty" }, "Could not load top routes.")
-    : topTable(itemsOf(top.routes), (r) => pick(r, "route", "route_name", "name") || "–", (r) => {
-      const p95 = pick(r, "p95_ms", "latency_p95_ms");
+    : topTable(itemsOf(top.routes), (r) => pick(r, "route", "route_name", "name") || "(no route)", (r) => {
+      const p95 = r.latency_ms ? r.latency_ms.p95 : pick(r, "p95_ms");
       return p95 !== null ? `p95 ${fmtMs(p95)}` : "";
     }));
 }
@@ -186,6 +216,14 @@ function connect() {
     if (source.readyState === EventSource.CLOSED) setLive("down", "Disconnected");
   });
   window.addEventListener("pagehide", () => source.close());
+}
+
+for (const button of document.querySelectorAll(".seg[data-range]")) {
+  button.addEventListener("click", () => {
+    rangeSeconds = Number(button.dataset.range);
+    for (const other of document.querySelectorAll(".seg[data-range]")) other.setAttribute("aria-pressed", String(other === button));
+    redraw();
+  });
 }
 
 for (const spec of CHARTS) makeChart(spec.id, spec.series, spec);

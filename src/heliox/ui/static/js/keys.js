@@ -1,6 +1,6 @@
 import {
   ApiError, api, badge, config, confirmDialog, copyText, emptyRow, features, fieldValue, fmtCompact,
-  fmtDate, fmtNumber, fmtRelative, h, listAll, numberValue, onSubmit, openDialog, reportError,
+  fmtDate, fmtDay, fmtNumber, fmtRelative, h, listAll, numberValue, onSubmit, openDialog, reportError,
   setField, toast,
 } from "./common.js";
 
@@ -66,8 +66,8 @@ function quotaBar(label, limit, used, resetsAt) {
 }
 
 function quotaCell(k, usage) {
-  const daily = quotaBar("daily", k.daily_quota, usage?.daily_used, usage?.daily_reset);
-  const monthly = quotaBar("monthly", k.monthly_quota, usage?.monthly_used, usage?.monthly_reset);
+  const daily = quotaBar("daily", k.daily_quota, usage?.daily?.used, usage?.daily?.resets_at);
+  const monthly = quotaBar("monthly", k.monthly_quota, usage?.monthly?.used, usage?.monthly?.resets_at);
   if (!daily && !monthly) return h("span", { class: "muted" }, "unlimited");
   return [daily, monthly];
 }
@@ -86,18 +86,17 @@ function render(keys) {
       h("td", null, status),
       h("td", null, rateText(k)),
       h("td", { class: "quota-cell" }, quotaCell(k, null)),
-      h("td", null, fmtDate(k.created_at)),
+      h("td", { class: "nowrap", title: fmtDate(k.created_at) }, fmtDay(k.created_at)),
       h("td", null, h("div", { class: "row-actions" },
         live ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => openForm(k) } }, "Edit") : null,
         live ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => openRotate(k) } }, "Rotate") : null,
+        live && features.block ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => openBlock(k) } }, "Block") : null,
         k.status !== "revoked" ? h("button", { type: "button", class: "btn btn-link danger btn-sm", on: { click: () => revoke(k) } }, "Revoke") : null)));
   }));
 }
 
-// HOOK(quota usage): the admin API has no usage endpoint yet. When the gateway serves
-// GET /admin/keys/{id}/usage (features.key_usage), answering with the state backend's QuotaUsage
-// fields ({daily_used, daily_limit, daily_reset, monthly_used, monthly_limit, monthly_reset}),
-// the bars fill in here; until then they show the configured quota only.
+// Quota use comes from GET /admin/keys/{id}/usage ({daily: {used, limit, resets_at}, monthly:
+// {...}}); a gateway without that endpoint shows the configured quotas only.
 async function loadUsage(keys) {
   if (!features.key_usage) return;
   await Promise.all(keys.filter((k) => k.daily_quota || k.monthly_quota).map(async (k) => {
@@ -174,6 +173,26 @@ onSubmit(rotateForm, async () => {
   const until = rotated.previous_key?.expires_at;
   showSecret(rotated, `Replaces #${rotating.id}${until ? `, which stops working ${fmtRelative(until)}` : ""}.`);
   load();
+});
+
+const blockDialog = document.getElementById("block-dialog");
+const blockForm = document.getElementById("block-form");
+let blocking = null;
+
+function openBlock(key) {
+  blocking = key;
+  blockForm.reset();
+  document.getElementById("block-text").textContent =
+    `Soft-block “${key.name}” (${key.key_prefix}…): its requests are refused with 429 on every instance until the block expires or is lifted on the Abuse page.`;
+  openDialog(blockDialog);
+}
+
+onSubmit(blockForm, async () => {
+  const answer = await api("POST", `/admin/abuse/block/${blocking.id}`, {
+    body: { duration_seconds: numberValue(blockForm, "duration_seconds"), reason: fieldValue(blockForm, "reason") },
+  });
+  blockDialog.close();
+  toast(`Blocked ${blocking.name}${answer && answer.blocked_until ? ` until ${fmtDate(answer.blocked_until)}` : ""}`, "ok");
 });
 
 async function revoke(key) {

@@ -1,6 +1,6 @@
 import {
-  ApiError, api, badge, cacheKind, fmtDate, fmtMs, fmtTime, h, itemsOf, listAll, reportError,
-  statusKind, svgIcon,
+  ApiError, api, badge, cacheKind, clearErrors, fmtDate, fmtMs, fmtTime, h, itemsOf, listAll,
+  reportError, showErrors, statusKind, svgIcon,
 } from "./common.js";
 
 const MAX_TAIL_ROWS = 500;
@@ -24,7 +24,10 @@ let lastQuery = null;
 function filterValues() {
   const data = new FormData(filters);
   const get = (name) => String(data.get(name) || "").trim();
-  return { route: get("route"), key_id: get("key_id"), status: get("status"), cache_status: get("cache_status") };
+  return {
+    route: get("route"), key_id: get("key_id"), status: get("status").toLowerCase(),
+    cache_status: get("cache_status"), method: get("method"), path_prefix: get("path_prefix"),
+  };
 }
 
 // One log row as a table row; every value goes in as text.
@@ -62,6 +65,14 @@ function addRows(rows, initial) {
 function connect() {
   if (source) source.close();
   const f = filterValues();
+  if (f.status && !/^[1-5]([0-9][0-9]|xx)$/.test(f.status)) {
+    setState("down", "Status must be a code such as 404, or a class such as 5xx");
+    return;
+  }
+  if (f.key_id && !/^[0-9]{1,10}$/.test(f.key_id)) {
+    setState("down", "Key id must be a number");
+    return;
+  }
   const params = new URLSearchParams();
   for (const [k, v] of Object.entries(f)) if (v) params.set(k, v);
   source = new EventSource("/ui/stream/logs" + (params.toString() ? "?" + params : ""));
@@ -79,6 +90,10 @@ function connect() {
   });
   source.addEventListener("problem", (event) => {
     setState("down", JSON.parse(event.data).detail || "The log stream has a problem");
+  });
+  source.addEventListener("invalid", (event) => {
+    source.close();
+    setState("down", `Filter not accepted: ${JSON.parse(event.data).detail || "check the filters"}`);
   });
   source.addEventListener("unavailable", (event) => {
     source.close();
@@ -120,9 +135,10 @@ async function search(cursor) {
     since: isoFromLocal(String(data.get("since") || "")),
     until: isoFromLocal(String(data.get("until") || "")),
     limit: 100,
-    cursor: cursor || null,
+    before_id: cursor || null,
   };
   lastQuery = query;
+  clearErrors(filters);
   searchCard.hidden = false;
   searchStatus.textContent = "Searching…";
   try {
@@ -136,7 +152,8 @@ async function search(cursor) {
     searchStatus.textContent = shown ? `${shown} row${shown === 1 ? "" : "s"}${moreButton.hidden ? "" : " so far"}` : "No stored request matches.";
   } catch (err) {
     searchStatus.textContent = "Search failed.";
-    if (!(err instanceof ApiError && err.status === 401)) reportError(err, "Searching logs");
+    if (err instanceof ApiError && err.status === 422) showErrors(filters, err);
+    else if (!(err instanceof ApiError && err.status === 401)) reportError(err, "Searching logs");
   }
 }
 
@@ -154,9 +171,9 @@ async function loadRoutes() {
 if (filters) {
   filters.addEventListener("submit", (event) => {
     event.preventDefault();
-    search(null);
+    search(null).catch(() => {});
   });
-  for (const name of ["route", "key_id", "status", "cache_status"]) {
+  for (const name of ["route", "key_id", "status", "cache_status", "method", "path_prefix"]) {
     filters.elements.namedItem(name).addEventListener("change", () => {
       tailBody.replaceChildren();
       tailEmpty.hidden = false;

@@ -1,5 +1,5 @@
 import {
-  api, badge, confirmDialog, emptyRow, fieldValue, fmtDate, h, listAll, onSubmit, openDialog,
+  api, badge, confirmDialog, emptyRow, fieldValue, fmtDate, fmtDay, h, listAll, onSubmit, openDialog,
   reportError, setField, toast,
 } from "./common.js";
 
@@ -30,7 +30,7 @@ function render(tenants) {
     h("td", { class: "num" },
       h("a", { href: `/ui/keys?tenant=${encodeURIComponent(t.id)}`, title: "Show this tenant's keys" },
         `${t.active_key_count} / ${t.key_count}`)),
-    h("td", null, fmtDate(t.created_at)),
+    h("td", { class: "nowrap", title: fmtDate(t.created_at) }, fmtDay(t.created_at)),
     h("td", null, h("div", { class: "row-actions" },
       h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => edit(t) } }, "Edit"),
       h("button", { type: "button", class: "btn btn-link danger btn-sm", on: { click: () => remove(t) } }, "Delete"))),
