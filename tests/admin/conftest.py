@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.admin.admin_support import FakeRuntime, build_app, client_for, make_settings
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from heliox.db.engine import make_engine, make_session_factory
 from heliox.db.migrate import upgrade_database
+from tests.admin.admin_support import FakeRuntime, build_app, client_for, make_settings
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from tests.admin.admin_support import FakeRuntime, assert_problem
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -14,6 +13,7 @@ import heliox.admin.deps
 from heliox.db.engine import make_session_factory
 from heliox.db.models import AuditLog, Tenant
 from heliox.db.snapshot_loader import read_config_version
+from tests.admin.admin_support import FakeRuntime, assert_problem
 
 
 async def count(engine: AsyncEngine, model: type[AuditLog] | type[Tenant]) -> int:

@@ -6,10 +6,10 @@ import hashlib
 
 import httpx
 import pytest
-from tests.admin.admin_support import ADMIN_KEY, FakeRuntime, build_app, client_for
 from fastapi import FastAPI, Request
 
 from heliox.admin.auth import admin_key_actor, admin_key_matches
+from tests.admin.admin_support import ADMIN_KEY, FakeRuntime, build_app, client_for
 
 EXPECTED_ACTOR = "admin-key:" + hashlib.sha256(ADMIN_KEY.encode()).hexdigest()[:8]
 

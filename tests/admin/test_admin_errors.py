@@ -7,6 +7,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+import heliox.admin.tenants
+from heliox.admin.deps import MAX_BODY_BYTES
+from heliox.admin.router import admin_router, install_admin_error_handlers
 from tests.admin.admin_support import (
     ADMIN_KEY,
     FakeRuntime,
@@ -15,12 +21,6 @@ from tests.admin.admin_support import (
     client_for,
     make_settings,
 )
-from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-
-import heliox.admin.tenants
-from heliox.admin.deps import MAX_BODY_BYTES
-from heliox.admin.router import admin_router, install_admin_error_handlers
 
 
 async def check_database_down(url: str) -> None:

@@ -6,7 +6,6 @@ import re
 from datetime import datetime, timedelta
 
 import httpx
-from tests.admin.admin_support import GRACE_SECONDS, FakeRuntime, assert_problem
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,6 +13,7 @@ from heliox.db.engine import make_session_factory
 from heliox.db.models import ApiKey, AuditLog
 from heliox.db.snapshot_loader import load_snapshot
 from heliox.snapshot import hash_key
+from tests.admin.admin_support import GRACE_SECONDS, FakeRuntime, assert_problem
 
 KEY_FORMAT = re.compile(r"^hx_live_[2-9A-HJ-NP-Za-km-z]{32}$")
 

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.admin.admin_support import FakeRuntime, assert_problem, build_app, client_for, make_settings
 
 from heliox.db.engine import make_engine, make_session_factory
 from heliox.db.migrate import upgrade_database
 from heliox.db.snapshot_loader import load_snapshot, read_config_version
 from heliox.snapshot import hash_key
+from tests.admin.admin_support import (
+    FakeRuntime,
+    assert_problem,
+    build_app,
+    client_for,
+    make_settings,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -6,9 +6,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.admin.admin_support import FakeRuntime, assert_problem
 
 from heliox.db.snapshot_loader import load_snapshot
+from tests.admin.admin_support import FakeRuntime, assert_problem
 
 DEMO = {"name": "demo", "upstream_url": "http://127.0.0.1:8001"}
 

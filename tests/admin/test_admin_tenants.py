@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import httpx
-from tests.admin.admin_support import FakeRuntime, assert_problem
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from heliox.db.engine import make_session_factory
 from heliox.db.models import ApiKey
 from heliox.db.snapshot_loader import read_config_version
+from tests.admin.admin_support import FakeRuntime, assert_problem
 
 
 async def test_create_get_list_update_delete(

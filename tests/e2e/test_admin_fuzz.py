@@ -44,7 +44,7 @@ def test_admin_api_never_answers_5xx(embedded_gateway: Gateway) -> None:
                 )  # fmt: skip
                 sent += 1
                 if r.status_code >= 500 or r.headers.get("cache-control") != "no-store":
-                    failures.append(f"{op.method.upper()} {r.request.url} -> {r.status_code}")
+                    failures.append(f"{r.request.method} {r.request.url} -> {r.status_code}")
 
             run()
     assert sent >= 3 * len(operations)
