@@ -96,6 +96,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from granian.constants import Interfaces
     from granian.server import Server
 
+    if args.workers > 1 and "HELIOX_METRICS_DIR" not in os.environ:
+        # Workers merge their metrics through this folder, so any of them answers a scrape right.
+        import tempfile
+
+        os.environ["HELIOX_METRICS_DIR"] = tempfile.mkdtemp(prefix="heliox-metrics-")
+
     _progress(
         f"gateway listening on http://{args.host}:{args.port} ({settings.deployment_mode} mode)"
     )

@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Gateway:
 
     @api.get("/metrics", tags=["ops"])
     async def metrics_json() -> JSONResponse:
-        data: dict[str, Any] = runtime.metrics.as_json()
+        data: dict[str, Any] = runtime.metrics_view().as_json()
         data["instance"] = runtime.instance_id
         data["log_queue_length"] = runtime.logs.pending
         return JSONResponse(data, headers={"cache-control": "no-store"})
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> Gateway:
     @api.get("/metrics/prometheus", tags=["ops"])
     async def metrics_prometheus() -> Response:
         return Response(
-            runtime.metrics.prometheus_text(),
+            runtime.metrics_view().prometheus_text(),
             media_type="text/plain; version=0.0.4; charset=utf-8",
             headers={"cache-control": "no-store"},
         )

@@ -7,6 +7,8 @@ locking never runs per request.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from bisect import bisect_left
 from collections import defaultdict
@@ -106,6 +108,46 @@ class Metrics:
     def count(self, event: str, n: int = 1) -> None:
         self.events[event] += n
 
+    # --- several worker processes behind one port ---------------------------------------------
+    def dump(self) -> dict[str, Any]:
+        """Every counter, JSON-serialisable, for another process of the same server to merge."""
+        return {
+            "started_at": self.started_at,
+            "requests": [[r, s, n] for (r, s), n in self.requests.items()],
+            "latency": {r: [h.counts, h.sum] for r, h in self.latency.items()},
+            "upstream_latency": {r: [h.counts, h.sum] for r, h in self.upstream_latency.items()},
+            "cache": [[r, c, n] for (r, c), n in self.cache.items()],
+            "upstream_errors": [[r, s, n] for (r, s), n in self.upstream_errors.items()],
+            "admission": [[r, o, why, n] for (r, o, why), n in self.admission.items()],
+            "events": dict(self.events),
+            "gauges": dict(self.gauges),
+        }
+
+    def absorb(self, d: dict[str, Any]) -> None:
+        """Add another process's dump to this one (gauges: summed, as they are sizes)."""
+        self.started_at = min(self.started_at, float(d.get("started_at", self.started_at)))
+        for r, s, n in d.get("requests", []):
+            self.requests[(r, int(s))] += n
+        for target, src in (
+            (self.latency, d.get("latency", {})),
+            (self.upstream_latency, d.get("upstream_latency", {})),
+        ):
+            for r, (counts, total) in src.items():
+                h = target[r]
+                for i, n in enumerate(counts[: len(h.counts)]):
+                    h.counts[i] += n
+                h.sum += total
+        for r, c, n in d.get("cache", []):
+            self.cache[(r, c)] += n
+        for r, s, n in d.get("upstream_errors", []):
+            self.upstream_errors[(r, int(s))] += n
+        for r, o, why, n in d.get("admission", []):
+            self.admission[(r, o, why)] += n
+        for name, n in d.get("events", {}).items():
+            self.events[name] += n
+        for name, v in d.get("gauges", {}).items():
+            self.gauges[name] = self.gauges.get(name, 0.0) + v
+
     # --- views ---------------------------------------------------------------------------------
     def as_json(self) -> dict[str, Any]:
         by_route: dict[str, dict[str, Any]] = {}
@@ -165,6 +207,39 @@ def _quantiles_ms(hist: Histogram) -> dict[str, float | None]:
         out[name] = None if v is None else round(v * 1000, 3)
     out["count"] = hist.count
     return out
+
+
+class SharedMetrics:
+    """Metrics of every worker process of one `heliox serve`, through files in a shared folder.
+
+    Each worker writes its dump every 0.5 s (and just before it answers a scrape); a scrape
+    merges them all, so /metrics and /metrics/prometheus are right whichever worker serves them.
+    """
+
+    def __init__(self, metrics: Metrics, folder: str) -> None:
+        self.metrics = metrics
+        self.folder = folder
+        self.path = os.path.join(folder, f"{os.getpid()}.json")
+
+    def write(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.metrics.dump(), fh, separators=(",", ":"))
+        os.replace(tmp, self.path)
+
+    def merged(self) -> Metrics:
+        self.write()
+        total = Metrics()
+        total.started_at = self.metrics.started_at
+        for name in sorted(os.listdir(self.folder)):
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.folder, name), encoding="utf-8") as fh:
+                    total.absorb(json.load(fh))
+            except (OSError, ValueError):
+                continue  # a worker mid-write or gone: its next dump counts
+        return total
 
 
 class _Collector:

@@ -27,7 +27,7 @@ from heliox.db.logwriter import LogWriter
 from heliox.db.migrate import upgrade_database
 from heliox.db.snapshot_loader import load_snapshot, read_config_version
 from heliox.gateway.upstream_client import UpstreamClient
-from heliox.metrics import Metrics
+from heliox.metrics import Metrics, SharedMetrics
 from heliox.seed import seed
 from heliox.snapshot import Snapshot
 from heliox.state.admission import AdmissionBackend
@@ -101,6 +101,8 @@ class Runtime:
                 hash_key=self.bloom_hash_key,
                 prefix=s.redis_key_prefix + "neg:",
             )
+        folder = os.environ.get("HELIOX_METRICS_DIR")
+        self.shared_metrics = SharedMetrics(self.metrics, folder) if folder else None
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self.started = False
@@ -115,6 +117,8 @@ class Runtime:
         await self.upstream.start()
         self.logs.start()
         self._tasks.append(asyncio.create_task(self._poll_config(), name="heliox-config-poll"))
+        if self.shared_metrics is not None:
+            self._tasks.append(asyncio.create_task(self._dump_metrics(), name="heliox-metrics"))
         if self.redis is not None:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="heliox-config-sub"))
         self.started = True
@@ -161,6 +165,19 @@ class Runtime:
                 )
             except Exception as exc:  # polling still propagates the change
                 log.warning("could not publish config version on Redis: %s", exc)
+
+    def metrics_view(self) -> Metrics:
+        """This process's metrics, or all workers' merged when the server runs several."""
+        if self.shared_metrics is None:
+            return self.metrics
+        return self.shared_metrics.merged()
+
+    async def _dump_metrics(self) -> None:
+        assert self.shared_metrics is not None
+        while True:
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(OSError):
+                self.shared_metrics.write()
 
     async def _poll_config(self) -> None:
         while True:

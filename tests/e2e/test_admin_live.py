@@ -70,3 +70,37 @@ def test_unsafe_upstream_urls_are_refused(pg_gateway: Gateway) -> None:
             )
             assert r.status_code == 422, (url, r.text)
             assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_metrics_are_right_with_two_workers(
+    workdir: object, production_env: dict[str, str]
+) -> None:
+    """`--workers 2`: whichever worker answers the scrape, it counts every worker's requests."""
+    from pathlib import Path
+
+    from tests.e2e.harness import ACME, start_gateway
+
+    d = Path(str(workdir)) / "two-workers"
+    d.mkdir()
+    gw = start_gateway(d, production_env, ["--workers", "2"])
+    try:
+        with gw.client() as c:
+            before = c.get("/metrics").json()["routes"].get("inventory", {}).get("requests", 0)
+            for _ in range(40):  # new connections: spread over both workers
+                assert (
+                    httpx.get(
+                        gw.url + "/g/inventory/items", headers={"X-API-Key": ACME}
+                    ).status_code
+                    == 200
+                )
+
+            # Each worker publishes its counters every 0.5 s: the merged view catches up at once.
+            def counted() -> int:
+                return int(httpx.get(gw.url + "/metrics").json()["routes"]["inventory"]["requests"])
+
+            wait_until(lambda: counted() - before == 40, timeout=5)
+            assert all(counted() - before == 40 for _ in range(5))
+            prom = httpx.get(gw.url + "/metrics/prometheus").text
+            assert 'heliox_requests_total{route="inventory",status="200"} 40.0' in prom
+    finally:
+        gw.proc.stop()

@@ -7,6 +7,7 @@ served with a strict Content-Security-Policy (scripts from this origin only, no 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, FastAPI, Request
 from jinja2 import Environment, FileSystemLoader
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -163,13 +164,10 @@ def _ui(request: Request) -> UiState:
 
 
 def features(app: Any) -> dict[str, bool]:
-    """Which optional admin endpoints this gateway serves."""
-    paths = set()
-    routes: list[BaseRoute] = list(getattr(app, "routes", []))
-    for route in routes:
-        path = getattr(route, "path", None)
-        if isinstance(path, str):
-            paths.add(_PATH_PARAM.sub("{}", path))
+    """Which optional admin endpoints this gateway serves (read from its OpenAPI document)."""
+    paths: set[str] = set()
+    with contextlib.suppress(Exception):  # no document: the optional parts say "not available"
+        paths = {_PATH_PARAM.sub("{}", path) for path in app.openapi().get("paths", {})}
     return {name: path in paths for name, path in OPTIONAL_ENDPOINTS.items()}
 
 

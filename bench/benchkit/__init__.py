@@ -1,0 +1,1 @@
+"""Helpers of the nginx-vs-Heliox benchmark (`bench/run.py`) and its profiler (`bench/profile_hit.py`)."""
