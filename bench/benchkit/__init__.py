@@ -1,1 +1,1 @@
-"""Helpers of the nginx-vs-Heliox benchmark (`bench/run.py`) and its profiler (`bench/profile_hit.py`)."""
+"""Helpers of the benchmark (`bench/run.py`) and the profiler (`bench/profile_gateway.py`)."""

@@ -1,4 +1,4 @@
-"""Start processes pinned to a CPU, wait for them, and always stop them (Ctrl-C and errors included).
+"""Start processes pinned to a CPU, wait for them, and always stop them (Ctrl-C included).
 
 Every process gets its own session, so stopping it means signalling its whole process group: the
 gateway's granian worker and nginx's worker go with their parents. Ports are picked below 32768
@@ -7,6 +7,7 @@ gateway's granian worker and nginx's worker go with their parents. Ports are pic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -86,23 +87,17 @@ class Proc:
         if self.popen.returncode is not None:
             return
         _signal_group(self.popen.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
         # The leader may be gone while a worker lingers: kill the group regardless.
         _signal_group(self.popen.pid, signal.SIGKILL)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class Processes:
@@ -112,9 +107,7 @@ class Processes:
         self.workdir = workdir
         self._procs: list[Proc] = []
 
-    def start(
-        self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None
-    ) -> Proc:
+    def start(self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None) -> Proc:
         log_path = self.workdir / f"{name}.log"
         with log_path.open("wb") as fh:
             popen = subprocess.Popen(

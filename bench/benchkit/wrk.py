@@ -60,9 +60,7 @@ def parse(text: str) -> WrkResult:
     p99 = re.search(r"^\s+99%\s+" + _TIME, text, re.M)
     if not (m and rps and p50 and p99):
         raise WrkOutputError("unexpected wrk output (was --latency given?):\n" + text)
-    sock = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     return WrkResult(
         requests=int(m.group(1)),

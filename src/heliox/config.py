@@ -9,6 +9,7 @@ import ipaddress
 import os
 from functools import cached_property
 from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -85,6 +86,23 @@ class Settings(BaseSettings):
     redis_key_prefix: str = "heliox:"
     background_jobs: bool = True
 
+    # --- operations: connections, shutdown, periodic jobs --------------------------------------
+    database_pool_size: int = Field(
+        10, ge=1, le=1000, description="connections kept per process (as many again may overflow)"
+    )
+    database_timeout: float = Field(10.0, gt=0, description="seconds to connect to PostgreSQL")
+    redis_pool_size: int = Field(64, ge=1, le=10_000, description="Redis connections per process")
+    redis_timeout: float = Field(
+        2.0, gt=0, description="seconds a Redis command (or a wait for a free connection) may take"
+    )
+    redis_connect_timeout: float = Field(1.0, gt=0, description="seconds to connect to Redis")
+    shutdown_timeout: float = Field(
+        30.0, gt=0, le=3600, description="seconds in-flight requests get to finish on SIGTERM"
+    )
+    log_retention_interval_seconds: float = Field(
+        3600.0, gt=0, description="how often the log-retention job runs"
+    )
+
     @field_validator("database_url")
     @classmethod
     def _database_scheme(cls, v: str) -> str:
@@ -102,6 +120,18 @@ class Settings(BaseSettings):
         v = v.strip()
         if v and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_options(cls, v: str) -> str:
+        return _asyncpg_url(v) if v.startswith("postgresql+asyncpg://") else v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_options(cls, v: str) -> str:
+        if v:
+            _check_redis_url(v)
         return v
 
     @field_validator("example_upstream_url")
@@ -178,6 +208,172 @@ class Settings(BaseSettings):
     @cached_property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(p, strict=False) for p in _split(self.trusted_proxies)]
+
+
+# --- connection URLs -------------------------------------------------------------------------
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SSL_BOOLEANS = {"true": "require", "1": "require", "yes": "require", "on": "require",
+                 "false": "disable", "0": "disable", "no": "disable", "off": "disable"}  # fmt: skip
+# libpq options asyncpg does not take as arguments: say what to do instead of failing later.
+_PG_ENV_INSTEAD = {
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
+}
+_PG_UNSUPPORTED = {
+    "connect_timeout": "set DATABASE_TIMEOUT instead",
+    "application_name": "Heliox names its connections 'heliox'",
+    "options": "set server options on the database or role (ALTER ROLE ... SET ...)",
+    "gssencmode": "the asyncpg driver does not support it",
+    "keepalives": "the asyncpg driver does not support it",
+    "keepalives_idle": "the asyncpg driver does not support it",
+    "sslpassword": "use a key without a passphrase",
+    "sslsni": "the asyncpg driver always sends SNI",
+}
+# Redis URL query options Heliox passes on; pool and timeouts have their own variables.
+_REDIS_TLS_OPTIONS = frozenset(
+    {"ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile",
+     "ssl_check_hostname"}
+)  # fmt: skip
+_REDIS_OWN_SETTING = {
+    "max_connections": "REDIS_POOL_SIZE",
+    "timeout": "REDIS_TIMEOUT",
+    "socket_timeout": "REDIS_TIMEOUT",
+    "socket_connect_timeout": "REDIS_CONNECT_TIMEOUT",
+}
+
+
+def _asyncpg_url(url: str) -> str:
+    """Translate libpq's URL options into asyncpg's (`sslmode=require` becomes `ssl=require`)."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in options:
+            raise ValueError(f"option {name!r} is given twice")
+        options[name] = value
+    for name, variable in _PG_ENV_INSTEAD.items():
+        if name in options:
+            raise ValueError(
+                f"{name}= is not passed on by the asyncpg driver; remove it and set the "
+                f"{variable} environment variable to the file instead"
+            )
+    for name, why in _PG_UNSUPPORTED.items():
+        if name in options:
+            raise ValueError(f"{name}= is not supported: {why}; remove it from the URL")
+    binding = options.pop("channel_binding", None)
+    if binding == "require":
+        raise ValueError(
+            "channel_binding=require is not supported by the asyncpg driver; remove it "
+            "(ssl=verify-full authenticates the server instead)"
+        )
+    mode = options.pop("sslmode", None)
+    if "ssl" in options:
+        given = options["ssl"].lower()
+        given = _SSL_BOOLEANS.get(given, given)
+        if mode is not None and mode != given:
+            raise ValueError(f"sslmode={mode} and ssl={options['ssl']} disagree; keep one")
+        mode = given
+    if mode is not None:
+        if mode not in SSL_MODES:
+            raise ValueError(f"sslmode/ssl must be one of {', '.join(SSL_MODES)} (got {mode!r})")
+        options["ssl"] = mode
+    return urlunsplit(parts._replace(query=urlencode(options)))
+
+
+def _check_redis_url(url: str) -> None:
+    parts = urlsplit(url)
+    options: dict[str, str] = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for name, variable in _REDIS_OWN_SETTING.items():
+        if name in options:
+            raise ValueError(f"{name}= is set through {variable}; remove it from the URL")
+    db_text = options.pop("db", None)
+    if parts.scheme != "unix":
+        if not parts.hostname:
+            raise ValueError("has no host (expected redis://[user:password@]host:port/db)")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError("has an invalid port") from exc
+        path = parts.path.strip("/")
+        if path:
+            if db_text is not None:
+                raise ValueError("gives the database index twice (path and db=); keep one")
+            db_text = path
+    if db_text is not None and not (db_text.isdigit() and int(db_text) <= 1_000_000):
+        raise ValueError(
+            f"the database index must be a number such as /0 (got {db_text!r}); "
+            "use REDIS_KEY_PREFIX to separate deployments within one database"
+        )
+    tls = {name: options.pop(name) for name in list(options) if name in _REDIS_TLS_OPTIONS}
+    if options:
+        allowed = ", ".join(sorted(_REDIS_TLS_OPTIONS))
+        raise ValueError(
+            f"unknown option(s) {', '.join(sorted(options))}; Heliox passes on only the TLS "
+            f"options {allowed} (pool size and timeouts have their own REDIS_* variables)"
+        )
+    if tls and parts.scheme != "rediss":
+        raise ValueError(f"{', '.join(sorted(tls))} need a TLS URL: use rediss://")
+    reqs = tls.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in ("none", "optional", "required"):
+        raise ValueError(f"ssl_cert_reqs must be none, optional or required (got {reqs!r})")
+    check = tls.get("ssl_check_hostname")
+    if check is not None and check.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"ssl_check_hostname must be true or false (got {check!r})")
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if name in tls and not os.path.isfile(tls[name]):
+            raise ValueError(f"{name}={tls[name]} is not a readable file")
+    if "ssl_ca_path" in tls and not os.path.isdir(tls["ssl_ca_path"]):
+        raise ValueError(f"ssl_ca_path={tls['ssl_ca_path']} is not a directory")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (and any password= option) replaced by ****."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}{':****' if sep else ''}@{hostport}"
+        if not sep and user and parts.scheme.startswith("redis"):
+            # redis://TOKEN@host: a lone userinfo is the password for Redis.
+            netloc = f"****@{hostport}"
+    query = parts.query
+    if query:
+        query = urlencode(
+            [
+                (k, "****" if "password" in k.lower() or k.lower() == "token" else v)
+                for k, v in parse_qsl(query, keep_blank_values=True)
+            ],
+            safe="*/",
+        )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+SECRET_SETTINGS = frozenset({"admin_api_key", "secret_key"})
+URL_SETTINGS = frozenset({"database_url", "redis_url"})
+
+
+def effective_settings(settings: Settings) -> list[tuple[str, str, str]]:
+    """(VARIABLE, value, source) for every setting, secrets masked; source is env or default."""
+    rows = []
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name in SECRET_SETTINGS:
+            shown = f"**** ({len(value)} characters)" if value else ""
+        elif name in URL_SETTINGS:
+            shown = redact_url(str(value))
+        elif isinstance(value, bool):
+            shown = "true" if value else "false"
+        else:
+            shown = "" if value is None else str(value)
+        source = "env" if name.upper() in {k.upper() for k in os.environ} else "default"
+        rows.append((name.upper(), shown, source))
+    return rows
 
 
 def _split(value: str) -> list[str]:

@@ -37,6 +37,7 @@ from heliox.state.bloom_store import MemoryNegativeCache, NegativeCache, RedisNe
 from heliox.state.cache import CacheStore
 from heliox.state.cache_memory import MemoryCacheStore
 from heliox.state.cache_redis import RedisCacheStore
+from heliox.state.redis_pipe import PipelinedRedis
 
 log = logging.getLogger("heliox")
 
@@ -249,4 +250,4 @@ def _redis_client(url: str) -> Any:
         health_check_interval=15,
         retry=Retry(NoBackoff(), 0),
     )
-    return aioredis.Redis(connection_pool=pool)
+    return PipelinedRedis(connection_pool=pool)

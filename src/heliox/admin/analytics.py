@@ -551,8 +551,10 @@ async def logs(
 ) -> LogPage:
     """Raw request log rows, newest first (or oldest first above `after_id` for a live tail).
 
-    Rows carry the key's id, never key material. Ids are assigned when a batch is written, so a
-    tail that polls with the last id it saw receives every row written since.
+    Rows carry the key's id, never key material. Ids grow in the order rows are written. With
+    several gateway instances writing at once, one batch can commit just after another that got
+    higher ids; a tail that must not miss such rows polls with `after_id` a little behind the
+    last id it showed and skips ids it has already seen.
     """
     if before_id is not None and after_id is not None:
         raise invalid_field(("query", "after_id"), "give before_id or after_id, not both")

@@ -5,8 +5,9 @@ and equal to PostgreSQL's `percentile_cont` (linear interpolation between the tw
 PostgreSQL computes them itself; on SQLite the two ranks around each percentile are picked with
 window functions and interpolated here with the same arithmetic.
 
-Every query is bounded by a time range, so the indexes on `ts`, `(route_name, ts)`,
-`(key_id, ts)` and `(tenant_id, ts)` keep them proportional to the rows in the window.
+Aggregates are bounded by a time range, so the indexes on `ts`, `(route_name, ts)`,
+`(key_id, ts)` and `(tenant_id, ts)` keep their cost proportional to the rows in the window; log
+pages walk the primary key from the newest row (or from a cursor) and stop after one page.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    text,
     type_coerce,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -126,7 +126,11 @@ class Latency:
 
 @dataclass(slots=True)
 class Counts:
-    """Request counts of one group of rows; `cache` is keyed by X-Cache value ("" = none)."""
+    """Request counts of one group of rows.
+
+    `cache` (X-Cache value -> count, "" = no X-Cache) is filled only where every status was
+    asked for; `served_from_cache` and `cache_lookups` always are.
+    """
 
     requests: int = 0
     errors: int = 0
@@ -135,16 +139,10 @@ class Counts:
     upstream_calls: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    served_from_cache: int = 0
+    cache_lookups: int = 0
     cache: dict[str, int] = field(default_factory=dict)
     latency: Latency = field(default_factory=Latency)
-
-    @property
-    def served_from_cache(self) -> int:
-        return sum(self.cache.get(s, 0) for s in SERVED_FROM_CACHE)
-
-    @property
-    def cache_lookups(self) -> int:
-        return self.served_from_cache + sum(self.cache.get(s, 0) for s in CACHE_MISSES)
 
 
 @dataclass(slots=True)
@@ -170,7 +168,10 @@ def _count_if(cond: ColumnElement[bool], name: str) -> ColumnElement[int]:
     return func.count().filter(cond).label(name)
 
 
-def _count_columns(c: Any = T, *, cache: bool = False) -> list[ColumnElement[Any]]:
+_CACHE_PREFIX = "cache_"
+
+
+def _count_columns(c: Any = T, *, every_cache_status: bool = False) -> list[ColumnElement[Any]]:
     """Aggregates over the columns `c` (the table's, or a subquery's with the same names)."""
     cols: list[ColumnElement[Any]] = [
         func.count().label("requests"),
@@ -182,23 +183,27 @@ def _count_columns(c: Any = T, *, cache: bool = False) -> list[ColumnElement[Any
         func.coalesce(func.sum(c.bytes_out), 0).label("bytes_out"),
         func.avg(c.latency_ms).label("avg_latency"),
     ]
-    if cache:
-        cols += [_count_if(c.cache_status == s, f"cache_{s}") for s in CACHE_STATUSES]
-        cols.append(_count_if(c.cache_status == NO_CACHE_STATUS, "cache_"))
+    if every_cache_status:
+        statuses = (*CACHE_STATUSES, NO_CACHE_STATUS)
+        cols += [_count_if(c.cache_status == s, _CACHE_PREFIX + s) for s in statuses]
     else:
-        # Enough for a hit rate without one column per status.
-        cols.append(_count_if(c.cache_status.in_(SERVED_FROM_CACHE), "cache_HIT"))
-        cols.append(_count_if(c.cache_status.in_(CACHE_MISSES), "cache_MISS"))
+        cols.append(_count_if(c.cache_status.in_(SERVED_FROM_CACHE), "served"))
+        cols.append(_count_if(c.cache_status.in_(CACHE_MISSES), "misses"))
     return cols
 
 
 def _counts_from(row: Any) -> Counts:
-    m = row._mapping
+    m: dict[str, Any] = row._asdict()
     cache = {
-        name.removeprefix("cache_"): int(value or 0)
+        name.removeprefix(_CACHE_PREFIX): int(value or 0)
         for name, value in m.items()
-        if isinstance(name, str) and name.startswith("cache_")
+        if name.startswith(_CACHE_PREFIX)
     }
+    if cache:
+        served = sum(cache[s] for s in SERVED_FROM_CACHE)
+        misses = sum(cache[s] for s in CACHE_MISSES)
+    else:
+        served, misses = int(m["served"] or 0), int(m["misses"] or 0)
     avg = m["avg_latency"]
     return Counts(
         requests=int(m["requests"] or 0),
@@ -208,6 +213,8 @@ def _counts_from(row: Any) -> Counts:
         upstream_calls=int(m["upstream_calls"] or 0),
         bytes_in=int(m["bytes_in"] or 0),
         bytes_out=int(m["bytes_out"] or 0),
+        served_from_cache=served,
+        cache_lookups=served + misses,
         cache=cache,
         latency=Latency(avg=float(avg) if avg is not None else None),
     )
@@ -217,10 +224,22 @@ def is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-async def _roomy_sorts(session: AsyncSession) -> None:
-    """Let this transaction's percentile sorts run in memory instead of spilling to disk
-    (PostgreSQL's default work_mem of 4 MB spills a day of logs). Ends with the transaction."""
-    await session.execute(text(f"SET LOCAL work_mem = '{ANALYTICS_WORK_MEM}'"))
+async def _tune(session: AsyncSession) -> None:
+    """Per-transaction planner settings for analytics reads on PostgreSQL (a no-op on SQLite).
+
+    - force_custom_plan: asyncpg reuses prepared statements, and after five runs PostgreSQL may
+      switch to a generic plan that cannot see how narrow the time range is; for a filter that
+      matches few rows it then walks the whole table backwards by id (measured 8x slower).
+    - work_mem: lets the percentile sorts of a day of logs run in memory instead of on disk.
+    Both end with the transaction, so pooled connections are left as they were.
+    """
+    if is_postgres(session):
+        await session.execute(
+            select(
+                func.set_config("plan_cache_mode", "force_custom_plan", True),
+                func.set_config("work_mem", ANALYTICS_WORK_MEM, True),
+            )
+        )
 
 
 def _pg_percentiles(value: ColumnElement[float]) -> ColumnElement[Sequence[Any]]:
@@ -279,12 +298,12 @@ async def _sqlite_percentiles(session: AsyncSession, rows: Select[Any]) -> dict[
 # --- the queries ---------------------------------------------------------------------------------
 async def summary(session: AsyncSession, scope: LogScope) -> Counts:
     """Totals over the scope, with every cache status counted and latency percentiles."""
+    await _tune(session)
     conds = scope.conditions()
-    cols = _count_columns(cache=True)
+    cols = _count_columns(every_cache_status=True)
     pg = is_postgres(session)
     if pg:
         cols.append(_pg_percentiles(T.latency_ms))
-        await _roomy_sorts(session)
     row = (await session.execute(select(*cols).where(*conds))).one()
     counts = _counts_from(row)
     if pg:
@@ -297,6 +316,7 @@ async def summary(session: AsyncSession, scope: LogScope) -> Counts:
 
 async def top_keys(session: AsyncSession, scope: LogScope, limit: int) -> list[KeyCounts]:
     """The keys with the most requests, busiest first, with their name and display prefix."""
+    await _tune(session)
     agg = (
         select(
             T.key_id,
@@ -340,12 +360,12 @@ async def by_route(
     percentiles: bool = True,
 ) -> list[GroupCounts]:
     """Per route name ("" = matched no route), busiest first."""
+    await _tune(session)
     conds = scope.conditions()
     pg = is_postgres(session) and percentiles
-    cols = _count_columns(cache=every_cache_status)
+    cols = _count_columns(every_cache_status=every_cache_status)
     if pg:
         cols.append(_pg_percentiles(T.latency_ms))
-        await _roomy_sorts(session)
     query = (
         select(T.route_name, *cols)
         .where(*conds)
@@ -376,6 +396,7 @@ async def series(session: AsyncSession, scope: LogScope, bucket_seconds: int) ->
     Buckets are `floor(epoch / bucket_seconds)`: whole-number arithmetic that means the same on
     both backends. Empty buckets are left out (the caller fills them).
     """
+    await _tune(session)
     conds = scope.conditions()
     bucket = (epoch_seconds(T.ts) // literal(bucket_seconds, BigInteger)).label("bucket")
     # Grouped through a subquery: PostgreSQL would not match a GROUP BY expression whose
@@ -398,7 +419,6 @@ async def series(session: AsyncSession, scope: LogScope, bucket_seconds: int) ->
     pg = is_postgres(session)
     if pg:
         cols.append(_pg_percentiles(c.latency_ms))
-        await _roomy_sorts(session)
     query = select(c.bucket, *cols).group_by(c.bucket).order_by(c.bucket)
     points = []
     for row in await session.execute(query):
@@ -419,6 +439,7 @@ async def log_page(session: AsyncSession, q: LogQuery) -> list[dict[str, Any]]:
 
     Newest first below `before_id`, or oldest first above `after_id` (a live tail).
     """
+    await _tune(session)
     conds: list[ColumnElement[bool]] = []
     if q.since is not None:
         conds.append(T.ts >= q.since)

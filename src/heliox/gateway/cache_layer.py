@@ -238,7 +238,7 @@ class CacheLayer:
         """This process's one fill of `key`, coordinated with the other instances."""
         token = await self.io.lock(key, self.lock_age)
         if token is None:
-            outcome = await self._await_other_instance(key)
+            outcome = await self._await_other_instance(key, entry)
             if isinstance(outcome, CacheEntry):
                 fill.result = FillResult(outcome)
                 await self._serve_collapsed(req, send, fill.result)
@@ -251,9 +251,9 @@ class CacheLayer:
             token = outcome  # their lock aged out and we took it over
         try:
             if token:
-                # Another instance may have stored it between our read and our lock.
-                current = await self.io.get(key)
-                if current is not None and lookup_state(current, self.clock()) is LookupState.HIT:
+                # Another instance may have filled it between our read and our lock.
+                current = await self._filled_since(key, entry)
+                if current is not None:
                     fill.result = FillResult(current)
                     await self._serve_collapsed(req, send, fill.result)
                     return
@@ -265,7 +265,18 @@ class CacheLayer:
                 await self._announce(key, fill.stored)
                 await self.io.unlock(key, token)
 
-    async def _await_other_instance(self, key: str) -> CacheEntry | str | None:
+    async def _filled_since(self, key: str, seen: CacheEntry | None) -> CacheEntry | None:
+        """A fresh entry stored after `seen` (the one this request already judged), if any."""
+        current = await self.io.get(key)
+        if current is None or lookup_state(current, self.clock()) is not LookupState.HIT:
+            return None
+        if seen is not None and current.stored_at <= seen.stored_at:
+            return None  # the same entry: this request still needs its own answer
+        return current
+
+    async def _await_other_instance(
+        self, key: str, seen: CacheEntry | None
+    ) -> CacheEntry | str | None:
         """Wait for another instance's fill of `key`: the entry it stored, our own lock token
         when its lock aged out and we took it, or None (time out, or nothing shareable)."""
         notices = self.notices
@@ -277,8 +288,8 @@ class CacheLayer:
             notice = notices.register(key)
             try:
                 # Registered first, then read: a fill that ends in between is seen either way.
-                current = await self.io.get(key)
-                if current is not None and lookup_state(current, self.clock()) is LookupState.HIT:
+                current = await self._filled_since(key, seen)
+                if current is not None:
                     return current
                 remaining = deadline - loop.time()
                 if remaining <= 0:

@@ -76,7 +76,11 @@ class Refresher:
             if token:
                 # It may have finished a refresh between our read and our lock.
                 current = await self.io.get(key)
-                if current is not None and lookup_state(current, self.clock()) is LookupState.HIT:
+                if (
+                    current is not None
+                    and current.stored_at > entry.stored_at
+                    and lookup_state(current, self.clock()) is LookupState.HIT
+                ):
                     result = FillResult(current)
                     return
             result, stored = await self._refresh(req, key, entry)

@@ -1,0 +1,317 @@
+"""The benchmark's table: figures, ratios to nginx, and the issue's targets marked met or missed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchkit.wrk import WrkResult
+
+HIT, MISS, LATENCY = "HIT", "MISS", "latency"
+EMBEDDED, REDIS = "embedded", "redis"
+
+# Ratio of Heliox's requests/s to nginx's (same case, same concurrency, measured just before).
+RPS_TARGETS = {(HIT, EMBEDDED): 0.4, (HIT, REDIS): 0.2, (MISS, EMBEDDED): 0.12, (MISS, REDIS): 0.12}
+P99_TARGET_CONNECTIONS = 50
+P99_MAX_RATIO = 3.0
+
+
+@dataclass
+class Row:
+    case: str  # HIT | MISS | latency
+    server: str  # as printed
+    connections: int
+    result: WrkResult
+    mode: str | None = None  # embedded | redis for Heliox rows
+    baseline: Row | None = None  # the nginx row this one is compared with
+    direct: Row | None = None  # latency rows: the upstream called directly
+
+    @property
+    def rps_ratio(self) -> float | None:
+        if self.baseline is None or not self.baseline.result.rps:
+            return None
+        return self.result.rps / self.baseline.result.rps
+
+    @property
+    def p99_ratio(self) -> float | None:
+        if self.baseline is None or not self.baseline.result.p99:
+            return None
+        return self.result.p99 / self.baseline.result.p99
+
+    @property
+    def added_p50(self) -> float | None:
+        return None if self.direct is None else self.result.p50 - self.direct.result.p50
+
+    @property
+    def added_p99(self) -> float | None:
+        return None if self.direct is None else self.result.p99 - self.direct.result.p99
+
+    @property
+    def invalid(self) -> bool:
+        """Errors in this run or in its yardstick make the comparison meaningless."""
+        return self.result.flagged or (self.baseline is not None and self.baseline.result.flagged)
+
+
+@dataclass
+class Target:
+    row: Row
+    label: str  # e.g. "req/s >= 0.40x nginx"
+    value: float | None
+    threshold: float
+    higher_is_better: bool
+
+    @property
+    def verdict(self) -> str:
+        if self.row.invalid or self.value is None:
+            return "invalid (errors)"
+        ok = self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+        return "met" if ok else "missed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "case": self.row.case,
+            "server": self.row.server,
+            "connections": self.row.connections,
+            "target": self.label,
+            "value": None if self.value is None else round(self.value, 4),
+            "threshold": self.threshold,
+            "verdict": self.verdict,
+        }
+
+
+def targets_of(row: Row) -> list[Target]:
+    if row.mode is None or row.baseline is None:
+        return []
+    found: list[Target] = []
+    rps = RPS_TARGETS.get((row.case, row.mode))
+    if rps is not None:
+        found.append(Target(row, f"req/s >= {rps:.2f}x nginx", row.rps_ratio, rps, True))
+    if row.case in (HIT, MISS) and row.connections == P99_TARGET_CONNECTIONS:
+        found.append(
+            Target(row, f"p99 <= {P99_MAX_RATIO:g}x nginx", row.p99_ratio, P99_MAX_RATIO, False)
+        )
+    return found
+
+
+@dataclass
+class Report:
+    machine: dict[str, object]
+    settings: dict[str, object]
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def throughput_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.case in (HIT, MISS)]
+
+    @property
+    def latency_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.case == LATENCY]
+
+    @property
+    def targets(self) -> list[Target]:
+        return [t for r in self.rows for t in targets_of(r)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "settings": self.settings,
+            "notes": self.notes,
+            "rows": [
+                {
+                    "case": r.case,
+                    "server": r.server,
+                    "mode": r.mode,
+                    "connections": r.connections,
+                    **r.result.as_dict(),
+                    "rps_ratio": _round(r.rps_ratio),
+                    "p99_ratio": _round(r.p99_ratio),
+                    "added_p50": _round(r.added_p50, 7),
+                    "added_p99": _round(r.added_p99, 7),
+                    "compared_with": r.baseline.server if r.baseline else None,
+                }
+                for r in self.rows
+            ],
+            "targets": [t.as_dict() for t in self.targets],
+        }
+
+
+def _round(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None else round(v, digits)
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    us = seconds * 1e6
+    if abs(us) < 1000:
+        return f"{us:.0f} µs"
+    if abs(us) < 1_000_000:
+        return f"{us / 1000:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_ratio(v: float | None, suffix: str = "") -> str:
+    return "" if v is None else f"{v:.2f}{suffix}"
+
+
+def fmt_errors(r: WrkResult) -> str:
+    if not r.errors:
+        return "0"
+    text = f"{r.errors} ({r.error_share:.1%})"
+    return text + " FLAGGED" if r.flagged else text
+
+
+def _verdicts(row: Row) -> str:
+    return "; ".join(f"{t.label}: {t.verdict}" for t in targets_of(row))
+
+
+def throughput_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "case",
+        "server",
+        "c",
+        "req/s",
+        "p50",
+        "p99",
+        "errors",
+        "req/s vs nginx",
+        "p99 vs nginx",
+        "targets",
+    ]
+    body = [
+        [
+            r.case,
+            r.server,
+            str(r.connections),
+            f"{r.result.rps:,.0f}",
+            fmt_time(r.result.p50),
+            fmt_time(r.result.p99),
+            fmt_errors(r.result),
+            fmt_ratio(r.rps_ratio),
+            fmt_ratio(r.p99_ratio, "x"),
+            _verdicts(r),
+        ]
+        for r in rows
+    ]
+    return head, body
+
+
+def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    head = ["server (c=1)", "req/s", "p50", "p99", "added p50", "added p99", "errors"]
+    body = [
+        [
+            r.server,
+            f"{r.result.rps:,.0f}",
+            fmt_time(r.result.p50),
+            fmt_time(r.result.p99),
+            fmt_time(r.added_p50),
+            fmt_time(r.added_p99),
+            fmt_errors(r.result),
+        ]
+        for r in rows
+    ]
+    return head, body
+
+
+def text_table(head: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    numeric = {
+        "c",
+        "req/s",
+        "p50",
+        "p99",
+        "added p50",
+        "added p99",
+        "req/s vs nginx",
+        "p99 vs nginx",
+    }
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if h in numeric else c.ljust(w)
+            for c, w, h in zip(cells, widths, head, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, body)])
+
+
+def markdown_table(head: list[str], body: list[list[str]]) -> str:
+    numeric = {
+        "c",
+        "req/s",
+        "p50",
+        "p99",
+        "added p50",
+        "added p99",
+        "req/s vs nginx",
+        "p99 vs nginx",
+    }
+    sep = ["---:" if h in numeric else "---" for h in head]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, sep, *body])
+
+
+def summary_lines(report: Report) -> list[str]:
+    lines = []
+    for t in report.targets:
+        value = "n/a" if t.value is None else f"{t.value:.2f}"
+        lines.append(
+            f"{t.row.case} {t.row.server} c={t.row.connections}: {t.label} -> {value}: {t.verdict}"
+        )
+    return lines
+
+
+def machine_line(machine: dict[str, object]) -> str:
+    return (
+        f"{machine['nproc']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB, "
+        f"Linux {machine['kernel']}; Python {machine['python']}, granian {machine['granian']}, "
+        f"{machine['nginx']}, {machine['wrk']}"
+    )
+
+
+def as_text(report: Report) -> str:
+    parts = ["Machine: " + machine_line(report.machine)]
+    parts.append("Settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()))
+    if report.throughput_rows:
+        parts += ["", "Throughput (each Heliox row is compared with the nginx row above it)"]
+        parts.append(text_table(*throughput_table(report.throughput_rows)))
+    if report.latency_rows:
+        parts += ["", "Added latency at concurrency 1 (vs the upstream called directly)"]
+        parts.append(text_table(*latency_table(report.latency_rows)))
+    if report.targets:
+        parts += ["", "Targets:"] + ["  " + s for s in summary_lines(report)]
+    if report.notes:
+        parts += ["", "Notes:"] + ["  " + n for n in report.notes]
+    return "\n".join(parts)
+
+
+def as_markdown(report: Report) -> str:
+    parts = ["# Heliox vs nginx", "", "Machine: " + machine_line(report.machine), ""]
+    parts.append("Settings: " + ", ".join(f"`{k}={v}`" for k, v in report.settings.items()))
+    if report.throughput_rows:
+        parts += [
+            "",
+            "## Throughput",
+            "",
+            "Each Heliox row is compared with the nginx row measured just before it.",
+            "",
+        ]
+        parts.append(markdown_table(*throughput_table(report.throughput_rows)))
+    if report.latency_rows:
+        parts += [
+            "",
+            "## Added latency at concurrency 1",
+            "",
+            '"added" is the figure minus the same percentile of the upstream called directly.',
+            "",
+        ]
+        parts.append(markdown_table(*latency_table(report.latency_rows)))
+    if report.targets:
+        parts += ["", "## Targets", ""] + ["- " + s for s in summary_lines(report)]
+    if report.notes:
+        parts += ["", "## Notes", ""] + ["- " + n for n in report.notes]
+    return "\n".join(parts) + "\n"

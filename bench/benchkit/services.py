@@ -1,0 +1,99 @@
+"""PostgreSQL and Redis for the gateway's production mode: a throwaway database and key prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass
+class ProductionBackends:
+    """A fresh database and a unique Redis key prefix; `drop` removes both."""
+
+    pg_admin_dsn: str
+    redis_url: str
+    db_name: str
+    redis_prefix: str
+
+    @property
+    def database_url(self) -> str:
+        base, _, _ = self.pg_admin_dsn.rpartition("/")
+        return f"{base}/{self.db_name}".replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "REDIS_KEY_PREFIX": self.redis_prefix,
+        }
+
+    def drop(self) -> list[str]:
+        """Best effort; returns what could not be cleaned up."""
+        problems: list[str] = []
+        try:
+            asyncio.run(
+                _pg(self.pg_admin_dsn, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            )
+        except Exception as exc:
+            problems.append(f"database {self.db_name}: {exc!r}")
+        try:
+            _delete_prefix(self.redis_url, self.redis_prefix)
+        except Exception as exc:
+            problems.append(f"Redis keys {self.redis_prefix}*: {exc!r}")
+        return problems
+
+
+async def _pg(dsn: str, sql: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _delete_prefix(redis_url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=prefix + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.delete(*batch)
+                batch.clear()
+        if batch:
+            client.delete(*batch)
+    finally:
+        client.close()
+
+
+def unavailable(pg_admin_dsn: str, redis_url: str) -> str | None:
+    """None when both answer, else why not."""
+    try:
+        asyncio.run(_pg(pg_admin_dsn, "SELECT 1"))
+    except Exception as exc:
+        return f"PostgreSQL at {pg_admin_dsn} is not reachable ({exc!r})"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(redis_url, socket_timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:
+        return f"Redis at {redis_url} is not reachable ({exc!r})"
+    return None
+
+
+def create(pg_admin_dsn: str, redis_url: str) -> ProductionBackends:
+    tag = uuid.uuid4().hex[:10]
+    backends = ProductionBackends(
+        pg_admin_dsn, redis_url, f"heliox_bench_{tag}", f"heliox-bench:{tag}:"
+    )
+    asyncio.run(_pg(pg_admin_dsn, f'CREATE DATABASE "{backends.db_name}"'))
+    return backends

@@ -1,0 +1,225 @@
+"""A redis-py client whose hot commands share one auto-pipelined connection.
+
+redis-py spends ~90 µs of Python per call (pool checkout, per-call parser, locks); Redis itself
+answers in a few. Here the commands the request path issues (GET, EVALSHA, SET, TIME, ...) are
+encoded by hand, written together once per event-loop turn on ONE connection, and their replies
+parsed by `hiredis.Reader` and matched in order: concurrent requests share round trips, and each
+command costs a few microseconds. Everything else (pub/sub, SCAN, admin work) goes through
+redis-py's pool unchanged, and so do the hot commands when the URL is not TCP.
+
+Failure semantics are the plain ones: a broken connection fails every command in flight with
+`redis.exceptions.ConnectionError`; the next command reconnects, at most every RECONNECT_PAUSE
+seconds so an outage costs callers nothing but an immediate error (the gateway then fails open
+or closed per route).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis._parsers.base import BaseParser
+from redis.client import EMPTY_RESPONSE
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Commands safe to pipeline: single reply, no blocking, no connection state.
+PIPELINED = frozenset(
+    {"GET", "SET", "EVALSHA", "EVAL", "TIME", "PING", "DEL", "EXISTS", "PEXPIRE", "PUBLISH",
+     "SCRIPT LOAD", "INCR", "MGET"}
+)  # fmt: skip
+RECONNECT_PAUSE = 0.5
+
+
+def encode_command(args: tuple[Any, ...]) -> bytes:
+    if isinstance(args[0], str) and " " in args[0]:
+        args = (*args[0].split(), *args[1:])  # "SCRIPT LOAD" is two words on the wire
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            b = arg
+        elif isinstance(arg, str):
+            b = arg.encode()
+        elif isinstance(arg, int | float):
+            b = repr(arg).encode()
+        else:
+            raise TypeError(f"cannot send {type(arg).__name__} to Redis")
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, pipe: RedisPipe) -> None:
+        self.pipe = pipe
+        self.reader = hiredis.Reader(replyError=hiredis.ReplyError)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        waiting = self.pipe.waiting
+        while (reply := self.reader.gets()) is not False:
+            if not waiting:
+                break  # a reply nobody asked for: the connection is out of step
+            fut = waiting.popleft()
+            if fut.done():
+                continue  # the caller timed out; its reply is simply dropped
+            if isinstance(reply, hiredis.ReplyError):
+                fut.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
+            else:
+                fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipe.lost(exc)
+
+
+class RedisPipe:
+    """One TCP (or TLS) connection; `execute` queues a command and awaits its reply."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 1.0,
+        timeout: float = 2.0,
+    ) -> None:
+        self.host, self.port, self.db = host, port, db
+        self.username, self.password, self.ssl_context = username, password, ssl_context
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self._buffer: list[bytes] = []
+        self._flush_scheduled = False
+        self._connecting: asyncio.Future[None] | None = None
+        self._failed_at = 0.0
+        self.commands_sent = 0
+        self.writes = 0
+
+    async def _connect(self) -> None:
+        if self._connecting is not None:
+            await asyncio.shield(self._connecting)
+            return
+        if time.monotonic() - self._failed_at < RECONNECT_PAUSE:
+            raise RedisConnectionError(f"Redis at {self.host}:{self.port} is unreachable")
+        loop = asyncio.get_running_loop()
+        self._connecting = loop.create_future()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                transport, _ = await loop.create_connection(
+                    lambda: _Protocol(self), self.host, self.port, ssl=self.ssl_context
+                )
+            self._transport = transport
+            setup: list[tuple[Any, ...]] = []
+            if self.password:
+                auth = (self.username, self.password) if self.username else (self.password,)
+                setup.append(("AUTH", *auth))
+            if self.db:
+                setup.append(("SELECT", self.db))
+            for cmd in setup:
+                await self._send(cmd)
+            self._connecting.set_result(None)
+        except Exception as exc:
+            self._failed_at = time.monotonic()
+            self._transport = None
+            err = RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}")
+            self._connecting.set_exception(err)
+            self._connecting.exception()  # mark retrieved
+            raise err from exc
+        finally:
+            self._connecting = None
+
+    def lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._buffer.clear()
+        err = RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}")
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_exception(err)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._buffer and self._transport is not None:
+            self._transport.write(b"".join(self._buffer))
+            self.writes += 1
+        self._buffer.clear()
+
+    async def _send(self, args: tuple[Any, ...]) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._buffer.append(encode_command(args))
+        self.waiting.append(fut)
+        self.commands_sent += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await fut
+        except TimeoutError as exc:
+            # The reply may still come; it will be matched to this (done) future and dropped.
+            raise RedisTimeoutError(f"Redis did not answer within {self.timeout}s") from exc
+
+    async def execute(self, *args: Any) -> Any:
+        if self._transport is None or self._transport.is_closing():
+            await self._connect()
+        return await self._send(args)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+class PipelinedRedis(aioredis.Redis):
+    """redis.asyncio.Redis that sends the hot commands through a RedisPipe."""
+
+    pipe: RedisPipe | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        kw = self.connection_pool.connection_kwargs
+        self.pipe = None
+        if "host" in kw and not kw.get("decode_responses"):
+            ctx = None
+            if issubclass(self.connection_pool.connection_class, aioredis.SSLConnection):
+                ctx = ssl.create_default_context()
+                if kw.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+            self.pipe = RedisPipe(
+                kw["host"],
+                int(kw.get("port", 6379)),
+                db=int(kw.get("db", 0) or 0),
+                username=kw.get("username"),
+                password=kw.get("password"),
+                ssl_context=ctx,
+                connect_timeout=float(kw.get("socket_connect_timeout") or 1.0),
+                timeout=float(kw.get("socket_timeout") or 2.0),
+            )
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        pipe = self.pipe
+        name = args[0] if isinstance(args[0], str) else args[0].decode()
+        if pipe is None or name.upper() not in PIPELINED:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        raw = await pipe.execute(*args)
+        callback = self.response_callbacks.get(name)
+        if callback is None:
+            return raw
+        options.pop("keys", None)
+        options.pop(EMPTY_RESPONSE, None)
+        return callback(raw, **options)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+        await super().aclose(close_connection_pool)

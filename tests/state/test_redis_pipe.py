@@ -1,0 +1,102 @@
+"""The auto-pipelined Redis client against a real Redis: same answers as redis-py, concurrent
+commands share writes, failures are immediate and recovery automatic."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from heliox.state.redis_pipe import PipelinedRedis, encode_command
+from tests.e2e.faults import OwnRedis
+
+
+@pytest.fixture
+async def piped(redis_server: str) -> AsyncIterator[PipelinedRedis]:
+    client = PipelinedRedis.from_url(redis_server)
+    assert client.pipe is not None
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def test_encoding_splits_two_word_commands() -> None:
+    assert encode_command(("SCRIPT LOAD", "return 1")) == (
+        b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n$8\r\nreturn 1\r\n"
+    )
+    assert encode_command(("SET", b"k", 1)) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n"
+
+
+async def test_same_answers_as_redis_py(piped: PipelinedRedis, redis_prefix: str) -> None:
+    k = redis_prefix + "a"
+    assert await piped.set(k, b"\x00bin\xff", px=10_000) is True
+    assert await piped.get(k) == b"\x00bin\xff"
+    assert await piped.set(k, b"x", nx=True) is None
+    assert await piped.get(redis_prefix + "missing") is None
+    sec, usec = await piped.time()
+    assert sec > 1_700_000_000 and 0 <= usec < 1_000_000
+    assert await piped.ping() is True
+    sha = await piped.script_load("return ARGV[1]")
+    assert await piped.evalsha(sha, 0, "hello") == b"hello"
+    with pytest.raises(NoScriptError):
+        await piped.evalsha("0" * 40, 0)
+    with pytest.raises(ResponseError):
+        await piped.execute_command("EVAL", "return redis.error_reply('boom')", 0)
+    assert await piped.delete(k) == 1
+    assert piped.pipe is not None and piped.pipe.commands_sent >= 9
+
+
+async def test_registered_scripts_reload_after_script_flush(
+    piped: PipelinedRedis, redis_client: aioredis.Redis
+) -> None:
+    script = piped.register_script("return 42")
+    assert await script() == 42
+    await redis_client.script_flush()
+    assert await script() == 42
+
+
+async def test_concurrent_commands_share_writes(piped: PipelinedRedis, redis_prefix: str) -> None:
+    await piped.set(redis_prefix + "x", b"1")
+    pipe = piped.pipe
+    assert pipe is not None
+    writes = pipe.writes
+    results = await asyncio.gather(*(piped.get(redis_prefix + "x") for _ in range(200)))
+    assert results == [b"1"] * 200
+    assert pipe.writes - writes <= 2  # one write per event-loop turn, not per command
+
+
+async def test_outage_fails_fast_and_recovers(tmp_path: Path, redis_server: str) -> None:
+    own = OwnRedis(tmp_path)
+    own.start()
+    client = PipelinedRedis.from_url(own.url, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        assert await client.ping() is True
+        own.stop()
+        with pytest.raises(RedisConnectionError):
+            await client.get("k")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(RedisConnectionError):
+            await client.get("k")
+        assert loop.time() - t0 < 1.0  # refused at once, no retries
+        own.start()
+
+        async def recovered() -> bool:
+            try:
+                return bool(await client.ping())
+            except RedisConnectionError:
+                return False
+
+        deadline = loop.time() + 10
+        while not await recovered():
+            assert loop.time() < deadline, "did not reconnect"
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+        own.stop()
