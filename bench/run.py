@@ -19,17 +19,20 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import gateway, machine, nginx, services, wrk
 from benchkit import http as bhttp
-from benchkit.procs import Processes, exit_on_signals
+from benchkit.cpu import ForeignLoad
+from benchkit.procs import Processes, exit_on_signals, set_niceness
 from benchkit.report import EMBEDDED, HIT, LATENCY, MISS, REDIS, Report, Row
 
 MODE_LABEL = {EMBEDDED: "Heliox embedded", REDIS: "Heliox Redis+PG"}
@@ -46,6 +49,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--concurrency", default="50,200", help="connections for the HIT and MISS cases (50,200)"
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measured runs per case, nginx and Heliox by turns; the median is reported (1)",
+    )
     p.add_argument("--threads", type=int, default=1, help="wrk threads (1; 2 is also fair)")
     p.add_argument("--modes", default="embedded,redis", help="Heliox modes to run")
     p.add_argument("--skip-redis", action="store_true", help="embedded mode only")
@@ -53,6 +62,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--redis-url", default=DEFAULT_REDIS)
     p.add_argument("--server-cpu", type=int, default=0, help="CPU for nginx, Heliox, upstream")
     p.add_argument("--client-cpu", type=int, default=1, help="CPU for wrk")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness of the measured processes and wrk, e.g. -10 on a shared machine (root)",
+    )
     p.add_argument(
         "--out",
         default=os.path.join(tempfile.gettempdir(), "heliox-bench.md"),
@@ -67,6 +82,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.modes = [m for m in str(args.modes).split(",") if m]
     if args.skip_redis:
         args.modes = [m for m in args.modes if m != REDIS]
+    if args.repeat < 1 or args.duration <= 0:
+        p.error("--repeat and --duration must be positive")
     bad = set(args.modes) - {EMBEDDED, REDIS}
     if bad:
         p.error(f"unknown mode(s) {sorted(bad)}; use embedded, redis")
@@ -75,6 +92,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Timed:
+    result: wrk.WrkResult
+    foreign: float | None  # share of the server CPU other processes used meanwhile
+    upstream_calls: int
 
 
 class Bench:
@@ -89,6 +113,7 @@ class Bench:
         self.server_cpu: int | None = args.server_cpu if pin else None
         self.client_cpu: int | None = args.client_cpu if pin else None
         self.upstream_calls: Callable[[], int] = lambda: 0
+        self.foreign = ForeignLoad(self.server_cpu)
 
     def measure(
         self,
@@ -100,22 +125,70 @@ class Bench:
         *,
         duration: float | None = None,
         mode: str | None = None,
+        direct: Row | None = None,
+    ) -> Row:
+        self._wrk(url, connections, self.warmup, headers)  # pools filled, caches primed
+        runs = [
+            self._timed(url, connections, duration or self.args.duration, headers)
+            for _ in range(self.args.repeat)
+        ]
+        return self._record(case, server, connections, runs, mode=mode, direct=direct)
+
+    def measure_pair(
+        self,
+        case: str,
+        connections: int,
+        baseline: tuple[str, str],
+        heliox: tuple[str, str],
+        headers: dict[str, str],
+        mode: str,
+    ) -> None:
+        """nginx and Heliox run by turns, so both see the same machine (and its neighbours)."""
+        (ng_label, ng_url), (gw_label, gw_url) = baseline, heliox
+        self._wrk(ng_url, connections, self.warmup, headers)
+        self._wrk(gw_url, connections, self.warmup, headers)
+        ng_runs: list[Timed] = []
+        gw_runs: list[Timed] = []
+        for _ in range(self.args.repeat):
+            ng_runs.append(self._timed(ng_url, connections, self.args.duration, headers))
+            gw_runs.append(self._timed(gw_url, connections, self.args.duration, headers))
+        base = self._record(case, ng_label, connections, ng_runs)
+        self._record(case, gw_label, connections, gw_runs, mode=mode, baseline=base)
+
+    def _timed(self, url: str, connections: int, duration: float, headers: dict[str, str]) -> Timed:
+        before = self.upstream_calls()
+        self.foreign.start(self.procs.pids())
+        result = self._wrk(url, connections, duration, headers)
+        foreign = self.foreign.stop(self.procs.pids())
+        return Timed(result, foreign, self.upstream_calls() - before)
+
+    def _record(
+        self,
+        case: str,
+        server: str,
+        connections: int,
+        runs: list[Timed],
+        *,
+        mode: str | None = None,
         baseline: Row | None = None,
         direct: Row | None = None,
-        warm: bool = True,
     ) -> Row:
-        if warm:  # connection pools filled, cache primed, allocator settled
-            self._wrk(url, connections, self.warmup, headers)
-        before = self.upstream_calls()
-        result = self._wrk(url, connections, duration or self.args.duration, headers)
-        upstream_calls = self.upstream_calls() - before
+        result = wrk.combine([t.result for t in runs])
+        shares = [t.foreign for t in runs if t.foreign is not None]
+        upstream_calls = sum(t.upstream_calls for t in runs)
         row = Row(case, server, connections, result, mode=mode, baseline=baseline, direct=direct)
+        row.foreign = statistics.mean(shares) if shares else None
+        row.upstream_calls = upstream_calls
         self.report.rows.append(row)
         flag = "  FLAGGED: mostly errors" if result.flagged else ""
+        spread = ""
+        if len(runs) > 1:
+            spread = " (" + " / ".join(f"{t.result.rps:,.0f}" for t in runs) + ")"
         say(
-            f"{case:7} {server:22} c={connections:<4} {result.rps:>9,.0f} req/s  "
+            f"{case:7} {server:22} c={connections:<4} {result.rps:>9,.0f} req/s{spread}  "
             f"p50 {result.p50 * 1e3:7.2f} ms  p99 {result.p99 * 1e3:7.2f} ms  "
-            f"errors {result.errors}  upstream calls {upstream_calls}{flag}"
+            f"errors {result.errors}  upstream calls {upstream_calls}  "
+            f"others on CPU {'-' if row.foreign is None else f'{row.foreign:.0%}'}{flag}"
         )
         if case == HIT and upstream_calls > max(10, result.requests // 100):
             self.report.notes.append(
@@ -201,8 +274,7 @@ def run(args: argparse.Namespace, tools: machine.Tools, report: Report, workdir:
                 (MISS, "nginx proxy_pass", ng.pass_url + items, pass_url),
             ):
                 for c in args.concurrency:
-                    base = bench.measure(case, ng_label, ng_url, c, key)
-                    bench.measure(case, label, gw_url, c, key, mode=mode, baseline=base)
+                    bench.measure_pair(case, c, (ng_label, ng_url), (label, gw_url), key, mode)
             bench.measure(
                 LATENCY,
                 f"{label} MISS",
@@ -239,6 +311,7 @@ def run(args: argparse.Namespace, tools: machine.Tools, report: Report, workdir:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_signals()
+    set_niceness(args.nice)
     tools = machine.find_tools()
     if tools.missing:
         say(f"missing: {', '.join(tools.missing)}; {machine.INSTALL_HINT}")
@@ -272,9 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "latency_duration_s": min(args.duration, 5.0),
             "concurrency": ",".join(map(str, args.concurrency)),
             "wrk_threads": args.threads,
+            "repeat": args.repeat,
             "server_cpu": args.server_cpu if ncpu >= 2 else "any",
             "wrk_cpu": args.client_cpu if ncpu >= 2 else "any",
             "modes": ",".join(args.modes),
+            "nice": args.nice,
         },
         notes=notes,
     )

@@ -90,6 +90,23 @@ def _version(cmd: list[str]) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
+def source_revision() -> str:
+    """The commit the measured code is at, and whether the work tree had changes on top."""
+    root = Path(__file__).resolve().parents[2]
+    head = _version(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return head
+    changed = len(done.stdout.splitlines())
+    return f"{head} + {changed} changed files" if changed else head
+
+
 def describe(tools: Tools) -> dict[str, object]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -106,6 +123,7 @@ def describe(tools: Tools) -> dict[str, object]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "heliox": pkg("heliox"),
+        "revision": source_revision(),
         "granian": pkg("granian"),
         "nginx": nginx_mod.version(tools.nginx) if tools.nginx else "missing",
         "wrk": _version([tools.wrk, "-v"]).split(" [")[0] if tools.wrk else "missing",

@@ -26,6 +26,8 @@ class Row:
     mode: str | None = None  # embedded | redis for Heliox rows
     baseline: Row | None = None  # the nginx row this one is compared with
     direct: Row | None = None  # latency rows: the upstream called directly
+    foreign: float | None = None  # share of the server CPU used by other processes meanwhile
+    upstream_calls: int | None = None
 
     @property
     def rps_ratio(self) -> float | None:
@@ -130,6 +132,8 @@ class Report:
                     "added_p50": _round(r.added_p50, 7),
                     "added_p99": _round(r.added_p99, 7),
                     "compared_with": r.baseline.server if r.baseline else None,
+                    "server_cpu_used_by_others": _round(r.foreign),
+                    "upstream_calls": r.upstream_calls,
                 }
                 for r in self.rows
             ],
@@ -170,19 +174,19 @@ def _verdicts(row: Row) -> str:
     return "; ".join(f"{t.label}: {t.verdict}" for t in targets_of(row))
 
 
+NUMERIC = frozenset(
+    {"c", "req/s", "p50", "p99", "added p50", "added p99", "req/s vs nginx", "p99 vs nginx",
+     "others on CPU"}
+)  # fmt: skip
+
+
+def fmt_share(v: float | None) -> str:
+    return "" if v is None else f"{v:.0%}"
+
+
 def throughput_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    head = [
-        "case",
-        "server",
-        "c",
-        "req/s",
-        "p50",
-        "p99",
-        "errors",
-        "req/s vs nginx",
-        "p99 vs nginx",
-        "targets",
-    ]
+    head = ["case", "server", "c", "req/s", "p50", "p99", "errors", "others on CPU",
+            "req/s vs nginx", "p99 vs nginx", "targets"]  # fmt: skip
     body = [
         [
             r.case,
@@ -192,6 +196,7 @@ def throughput_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
             fmt_time(r.result.p50),
             fmt_time(r.result.p99),
             fmt_errors(r.result),
+            fmt_share(r.foreign),
             fmt_ratio(r.rps_ratio),
             fmt_ratio(r.p99_ratio, "x"),
             _verdicts(r),
@@ -202,7 +207,8 @@ def throughput_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
 
 
 def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    head = ["server (c=1)", "req/s", "p50", "p99", "added p50", "added p99", "errors"]
+    head = ["server (c=1)", "req/s", "p50", "p99", "added p50", "added p99", "errors",
+            "others on CPU"]  # fmt: skip
     body = [
         [
             r.server,
@@ -212,6 +218,7 @@ def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
             fmt_time(r.added_p50),
             fmt_time(r.added_p99),
             fmt_errors(r.result),
+            fmt_share(r.foreign),
         ]
         for r in rows
     ]
@@ -220,20 +227,10 @@ def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
 
 def text_table(head: list[str], body: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    numeric = {
-        "c",
-        "req/s",
-        "p50",
-        "p99",
-        "added p50",
-        "added p99",
-        "req/s vs nginx",
-        "p99 vs nginx",
-    }
 
     def line(cells: list[str]) -> str:
         return "  ".join(
-            c.rjust(w) if h in numeric else c.ljust(w)
+            c.rjust(w) if h in NUMERIC else c.ljust(w)
             for c, w, h in zip(cells, widths, head, strict=True)
         ).rstrip()
 
@@ -241,17 +238,7 @@ def text_table(head: list[str], body: list[list[str]]) -> str:
 
 
 def markdown_table(head: list[str], body: list[list[str]]) -> str:
-    numeric = {
-        "c",
-        "req/s",
-        "p50",
-        "p99",
-        "added p50",
-        "added p99",
-        "req/s vs nginx",
-        "p99 vs nginx",
-    }
-    sep = ["---:" if h in numeric else "---" for h in head]
+    sep = ["---:" if h in NUMERIC else "---" for h in head]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, sep, *body])
 
 
@@ -268,9 +255,17 @@ def summary_lines(report: Report) -> list[str]:
 def machine_line(machine: dict[str, object]) -> str:
     return (
         f"{machine['nproc']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB, "
+        f"Heliox {machine.get('revision', '?')}, "
         f"Linux {machine['kernel']}; Python {machine['python']}, granian {machine['granian']}, "
         f"{machine['nginx']}, {machine['wrk']}"
     )
+
+
+LEGEND = (
+    '"others on CPU": share of the server CPU used by processes other than the measured ones '
+    "during the run (other users' jobs; in Redis mode also Redis and PostgreSQL when the kernel "
+    "runs them there). High values mean the figures are depressed by contention, not slowness."
+)
 
 
 def as_text(report: Report) -> str:
@@ -282,6 +277,7 @@ def as_text(report: Report) -> str:
     if report.latency_rows:
         parts += ["", "Added latency at concurrency 1 (vs the upstream called directly)"]
         parts.append(text_table(*latency_table(report.latency_rows)))
+    parts += ["", LEGEND]
     if report.targets:
         parts += ["", "Targets:"] + ["  " + s for s in summary_lines(report)]
     if report.notes:
@@ -310,6 +306,7 @@ def as_markdown(report: Report) -> str:
             "",
         ]
         parts.append(markdown_table(*latency_table(report.latency_rows)))
+    parts += ["", LEGEND]
     if report.targets:
         parts += ["", "## Targets", ""] + ["- " + s for s in summary_lines(report)]
     if report.notes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -31,12 +32,17 @@ class ProductionBackends:
     def drop(self) -> list[str]:
         """Best effort; returns what could not be cleaned up."""
         problems: list[str] = []
-        try:
-            asyncio.run(
-                _pg(self.pg_admin_dsn, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-            )
-        except Exception as exc:
-            problems.append(f"database {self.db_name}: {exc!r}")
+        # A loaded machine can make one attempt time out; a leftover database is worse than a wait.
+        for attempt in range(3):
+            try:
+                asyncio.run(
+                    _pg(self.pg_admin_dsn, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+                )
+                break
+            except Exception as exc:
+                if attempt == 2:
+                    problems.append(f"database {self.db_name}: {exc!r}")
+                time.sleep(1)
         try:
             _delete_prefix(self.redis_url, self.redis_prefix)
         except Exception as exc:
@@ -47,7 +53,7 @@ class ProductionBackends:
 async def _pg(dsn: str, sql: str) -> None:
     import asyncpg  # type: ignore[import-untyped]
 
-    conn = await asyncpg.connect(dsn, timeout=5)
+    conn = await asyncpg.connect(dsn, timeout=10)
     try:
         await conn.execute(sql)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -42,6 +43,21 @@ class WrkResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "errors": self.errors, "flagged": self.flagged}
+
+
+def combine(results: list[WrkResult]) -> WrkResult:
+    """Several runs of one case as one: the median rate and percentiles, the summed counts."""
+    if len(results) == 1:
+        return results[0]
+    return WrkResult(
+        requests=sum(r.requests for r in results),
+        seconds=sum(r.seconds for r in results),
+        rps=statistics.median(r.rps for r in results),
+        p50=statistics.median(r.p50 for r in results),
+        p99=statistics.median(r.p99 for r in results),
+        non_2xx=sum(r.non_2xx for r in results),
+        socket_errors=sum(r.socket_errors for r in results),
+    )
 
 
 class WrkOutputError(ValueError):

@@ -1,34 +1,95 @@
-"""The `heliox` command: demo, serve, upstream, db upgrade, version."""
+"""The `heliox` command: demo, serve, worker, upstream, db, keys, config, version.
+
+Exit status: 0 done, 1 the operation failed (database unreachable, no such key, ...), 2 bad usage
+or configuration (the message names the variable or option to fix).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from heliox import __version__
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from heliox.config import Settings
+
+log = logging.getLogger("heliox.cli")
+
+# After SHUTDOWN_TIMEOUT, how long a gateway process gets to flush its log queue and close its
+# connections before granian kills it.
+STOP_GRACE_SECONDS = 15
+
 ENV_HELP = """\
-environment:
-  DATABASE_URL        postgresql+asyncpg://user:pass@host/db (empty: SQLite file ./heliox.db)
-  REDIS_URL           redis:// or rediss:// (empty: in-process state, one process only)
+environment (the main ones; `heliox config show` lists every setting and its value):
+  DATABASE_URL        postgresql+asyncpg://user:pass@host/db[?sslmode=require]
+                      (empty: SQLite file ./heliox.db)
+  REDIS_URL           redis://[user:pass@]host:6379/0 or rediss:// for TLS
+                      (empty: in-process state, one process only)
   ADMIN_API_KEY       admin credential for X-Admin-Key (production: 16+ chars, not the demo default)
   SECRET_KEY          signs admin UI sessions (production: 16+ chars)
   AUTO_SEED           seed the sample tenants, keys and routes (default: on in demo mode)
   DEPLOYMENT_MODE     demo | production (default: demo unless DATABASE_URL or REDIS_URL is set)
   LOG_LEVEL           DEBUG | INFO | WARNING | ERROR
-  EXAMPLE_UPSTREAM_URL  where the seeded routes point (default http://127.0.0.1:8001)
-  see README.md for the full list (rate limits, abuse detection, Bloom filter, cache size)
+  see docs/deployment.md for connection options, pool sizes, timeouts and shutdown
+"""
+SERVE_ENV_HELP = """\
+environment:
+  DATABASE_URL, REDIS_URL, ADMIN_API_KEY, SECRET_KEY   as for every command (see heliox --help)
+  SHUTDOWN_TIMEOUT    seconds in-flight requests get to finish on SIGTERM/SIGINT (default 30)
+  BACKGROUND_JOBS     true: this process also runs the periodic jobs (default);
+                      false: leave them to `heliox worker`
+  DATABASE_POOL_SIZE, DATABASE_TIMEOUT, REDIS_POOL_SIZE, REDIS_TIMEOUT   per-process pools
+  REDIS_KEY_PREFIX    separates deployments that share one Redis (default heliox:)
+"""
+WORKER_ENV_HELP = """\
+environment:
+  DATABASE_URL        the gateway's database (migrated first if needed)
+  REDIS_URL           coordinates the jobs: each runs once per period across all processes
+  REDIS_KEY_PREFIX    must match the gateways' (default heliox:)
+  LOG_RETENTION_DAYS  request logs older than this are deleted (default 30)
+  LOG_RETENTION_INTERVAL_SECONDS   how often retention runs (default 3600)
+  LOG_LEVEL           INFO shows one line per job run
+"""
+KEYS_ENV_HELP = """\
+environment:
+  DATABASE_URL        the database to write (empty: SQLite file ./heliox.db); migrate it first
+  REDIS_URL           when set, running gateways are told to reload at once; otherwise they
+                      notice within CONFIG_POLL_INTERVAL (default 1 s)
+  REDIS_KEY_PREFIX    must match the gateways' (default heliox:)
 """
 
 
-def _fail(message: str) -> int:
+# --- helpers --------------------------------------------------------------------------------
+class CommandError(Exception):
+    """The command failed; the message says why (exit status 1, or 2 for bad usage)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _fail(message: str, status: int = 2) -> int:
     print(f"heliox: {message}", file=sys.stderr)
-    return 2
+    return status
+
+
+def _progress(message: str) -> None:
+    print(f"heliox: {message}", file=sys.stderr, flush=True)
 
 
 def _check_settings() -> int | None:
@@ -41,21 +102,165 @@ def _check_settings() -> int | None:
     return None
 
 
-def _migrate_and_seed() -> None:
-    """Run migrations (and the seed) once in this process, before any worker starts."""
-    import asyncio
+def _tool_settings() -> Settings:
+    """Settings for commands that only touch the database and Redis (no admin credentials).
 
+    Raises ConfigError like load_settings; the serving secrets are not required here.
+    """
     from heliox.config import load_settings
+
+    return load_settings(deployment_mode="demo")
+
+
+def _run(coro: Awaitable[int]) -> int:
+    async def main() -> int:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def _explain(exc: BaseException) -> str:
+    """One line on what went wrong, with the fix when it is a known one."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return "the database has no Heliox tables yet: run `heliox db upgrade` first"
+    return text
+
+
+def _database_error(exc: BaseException) -> str:
+    explained = _explain(exc)
+    return explained if "heliox db upgrade" in explained else f"database error: {explained}"
+
+
+# --- serve, demo, upstream -------------------------------------------------------------------
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class GracefulShutdown:
+    """ASGI wrapper used by `heliox serve`: in-flight requests get SHUTDOWN_TIMEOUT, no more.
+
+    On SIGTERM/SIGINT granian stops accepting and waits for every in-flight request before it
+    runs the lifespan shutdown (which flushes the log queue): with no deadline one hung upstream
+    holds the process forever. After `timeout` seconds the requests still running are cancelled,
+    so the shutdown (and the log flush) always happens.
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], timeout: float):
+        self.app = app
+        self.timeout = timeout
+        self.inflight: set[asyncio.Task[Any]] = set()
+        self.draining = False
+        self.deadline_passed = False
+        self._signals_hooked = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            self._hook_signals()
+            await self.app(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        if task is None:
+            await self.app(scope, receive, send)
+            return
+        self.inflight.add(task)
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.deadline_passed:
+                raise
+            task.uncancel()
+            await _refuse_during_shutdown(send)
+        finally:
+            self.inflight.discard(task)
+
+    def _hook_signals(self) -> None:
+        # granian's own handlers (installed on the event loop) keep working: the loop learns of
+        # the signal through its wakeup fd; this adds a Python-level handler beside them.
+        if self._signals_hooked:
+            return
+        self._signals_hooked = True
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self.begin_shutdown)
+                if callable(previous):
+                    previous(signum, frame)
+
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread: the server's own limits apply
+                log.debug("cannot watch %s outside the main thread", sig)
+
+    def begin_shutdown(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        if self.inflight:
+            log.info(
+                "shutting down: waiting up to %g s for %d requests in flight",
+                self.timeout,
+                len(self.inflight),
+            )
+        asyncio.get_running_loop().call_later(self.timeout, self._deadline)
+
+    def _deadline(self) -> None:
+        self.deadline_passed = True
+        if self.inflight:
+            log.warning(
+                "shutdown deadline (SHUTDOWN_TIMEOUT=%g s): cancelling %d requests still running",
+                self.timeout,
+                len(self.inflight),
+            )
+        for task in list(self.inflight):
+            task.cancel()
+
+
+async def _refuse_during_shutdown(send: Send) -> None:
+    from heliox.core.problem import PROBLEM_CONTENT_TYPE, problem_body
+
+    body = problem_body(503, "", "the gateway shut down before the response was ready; retry")
+    # Fails harmlessly when the response had already started: the connection is then cut.
+    with contextlib.suppress(Exception):
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", PROBLEM_CONTENT_TYPE),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", b"1"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_served_app() -> GracefulShutdown:
+    """The ASGI app `heliox serve` runs: heliox.main:create_app() with a shutdown deadline."""
+    from heliox.config import load_settings
+    from heliox.main import create_app
+
+    settings = load_settings()
+    return GracefulShutdown(create_app(settings), settings.shutdown_timeout)
+
+
+def _migrate_and_seed(settings: Settings) -> None:
+    """Run migrations (and the seed) once in this process, before any worker starts."""
     from heliox.db.engine import make_engine, make_session_factory
     from heliox.db.migrate import upgrade_database
     from heliox.seed import seed
 
-    settings = load_settings()
-
     async def run() -> None:
         await upgrade_database(settings.effective_database_url, progress=_progress)
         if settings.auto_seed:
-            engine = make_engine(settings.effective_database_url)
+            engine = make_engine(
+                settings.effective_database_url, connect_timeout=settings.database_timeout
+            )
             try:
                 await seed(make_session_factory(engine), settings, progress=_progress)
             finally:
@@ -64,17 +269,13 @@ def _migrate_and_seed() -> None:
     asyncio.run(run())
 
 
-def _progress(message: str) -> None:
-    print(f"heliox: {message}", file=sys.stderr, flush=True)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from heliox.config import load_settings
+    from heliox.config import ConfigError, load_settings
 
-    bad = _check_settings()
-    if bad is not None:
-        return bad
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
     if args.workers > 1 and not settings.redis_url:
         return _fail(
             "--workers > 1 needs REDIS_URL: without Redis each worker would keep its own rate "
@@ -83,30 +284,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.database_url and args.workers > 1:
         return _fail("--workers > 1 needs DATABASE_URL (PostgreSQL); SQLite serves one process")
     try:
-        _migrate_and_seed()
+        _migrate_and_seed(settings)
     except Exception as exc:
-        return _fail(f"could not prepare the database: {exc}")
+        return _fail(f"could not prepare the database: {exc}", 1)
     if args.reload:
         import uvicorn
 
         uvicorn.run(
-            "heliox.main:create_app", factory=True, host=args.host, port=args.port, reload=True
+            "heliox.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            reload=True,
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
         )
         return 0
     from granian.constants import Interfaces
     from granian.server import Server
 
-    if args.workers > 1 and "HELIOX_METRICS_DIR" not in os.environ:
-        # Workers merge their metrics through this folder, so any of them answers a scrape right.
-        import tempfile
-
-        os.environ["HELIOX_METRICS_DIR"] = tempfile.mkdtemp(prefix="heliox-metrics-")
-
     _progress(
         f"gateway listening on http://{args.host}:{args.port} ({settings.deployment_mode} mode)"
     )
     Server(
-        "heliox.main:create_app",
+        "heliox.cli:create_served_app",
         address=args.host,
         port=args.port,
         interface=Interfaces.ASGI,
@@ -115,6 +315,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
         log_access=False,
         backlog=2048,
+        # Last resort for a worker that neither drains nor flushes in time (it is killed).
+        workers_kill_timeout=math.ceil(settings.shutdown_timeout) + STOP_GRACE_SECONDS,
     ).serve()
     return 0
 
@@ -147,7 +349,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         time.sleep(0.2)
         if upstream.poll() is not None:
-            return _fail(f"the example upstream could not start on port {args.upstream_port}")
+            return _fail(f"the example upstream could not start on port {args.upstream_port}", 1)
         print(
             f"\n  Heliox demo\n  gateway   http://localhost:{args.port}\n"
             f"  upstream  http://localhost:{args.upstream_port}\n"
@@ -167,22 +369,351 @@ def cmd_demo(args: argparse.Namespace) -> int:
             upstream.kill()
 
 
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    bad = _check_settings()
-    if bad is not None:
-        return bad
-    from heliox.config import load_settings
-    from heliox.db.migrate import upgrade_database_sync
+# --- worker -----------------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    from heliox.config import ConfigError
+    from heliox.worker import UnknownJob, run_worker
 
-    upgrade_database_sync(load_settings().effective_database_url, progress=_progress)
+    try:
+        settings = _tool_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the progress lines say enough
+    try:
+        return _run(run_worker(settings, once=args.once, only=args.job or (), progress=_progress))
+    except UnknownJob as exc:
+        return _fail(str(exc))
+    except Exception as exc:
+        log.debug("worker failed", exc_info=True)
+        return _fail(f"worker failed: {_explain(exc)}", 1)
+
+
+# --- db ---------------------------------------------------------------------------------------
+class _MigrationProgress(logging.Handler):
+    """Turns Alembic's "Running upgrade a -> b, message" log lines into progress lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Running upgrade"):
+            step = message.removeprefix("Running upgrade").strip()
+            _progress(f"applying migration {step}")
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from heliox.config import ConfigError, redact_url
+    from heliox.db.migrate import head_revision, upgrade_database_sync
+
+    try:
+        settings = _tool_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    url = settings.effective_database_url
+    _progress(f"database {redact_url(url)}; latest revision {head_revision()}")
+    alembic_log = logging.getLogger("alembic.runtime.migration")
+    handler = _MigrationProgress(logging.INFO)
+    level = alembic_log.level
+    alembic_log.addHandler(handler)
+    alembic_log.setLevel(logging.INFO)
+    started = time.perf_counter()
+    try:
+        upgrade_database_sync(url, progress=_progress)
+    except Exception as exc:
+        return _fail(f"migration failed: {_database_error(exc)}", 1)
+    finally:
+        alembic_log.removeHandler(handler)
+        alembic_log.setLevel(level)
+    _progress(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 
 
+# --- config -----------------------------------------------------------------------------------
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from heliox.config import ConfigError, effective_settings, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    rows = effective_settings(settings)
+    if args.json:
+        print(json.dumps({name: value for name, value, _ in rows}, indent=2))
+        return 0
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        shown = value if value != "" else "(empty)"
+        print(f"{name:<{width}}  {shown}" + ("" if source == "default" else f"   [{source}]"))
+    return 0
+
+
+# --- keys -------------------------------------------------------------------------------------
+@dataclass
+class _CliRuntime:
+    """What the admin API's handlers need from a gateway, for a one-shot CLI process."""
+
+    settings: Settings
+    session_factory: async_sessionmaker[AsyncSession]
+    redis: Any = None
+
+    async def config_changed(self) -> None:
+        """Tell running gateways to reload now (they also poll the version in the database)."""
+        if self.redis is None:
+            return
+        from heliox.db.snapshot_loader import read_config_version
+        from heliox.runtime import CONFIG_CHANNEL
+
+        version = await read_config_version(self.session_factory)
+        try:
+            await self.redis.publish(self.settings.redis_key_prefix + CONFIG_CHANNEL, str(version))
+        except Exception as exc:
+            _progress(
+                f"could not notify the gateways on Redis ({exc}); they pick the change up "
+                "within CONFIG_POLL_INTERVAL"
+            )
+
+
+def _actor() -> str:
+    try:
+        import getpass
+
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (containers with an arbitrary uid)
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"
+
+
+async def _with_admin(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
+    """Run `action(admin)` with the admin API's context: same validation, audit and reload."""
+    from heliox.admin.deps import Admin
+    from heliox.admin.errors import AdminError
+    from heliox.db.engine import make_engine, make_session_factory
+    from heliox.runtime import _redis_client
+
+    engine = make_engine(
+        settings.effective_database_url, pool_size=1, connect_timeout=settings.database_timeout
+    )
+    redis = _redis_client(settings) if settings.redis_url else None
+    runtime = _CliRuntime(settings, make_session_factory(engine), redis)
+    try:
+        return await action(Admin(runtime=runtime, actor=_actor()))
+    except AdminError as exc:
+        errors = exc.extensions.get("errors") or []
+        detail = "; ".join(str(e.get("msg", e)) for e in errors) or exc.detail
+        return _fail(detail, 1)
+    except CommandError as exc:
+        return _fail(str(exc), exc.status)
+    except (OSError, TimeoutError) as exc:
+        return _fail(f"cannot reach the database: {exc}", 1)
+    except Exception as exc:
+        from sqlalchemy.exc import DBAPIError
+
+        if isinstance(exc, DBAPIError):
+            return _fail(_database_error(exc), 1)
+        raise
+    finally:
+        if redis is not None:
+            await redis.aclose()
+        await engine.dispose()
+
+
+async def _find_tenant(session: AsyncSession, ref: str) -> tuple[int, str]:
+    """(id, name) of the tenant named `ref`: exactly, case-insensitively, by a unique start of
+    its name, or by id."""
+    from sqlalchemy import func, select
+
+    from heliox.db.models import Tenant
+
+    rows = list(await session.execute(select(Tenant.id, Tenant.name).where(Tenant.name == ref)))
+    if not rows:
+        rows = list(
+            await session.execute(
+                select(Tenant.id, Tenant.name).where(func.lower(Tenant.name) == ref.lower())
+            )
+        )
+    if not rows:
+        # A unique start of a name is enough: "acme" for "Acme Corporation".
+        rows = list(
+            await session.execute(
+                select(Tenant.id, Tenant.name).where(
+                    func.lower(Tenant.name).startswith(ref.lower(), autoescape=True)
+                )
+            )
+        )
+    if not rows and ref.isdigit() and int(ref) < 2**31:
+        rows = list(
+            await session.execute(select(Tenant.id, Tenant.name).where(Tenant.id == int(ref)))
+        )
+    if len(rows) != 1:
+        names = [name for (name,) in await session.execute(select(Tenant.name).order_by(Tenant.id))]
+        known = ", ".join(repr(n) for n in names) or "none yet"
+        what = "several tenants match" if rows else "no tenant matches"
+        raise CommandError(f"{what} {ref!r} (by name or id); tenants: {known}")
+    return int(rows[0][0]), str(rows[0][1])
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from fastapi import Response
+    from pydantic import ValidationError
+
+    from heliox.admin.keys import create_key
+    from heliox.admin.schemas import KeyCreate
+    from heliox.config import ConfigError
+
+    try:
+        settings = _tool_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    limits = {
+        "rate_limit_rps": args.rps,
+        "rate_limit_burst": args.burst,
+        "daily_quota": args.daily_quota,
+        "monthly_quota": args.monthly_quota,
+    }
+    if args.algorithm is not None:
+        limits["rate_limit_algorithm"] = args.algorithm
+    if args.window is not None:
+        limits["rate_limit_window_seconds"] = args.window
+
+    async def action(admin: Any) -> int:
+        async with admin.read() as session:
+            tenant_id, tenant_name = await _find_tenant(session, args.tenant)
+        try:
+            body = KeyCreate(tenant_id=tenant_id, name=args.name, **limits)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"--{str(e['loc'][0]).replace('rate_limit_', '').replace('_', '-')}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise CommandError(problems, 2) from None
+        created = await create_key(admin, body, Response())
+        if args.json:
+            print(created.model_dump_json(indent=2))
+        else:
+            print(created.key)
+        _progress(
+            f"created key {created.id} {created.name!r} for tenant {tenant_name!r} "
+            f"(prefix {created.key_prefix}); the key above is shown this once"
+        )
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from heliox.admin.deps import PageParams
+    from heliox.admin.keys import list_keys
+    from heliox.config import ConfigError
+    from heliox.db.models import Tenant
+
+    try:
+        settings = _tool_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
+
+    async def action(admin: Any) -> int:
+        async with admin.read() as session:
+            tenant_id = None
+            if args.tenant is not None:
+                tenant_id, _ = await _find_tenant(session, args.tenant)
+            tenants = {
+                int(i): str(n) for i, n in await session.execute(select(Tenant.id, Tenant.name))
+            }
+        items: list[Any] = []
+        while True:
+            page = await list_keys(
+                admin,
+                PageParams(limit=1000, offset=len(items)),
+                tenant_id=tenant_id,
+                include_revoked=args.all,
+            )
+            items.extend(page.items)
+            if not page.items or len(items) >= page.total:
+                break
+        if args.json:
+            print(json.dumps([k.model_dump(mode="json") for k in items], indent=2))
+            return 0
+        _print_keys(items, tenants)
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+def _print_keys(items: Sequence[Any], tenants: dict[int, str]) -> None:
+    header = ("ID", "TENANT", "NAME", "PREFIX", "STATUS", "RPS", "BURST", "DAILY", "MONTHLY")
+    rows = [header]
+    for k in items:
+        rows.append(
+            (
+                str(k.id),
+                tenants.get(k.tenant_id, str(k.tenant_id)),
+                k.name,
+                k.key_prefix + "…",
+                k.status,
+                _or_dash(k.rate_limit_rps),
+                _or_dash(k.rate_limit_burst),
+                _or_dash(k.daily_quota),
+                _or_dash(k.monthly_quota),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if len(rows) == 1:
+        _progress("no keys")
+
+
+def _or_dash(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from fastapi import Response
+    from sqlalchemy import select
+
+    from heliox.admin.keys import revoke_key
+    from heliox.config import ConfigError
+    from heliox.db.models import ApiKey
+
+    try:
+        settings = _tool_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
+
+    async def action(admin: Any) -> int:
+        async with admin.read() as session:
+            already = (
+                await session.scalar(select(ApiKey.revoked_at).where(ApiKey.id == args.id))
+                if 1 <= args.id < 2**31
+                else None
+            )
+        response: Response = await revoke_key(admin, args.id)
+        assert response.status_code == 204
+        if already is not None:
+            _progress(f"key {args.id} was already revoked")
+        else:
+            _progress(f"revoked key {args.id}; gateways refuse it within seconds")
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+# --- version ----------------------------------------------------------------------------------
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"heliox {__version__}")
     return 0
 
 
+# --- the parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -191,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ENV_HELP,
         formatter_class=fmt,
     )
+    parser.add_argument("--version", action="version", version=f"heliox {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -211,21 +743,42 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the gateway (granian)",
-        description="Run the gateway: data plane /g/{route}/{path}, /health, /metrics, "
-        "the admin API "
-        "under /admin and the admin UI under /ui. Migrates the database first.",
-        epilog=ENV_HELP,
+        description="Run the gateway: data plane /g/{route}/{path}, /health, /metrics, the admin "
+        "API under /admin and the admin UI under /ui. Migrates (and, with AUTO_SEED, seeds) the "
+        "database first. On SIGTERM or SIGINT it stops accepting, lets in-flight requests "
+        "finish (up to SHUTDOWN_TIMEOUT), flushes the request-log queue and exits 0.",
+        epilog=SERVE_ENV_HELP,
         formatter_class=fmt,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument(
-        "--workers", type=int, default=1, help="worker processes (needs REDIS_URL if > 1)"
+        "--workers", type=int, default=1, help="worker processes (> 1 needs REDIS_URL)"
     )
     serve.add_argument(
         "--reload", action="store_true", help="development: uvicorn with auto-reload"
     )
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run the periodic jobs (log retention) in their own process",
+        description="Run the periodic jobs until SIGTERM/SIGINT: request-log retention every "
+        "LOG_RETENTION_INTERVAL_SECONDS. With REDIS_URL each job runs once per period across "
+        "every worker and gateway (a Redis lock), so running two workers is safe. Set "
+        "BACKGROUND_JOBS=false on the gateways to leave the jobs to workers.",
+        epilog=WORKER_ENV_HELP,
+        formatter_class=fmt,
+    )
+    worker.add_argument(
+        "--once",
+        action="store_true",
+        help="run each job once (unless it already ran this period) and exit; for cron",
+    )
+    worker.add_argument(
+        "--job", action="append", metavar="NAME", help="only this job (repeatable): log-retention"
+    )
+    worker.set_defaults(func=cmd_worker)
 
     up = sub.add_parser(
         "upstream",
@@ -242,11 +795,81 @@ def build_parser() -> argparse.ArgumentParser:
     upg = db_sub.add_parser(
         "upgrade",
         help="apply all migrations (alembic upgrade head)",
-        description="Apply all migrations to DATABASE_URL (empty: the SQLite file ./heliox.db).",
-        epilog=ENV_HELP,
+        description="Apply all migrations to DATABASE_URL (empty: the SQLite file ./heliox.db), "
+        "printing each step. Safe to run while gateways start: one process migrates at a time. "
+        "Needs no admin credentials.",
+        epilog="environment:\n  DATABASE_URL        the database to migrate\n",
         formatter_class=fmt,
     )
     upg.set_defaults(func=cmd_db_upgrade)
+
+    config = sub.add_parser(
+        "config", help="configuration", description="Inspect the configuration."
+    )
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="CMD")
+    show = config_sub.add_parser(
+        "show",
+        help="print the effective settings (secrets masked)",
+        description="Validate the environment as `heliox serve` would and print every setting "
+        "with its effective value; [env] marks values taken from the environment. "
+        "ADMIN_API_KEY, SECRET_KEY and the passwords inside DATABASE_URL and REDIS_URL are "
+        "masked.",
+        epilog=ENV_HELP,
+        formatter_class=fmt,
+    )
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=cmd_config_show)
+
+    keys = sub.add_parser(
+        "keys",
+        help="create, list and revoke API keys without the HTTP API",
+        description="Manage API keys directly in the database, with the admin API's rules: "
+        "validation, an audit row (actor cli:<user>) and a config-version bump, so running "
+        "gateways reload.",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="CMD")
+    create = keys_sub.add_parser(
+        "create",
+        help="create a key; prints the plaintext key once",
+        description="Create an API key. The plaintext key is printed on stdout, alone (or in "
+        "--json), and never again; only its SHA-256 digest is stored. Limits left out use the "
+        "defaults (DEFAULT_RATE_LIMIT_RPS / _BURST, no quota).",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    create.add_argument("--tenant", required=True, help="tenant name (or id)")
+    create.add_argument("--name", required=True, help="a name for the key")
+    create.add_argument("--rps", type=float, help="rate limit, requests per second")
+    create.add_argument("--burst", type=int, help="token-bucket burst size")
+    create.add_argument(
+        "--algorithm", choices=("token_bucket", "sliding_window"), help="rate-limit algorithm"
+    )
+    create.add_argument("--window", type=int, help="sliding-window length in seconds")
+    create.add_argument("--daily-quota", type=int, help="requests per calendar day")
+    create.add_argument("--monthly-quota", type=int, help="requests per calendar month")
+    create.add_argument("--json", action="store_true", help="print the new key as JSON")
+    create.set_defaults(func=cmd_keys_create)
+    lst = keys_sub.add_parser(
+        "list",
+        help="list keys (never the plaintext)",
+        description="List API keys with their status and limits (prefix only, never the key).",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    lst.add_argument("--tenant", help="only this tenant's keys (name or id)")
+    lst.add_argument("--all", action="store_true", help="include revoked keys")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(func=cmd_keys_list)
+    revoke = keys_sub.add_parser(
+        "revoke",
+        help="revoke a key at once",
+        description="Revoke an API key: every gateway refuses it within the config propagation "
+        "bound (about 2 s). The row stays for the audit trail; revoking twice is harmless.",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    revoke.add_argument("id", type=int, help="the key's id (see `heliox keys list`)")
+    revoke.set_defaults(func=cmd_keys_revoke)
 
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=cmd_version)

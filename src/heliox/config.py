@@ -331,26 +331,22 @@ def _check_redis_url(url: str) -> None:
 
 def redact_url(url: str) -> str:
     """The URL with its password (and any password= option) replaced by ****."""
-    if not url:
-        return url
     parts = urlsplit(url)
-    netloc = parts.netloc
+    netloc, query = parts.netloc, parts.query
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         user, sep, _password = userinfo.partition(":")
-        netloc = f"{user}{':****' if sep else ''}@{hostport}"
-        if not sep and user and parts.scheme.startswith("redis"):
-            # redis://TOKEN@host: a lone userinfo is the password for Redis.
-            netloc = f"****@{hostport}"
-    query = parts.query
+        if sep:
+            netloc = f"{user}:****@{hostport}"
+        elif parts.scheme.startswith("redis"):
+            netloc = f"****@{hostport}"  # redis://TOKEN@host: a lone userinfo may be a secret
     if query:
-        query = urlencode(
-            [
-                (k, "****" if "password" in k.lower() or k.lower() == "token" else v)
-                for k, v in parse_qsl(query, keep_blank_values=True)
-            ],
-            safe="*/",
+        query = "&".join(
+            f"{k}=****" if "password" in k.lower() or k.lower() == "token" else f"{k}={v}"
+            for k, v in (item.partition("=")[::2] for item in query.split("&"))
         )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # untouched, byte for byte (urlunsplit would drop an empty "//")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 

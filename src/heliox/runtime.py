@@ -27,6 +27,7 @@ from heliox.db.logwriter import LogWriter
 from heliox.db.migrate import upgrade_database
 from heliox.db.snapshot_loader import load_snapshot, read_config_version
 from heliox.gateway.upstream_client import UpstreamClient
+from heliox.jobs import periodic_jobs
 from heliox.metrics import Metrics, SharedMetrics
 from heliox.seed import seed
 from heliox.snapshot import Snapshot
@@ -38,6 +39,7 @@ from heliox.state.cache import CacheStore
 from heliox.state.cache_memory import MemoryCacheStore
 from heliox.state.cache_redis import RedisCacheStore
 from heliox.state.redis_pipe import PipelinedRedis
+from heliox.worker import JobScheduler
 
 log = logging.getLogger("heliox")
 
@@ -51,7 +53,11 @@ class Runtime:
         self.instance_id = uuid.uuid4().hex[:8]
         self.metrics = Metrics()
         self.snapshot = Snapshot()
-        self.engine: AsyncEngine = make_engine(settings.effective_database_url)
+        self.engine: AsyncEngine = make_engine(
+            settings.effective_database_url,
+            pool_size=settings.database_pool_size,
+            connect_timeout=settings.database_timeout,
+        )
         self.session_factory: async_sessionmaker[AsyncSession] = make_session_factory(self.engine)
         self.upstream = UpstreamClient(
             pool_size=settings.upstream_pool_size,
@@ -89,7 +95,7 @@ class Runtime:
         s = settings
         if s.redis_url:
             # Connections open lazily; building the clients here lets every step hold them.
-            self.redis = _redis_client(s.redis_url)
+            self.redis = _redis_client(s)
             self.admission = RedisAdmission(
                 self.redis, prefix=s.redis_key_prefix, quota_tz=s.quota_timezone
             )
@@ -105,6 +111,7 @@ class Runtime:
         folder = os.environ.get("HELIOX_METRICS_DIR")
         self.shared_metrics = SharedMetrics(self.metrics, folder) if folder else None
         self._tasks: list[asyncio.Task[None]] = []
+        self.jobs: JobScheduler | None = None  # periodic jobs, when BACKGROUND_JOBS is on
         self._reload_lock = asyncio.Lock()
         self.started = False
 
@@ -117,6 +124,14 @@ class Runtime:
         await self.reload_config()
         await self.upstream.start()
         self.logs.start()
+        if s.background_jobs:
+            self.jobs = JobScheduler(
+                periodic_jobs(s, self.session_factory),
+                redis=self.redis,
+                prefix=s.redis_key_prefix,
+                metrics=self.metrics,
+            )
+            self.jobs.start()
         self._tasks.append(asyncio.create_task(self._poll_config(), name="heliox-config-poll"))
         if self.shared_metrics is not None:
             self._tasks.append(asyncio.create_task(self._dump_metrics(), name="heliox-metrics"))
@@ -132,6 +147,8 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        if self.jobs is not None:  # first: a job in progress stops and releases its lock
+            await self.jobs.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -234,7 +251,8 @@ class Runtime:
         }
 
 
-def _redis_client(url: str) -> Any:
+def _redis_client(settings: Settings) -> Any:
+    """The Redis client for REDIS_URL (db index and rediss:// TLS options come from the URL)."""
     import redis.asyncio as aioredis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -242,11 +260,11 @@ def _redis_client(url: str) -> Any:
     # Bounded pool that waits (not fails) when busy; no retries, so an outage is seen in one
     # timeout and the hot path can fail open at once.
     pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=64,
-        timeout=2.0,
-        socket_timeout=2.0,
-        socket_connect_timeout=1.0,
+        settings.redis_url,
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_timeout,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_connect_timeout,
         health_check_interval=15,
         retry=Retry(NoBackoff(), 0),
     )

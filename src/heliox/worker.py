@@ -45,6 +45,10 @@ return 0
 """
 
 
+class UnknownJob(ValueError):
+    """`heliox worker --job NAME` named no job."""
+
+
 def period_of(now: float, interval: float) -> int:
     return int(now // interval)
 
@@ -195,23 +199,24 @@ async def run_worker(
     from heliox.jobs import periodic_jobs
     from heliox.runtime import _redis_client
 
-    await upgrade_database(settings.effective_database_url, progress=progress)
-    engine = make_engine(
+    engine = make_engine(  # connects lazily
         settings.effective_database_url,
         pool_size=min(settings.database_pool_size, 4),
         connect_timeout=settings.database_timeout,
     )
-    redis = _redis_client(settings) if settings.redis_url else None
     jobs = periodic_jobs(settings, make_session_factory(engine))
     if only:
         unknown = sorted(set(only) - {job.name for job in jobs})
         if unknown:
-            raise ValueError(
+            await engine.dispose()
+            raise UnknownJob(
                 f"unknown job(s) {', '.join(unknown)}; jobs: {', '.join(j.name for j in jobs)}"
             )
         jobs = [job for job in jobs if job.name in only]
+    redis = _redis_client(settings) if settings.redis_url else None
     scheduler = JobScheduler(jobs, redis=redis, prefix=settings.redis_key_prefix)
     try:
+        await upgrade_database(settings.effective_database_url, progress=progress)
         if once:
             for name, outcome in (await scheduler.run_all_once()).items():
                 log.info("job %s: %s", name, _OUTCOME_TEXT[outcome])

@@ -187,6 +187,16 @@ async def test_summary_filters(seeded: FakeRuntime, client: httpx.AsyncClient) -
     assert key["cache"]["hit_rate"] == round(4 / 6, 4)
 
 
+async def test_window_ending_at_until(seeded: FakeRuntime, client: httpx.AsyncClient) -> None:
+    body = await get_json(client, "/admin/analytics/summary", window="10M", until=UNTIL)
+    assert (body["window"], body["since"], body["requests"]) == ("10m", "2025-03-01T12:00:00Z", 12)
+    # A naive timestamp is UTC.
+    naive = await get_json(
+        client, "/admin/analytics/summary", since="2025-03-01T12:00:00", until="2025-03-01T12:01:00"
+    )
+    assert naive["requests"] == 5
+
+
 async def test_summary_of_nothing(seeded: FakeRuntime, client: httpx.AsyncClient) -> None:
     body = await get_json(client, "/admin/analytics/summary", route="no-such-route", **RANGE)
     assert body["requests"] == 0
@@ -521,6 +531,16 @@ BAD_PARAMETERS: list[tuple[str, dict[str, Any], str]] = [
     ("logs", {"limit": 1001}, "limit"),
     ("logs", {"before_id": 5, "after_id": 1}, "after_id"),
     ("logs", {"since": UNTIL, "until": SINCE}, "since"),
+    # Times no log row can have, including ones an offset pushes below year 1.
+    ("summary", {"since": "0001-01-01T00:00:00+01:00"}, "since"),
+    ("summary", {"until": "0001-01-01T00:00:00"}, "until"),
+    ("cache-hit-rate", {"since": "1960-01-01T00:00:00Z", "until": "1960-01-02T00:00:00Z"}, "until"),
+    ("logs", {"until": "9999-12-31T23:59:59Z"}, "until"),
+    # PostgreSQL refuses NUL in text; control characters never reach the database.
+    ("summary", {"route": "a\x00b"}, "route"),
+    ("logs", {"path_prefix": "/\x00"}, "path_prefix"),
+    ("logs", {"method": "GE\nT"}, "method"),
+    ("logs", {"cache_status": "\x7f"}, "cache_status"),
 ]
 
 

@@ -21,9 +21,7 @@ def unique(label: str) -> str:
 
 def get(gw: Gateway, path: str, key: str = ACME, **kw: Any) -> httpx.Response:
     headers = {"X-API-Key": key, **kw.pop("headers", {})}
-    return httpx.request(
-        kw.pop("method", "GET"), gw.url + path, headers=headers, timeout=15, **kw
-    )
+    return httpx.request(kw.pop("method", "GET"), gw.url + path, headers=headers, timeout=15, **kw)
 
 
 def calls(upstream: Upstream, path: str) -> int:
@@ -31,9 +29,9 @@ def calls(upstream: Upstream, path: str) -> int:
     return by_path.get(path, 0)
 
 
-def poll(fetch: Callable[[], httpx.Response], until: Callable[[httpx.Response], bool]) -> list[
-    httpx.Response
-]:
+def poll(
+    fetch: Callable[[], httpx.Response], until: Callable[[httpx.Response], bool]
+) -> list[httpx.Response]:
     """Answers of `fetch` up to and including the first that satisfies `until` (10 s deadline)."""
     seen: list[httpx.Response] = []
     deadline = time.monotonic() + 10
@@ -49,9 +47,7 @@ def _labels(answers: list[httpx.Response]) -> list[str | None]:
     return [a.headers.get("x-cache") for a in answers]
 
 
-def make_route(
-    gw: Gateway, upstream_url: str, **policy: Any
-) -> tuple[str, int]:
+def make_route(gw: Gateway, upstream_url: str, **policy: Any) -> tuple[str, int]:
     """A new route with its own cache policy (created through `gw`); returns (name, id)."""
     name = unique("c")
     with gw.admin() as admin:
@@ -80,9 +76,7 @@ def test_cache_miss_then_hit(gateway: Gateway, upstream: Upstream) -> None:
 
 
 def test_swr_serves_stale_at_once_then_hits_again(gateway: Gateway, upstream: Upstream) -> None:
-    route, _ = make_route(
-        gateway, upstream.url, ttl_seconds=1, stale_while_revalidate_seconds=60
-    )
+    route, _ = make_route(gateway, upstream.url, ttl_seconds=1, stale_while_revalidate_seconds=60)
     token = unique("swr")
     path = f"/g/{route}/respond/{token}?delay=0.3"
     first = get(gateway, path)
@@ -173,9 +167,7 @@ def test_successful_post_invalidates_the_uri(gateway: Gateway, upstream: Upstrea
     assert get(gateway, path).headers["x-cache"] == "MISS"
 
 
-def test_stale_if_error_when_the_upstream_answers_500(
-    gateway: Gateway, upstream: Upstream
-) -> None:
+def test_stale_if_error_when_the_upstream_answers_500(gateway: Gateway, upstream: Upstream) -> None:
     # First the route's base is /respond (200s); then it points at the bare upstream, where the
     # same gateway URL reaches /status/500. The key is the gateway's URL: one entry throughout.
     route, route_id = make_route(

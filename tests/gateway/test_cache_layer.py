@@ -81,6 +81,8 @@ class Capture:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = {k.decode(): v.decode() for k, v in message["headers"]}
+            # One X-Cache, the gateway's: an upstream's own must never come along.
+            assert [k for k, _ in message["headers"]].count(b"x-cache") == 1
         else:
             if self.fail_body and message.get("body"):
                 raise ConnectionResetError("client went away")
@@ -288,14 +290,17 @@ async def test_request_no_store_is_not_stored(rig: Rig) -> None:
     assert rig.calls("/respond/rns") == 2
 
 
-async def test_rate_limit_headers_are_never_replayed(rig: Rig) -> None:
-    target = "/respond/rl?header=RateLimit-Remaining%3A%205&header=X-RateLimit-Limit%3A%209"
-    first = await rig.get(target)
-    assert first.headers["ratelimit-remaining"] == "5"  # relayed live once
-    hit = await rig.get(target)
-    assert hit.x_cache == "HIT"
-    assert "ratelimit-remaining" not in hit.headers
-    assert "x-ratelimit-limit" not in hit.headers
+async def test_upstream_cannot_set_gateway_owned_headers(rig: Rig) -> None:
+    target = (
+        "/respond/owned?header=RateLimit-Remaining%3A%205&header=X-RateLimit-Limit%3A%209"
+        "&header=X-Cache%3A%20HIT&header=X-Heliox-Tenant%3A%201&header=X-Kept%3A%20yes"
+    )
+    for expected in ("MISS", "HIT"):  # neither relayed live nor replayed from the entry
+        answer = await rig.get(target)
+        assert answer.x_cache == expected
+        for name in ("ratelimit-remaining", "x-ratelimit-limit", "x-heliox-tenant"):
+            assert name not in answer.headers, (expected, name)
+        assert answer.headers["x-kept"] == "yes"
 
 
 async def test_hit_in_memory_touches_only_the_store(make_rig: RigFactory) -> None:

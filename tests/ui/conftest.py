@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,8 +12,11 @@ import httpx
 import pytest
 
 from heliox.config import Settings, load_settings
+from heliox.db.engine import make_engine, make_session_factory
+from heliox.db.migrate import upgrade_database
 from heliox.gateway.app import Gateway
 from heliox.main import create_app
+from heliox.seed import seed
 from heliox.ui.streams import StreamTiming
 from heliox.ui.views import UiState
 
@@ -31,9 +36,30 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated and seeded SQLite file; each test gets a copy (migrating per test is slow)."""
+    folder = tmp_path_factory.mktemp("ui-db")
+    settings = make_settings(folder)
+
+    async def prepare() -> None:
+        await upgrade_database(settings.effective_database_url)
+        engine = make_engine(settings.effective_database_url)
+        try:
+            await seed(make_session_factory(engine), settings)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(prepare())
+    return folder / "heliox.db"
+
+
 @pytest.fixture
-async def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
+async def app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seeded_template: Path
+) -> AsyncIterator[Gateway]:
     monkeypatch.setenv("HELIOX_SPILL_DIR", str(tmp_path / "spill"))
+    shutil.copyfile(seeded_template, tmp_path / "heliox.db")
     gateway = create_app(make_settings(tmp_path, trusted_proxies="10.0.0.0/8"))
     # Streams end quickly here, so a test reads a whole one.
     ui_state(gateway).timing = StreamTiming(

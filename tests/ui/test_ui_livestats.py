@@ -119,3 +119,11 @@ def test_listing_counts_accept_both_shapes() -> None:
     assert ls.count_items({"items": [1, 2], "total": 2}) == 2
     assert ls.count_items([1]) == 1
     assert ls.count_items({"unexpected": True}) is None
+
+
+def test_points_after_the_id_of_a_point_exclude_that_point() -> None:
+    m = Metrics()
+    samples = [_scrape(m, 1.0001), _scrape(m, 2.0004), _scrape(m, 3.0004)]
+    sent = ls.points(samples)
+    # The id the browser returns is the rounded ts it was sent.
+    assert [p["ts"] for p in ls.points(samples, after=sent[0]["ts"])] == [sent[1]["ts"]]

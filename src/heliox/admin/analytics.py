@@ -52,8 +52,20 @@ def parse_window(value: str) -> timedelta:
     return span
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+# Bucket arithmetic is in Unix seconds; nothing is logged outside these years.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _utc(value: datetime, name: str) -> datetime:
+    """`value` in UTC (naive means UTC), or a 422 for times no log row can have."""
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        value = EARLIEST  # an offset pushed it past year 1: certainly out of range
+    if not EARLIEST <= value < LATEST:
+        raise invalid_field(("query", name), "must be between 1970 and 9000")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,19 +83,17 @@ def resolve_range(
     window: str | None, since: datetime | None, until: datetime | None, now: datetime
 ) -> TimeRange:
     """The range a request asks for; raises a 422 problem naming the bad parameter."""
+    label = (window if window is not None else DEFAULT_WINDOW).strip().lower()
     try:
-        span = parse_window(window if window is not None else DEFAULT_WINDOW)
+        span = parse_window(label)
     except ValueError as exc:
         raise invalid_field(("query", "window"), str(exc)) from None
-    end = _utc(until) if until is not None else now
+    end = _utc(until, "until") if until is not None else now
     if since is not None:
-        start = _utc(since)
+        start = _utc(since, "since")
         label = "custom"
     else:
         start = end - span
-        label = window if window is not None else DEFAULT_WINDOW
-        if until is not None:
-            label = "custom"
     if start >= end:
         raise invalid_field(("query", "since"), "must be earlier than until")
     if end - start > MAX_WINDOW:
@@ -103,7 +113,11 @@ def time_range(
 
 
 RangeDep = Annotated[TimeRange, Depends(time_range)]
-RouteFilter = Annotated[str | None, Query(max_length=100, description="route name")]
+# No control characters: PostgreSQL refuses NUL in text, and no route, method or path has any.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+RouteFilter = Annotated[
+    str | None, Query(max_length=100, pattern=PRINTABLE, description="route name")
+]
 TenantFilter = Annotated[int | None, Query(ge=1, le=MAX_INT32)]
 KeyFilter = Annotated[int | None, Query(ge=1, le=MAX_INT32)]
 TopLimit = Annotated[int, Query(ge=1, le=MAX_TOP)]
@@ -111,7 +125,7 @@ TopLimit = Annotated[int, Query(ge=1, le=MAX_TOP)]
 
 # --- response bodies -----------------------------------------------------------------------------
 class RangeOut(BaseModel):
-    window: str = Field(description='the `window` asked for, or "custom" for since/until')
+    window: str = Field(description='the `window` asked for, or "custom" when `since` was given')
     since: datetime
     until: datetime
     window_seconds: float
@@ -406,11 +420,12 @@ def _choose_bucket(requested: str | None, r: TimeRange) -> tuple[str, int]:
                 "choose a wider bucket or a shorter window",
             )
         return requested, seconds
-    # Unspecified: 1m, widened until the series fits.
-    for name in ("1m", "5m", "1h"):
+    # Unspecified: the default, widened until the series fits.
+    widths = [name for name, width in BUCKETS.items() if width >= BUCKETS[DEFAULT_BUCKET]]
+    for name in widths:
         if r.seconds / BUCKETS[name] <= MAX_SERIES_POINTS:
             return name, BUCKETS[name]
-    return "1h", BUCKETS["1h"]
+    return widths[-1], BUCKETS[widths[-1]]
 
 
 @router.get("/cache-hit-rate")
@@ -511,8 +526,8 @@ def _log_bounds(
 ) -> tuple[datetime | None, datetime | None]:
     """Logs are unbounded by default (a tail must see rows still arriving); `window` bounds
     them to the recent past, `since`/`until` explicitly."""
-    start = _utc(since) if since is not None else None
-    end = _utc(until) if until is not None else None
+    start = _utc(since, "since") if since is not None else None
+    end = _utc(until, "until") if until is not None else None
     if start is None and window is not None:
         try:
             start = now - parse_window(window)
@@ -531,10 +546,11 @@ async def logs(
     key_id: KeyFilter = None,
     status: Annotated[str | None, Query(max_length=8, description="404, or 4xx / 5xx")] = None,
     cache_status: Annotated[
-        str | None, Query(max_length=16, description='X-Cache value; "none" = no X-Cache')
+        str | None,
+        Query(max_length=16, pattern=PRINTABLE, description='X-Cache value; "none" = no X-Cache'),
     ] = None,
-    method: Annotated[str | None, Query(max_length=16)] = None,
-    path_prefix: Annotated[str | None, Query(max_length=2000)] = None,
+    method: Annotated[str | None, Query(max_length=16, pattern=PRINTABLE)] = None,
+    path_prefix: Annotated[str | None, Query(max_length=2000, pattern=PRINTABLE)] = None,
     window: Annotated[
         str | None, Query(max_length=16, description="only rows this recent (e.g. 1h)")
     ] = None,

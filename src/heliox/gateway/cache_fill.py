@@ -25,6 +25,7 @@ from heliox.core.freshness import (
     headers_to_store,
     initial_age,
 )
+from heliox.gateway.cache_responses import gateway_owned
 from heliox.gateway.exchange import ProxyRequest
 from heliox.gateway.upstream_client import UpstreamResponse
 from heliox.state.cache import CacheEntry
@@ -51,6 +52,10 @@ _CLIENT_PRECONDITIONS = frozenset(
 )
 _UNSTORED = frozenset({b"content-length"})  # recomputed from the stored body when served
 _REDIS_FAILURES = (RedisError, OSError)
+
+
+def _kept(name: bytes) -> bool:
+    return name not in _UNSTORED and not gateway_owned(name)
 
 
 def tenant_of(req: ProxyRequest) -> int | None:
@@ -89,7 +94,7 @@ def new_entry(
     fresh_until, stale_until, error_until = entry_times(policy, status, headers, now)
     return CacheEntry(
         status=status,
-        headers=[(n, v) for n, v in headers_to_store(headers) if n not in _UNSTORED],
+        headers=[(n, v) for n, v in headers_to_store(headers) if _kept(n)],
         body=body,
         stored_at=now,
         fresh_until=fresh_until,
@@ -108,7 +113,7 @@ def freshened(req: ProxyRequest, entry: CacheEntry, headers_304: Headers, now: f
     """`entry` updated by a 304 received at `now` (RFC 9111 §4.3.4)."""
     policy = req.route.cache_policy
     assert policy is not None
-    headers = [(n, v) for n, v in freshen_headers(entry.headers, headers_304) if n not in _UNSTORED]
+    headers = [(n, v) for n, v in freshen_headers(entry.headers, headers_304) if _kept(n)]
     fresh_until, stale_until, error_until = entry_times(policy, entry.status, headers, now)
     return dataclasses.replace(
         entry,

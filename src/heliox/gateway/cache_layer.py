@@ -42,9 +42,14 @@ from heliox.core.freshness import (
     storable,
     ttl_seconds,
 )
-from heliox.core.headers import downstream_response_headers, header_value
+from heliox.core.headers import header_value
 from heliox.gateway.cache_fill import CacheIO, entry_key, fill_headers, freshened, new_entry
-from heliox.gateway.cache_responses import send_entry, send_negative, status_headers
+from heliox.gateway.cache_responses import (
+    from_upstream,
+    send_entry,
+    send_negative,
+    status_headers,
+)
 from heliox.gateway.coalescing import (
     LOCK_AGE,
     LOCK_TIMEOUT,
@@ -177,9 +182,7 @@ class CacheLayer:
         resp = await call_upstream(self.runtime.upstream, self.runtime.metrics, req, send)
         if resp is not None:
             status = cache_status(fwd="bypass", fwd_status=resp.status, detail=why)
-            await self._relay(
-                req, send, resp, "BYPASS", status, keep=None, fill=_Fill(), preconditions=False
-            )
+            await self._pass(req, send, resp, status)
 
     async def _write_through(self, req: ProxyRequest, send: ResponseSink) -> None:
         resp = await call_upstream(self.runtime.upstream, self.runtime.metrics, req, send)
@@ -188,10 +191,18 @@ class CacheLayer:
         if resp.status < 400:
             # Before the answer goes out, so the client's next read cannot meet the old entry.
             await self.io.invalidate(req)
-        status = cache_status(fwd="method", fwd_status=resp.status)
+        await self._pass(req, send, resp, cache_status(fwd="method", fwd_status=resp.status))
+
+    async def _pass(
+        self, req: ProxyRequest, send: ResponseSink, resp: UpstreamResponse, status: bytes
+    ) -> None:
+        """Relay an answer the cache has no part in."""
+        fill = _Fill()
         await self._relay(
-            req, send, resp, "BYPASS", status, keep=None, fill=_Fill(), preconditions=False
+            req, send, resp, "BYPASS", status, keep=None, fill=fill, preconditions=False
         )
+        if fill.client_gone:
+            raise ClientGone
 
     # --- fills -------------------------------------------------------------------------------
     async def _fill(
@@ -410,7 +421,7 @@ class CacheLayer:
         conditional = preconditions and not_modified(
             resp.headers, req.upstream_headers, status=resp.status
         )
-        out = downstream_response_headers(resp.headers)
+        out = from_upstream(resp.headers)
         if conditional:
             out = not_modified_headers(out)  # the client's own validators match: answer 304
         out.append((b"via", VIA))

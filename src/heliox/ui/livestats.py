@@ -112,7 +112,8 @@ def points(samples: Sequence[Sample], *, after: float | None = None) -> list[dic
     """One point per consecutive pair of samples, those ending after `after` (if given)."""
     out = []
     for a, b in itertools.pairwise(samples):
-        if after is None or b.ts > after:
+        # Compared as sent (rounded): the browser hands back the id of the last point it got.
+        if after is None or round(b.ts, 3) > after:
             out.append(interval(a, b))
     return out
 

@@ -7,7 +7,6 @@ served with a strict Content-Security-Policy (scripts from this origin only, no 
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, FastAPI, Request
 from jinja2 import Environment, FileSystemLoader
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -77,22 +76,21 @@ NAV = (
 )
 PAGES = {item.page: item for item in NAV}
 
-# Admin endpoints the UI uses that other parts of the product may not provide yet; a page whose
-# endpoint is missing says so instead of calling it (templates use {} for any path parameter).
+# Admin endpoints the UI uses that other parts of the product may not provide yet: a page whose
+# endpoint is missing says so instead of calling it. (method, a path it would serve)
 OPTIONAL_ENDPOINTS = {
-    "analytics": "/admin/analytics/summary",
-    "top_keys": "/admin/analytics/top-keys",
-    "top_routes": "/admin/analytics/top-routes",
-    "cache_hit_rate": "/admin/analytics/cache-hit-rate",
-    "logs": "/admin/analytics/logs",
-    "purge": "/admin/cache/purge",
-    "abuse": "/admin/abuse/blocked",
-    "unblock": "/admin/abuse/unblock/{}",
-    "block": "/admin/abuse/block/{}",
-    "abuse_events": "/admin/abuse/events",
-    "key_usage": "/admin/keys/{}/usage",
+    "analytics": ("GET", "/admin/analytics/summary"),
+    "top_keys": ("GET", "/admin/analytics/top-keys"),
+    "top_routes": ("GET", "/admin/analytics/top-routes"),
+    "cache_hit_rate": ("GET", "/admin/analytics/cache-hit-rate"),
+    "logs": ("GET", "/admin/analytics/logs"),
+    "purge": ("POST", "/admin/cache/purge"),
+    "abuse": ("GET", "/admin/abuse/blocked"),
+    "unblock": ("POST", "/admin/abuse/unblock/1"),
+    "block": ("POST", "/admin/abuse/block/1"),
+    "abuse_events": ("GET", "/admin/abuse/events"),
+    "key_usage": ("GET", "/admin/keys/1/usage"),
 }
-_PATH_PARAM = re.compile(r"\{[^}]*\}")
 _SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9_\-./?=&%]*)?$")
 _CACHE_STATUS = re.compile(r"^[A-Z_]{1,16}$")
 _STATUS_FILTER = re.compile(r"^(?:[1-5][0-9][0-9]|[1-5]xx)$")
@@ -138,7 +136,8 @@ def _environment() -> Environment:
 
 
 class _StaticHeaders:
-    """Static assets with nosniff and a modest cache lifetime (URLs carry the version)."""
+    """Static assets with nosniff, revalidated on each use (ETag): module imports carry no
+    version in their URLs, so a cached copy could outlive an upgrade."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -148,7 +147,7 @@ class _StaticHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
-                headers.append((b"cache-control", b"public, max-age=3600"))
+                headers.append((b"cache-control", b"no-cache"))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -164,11 +163,14 @@ def _ui(request: Request) -> UiState:
 
 
 def features(app: Any) -> dict[str, bool]:
-    """Which optional admin endpoints this gateway serves (read from its OpenAPI document)."""
-    paths: set[str] = set()
-    with contextlib.suppress(Exception):  # no document: the optional parts say "not available"
-        paths = {_PATH_PARAM.sub("{}", path) for path in app.openapi().get("paths", {})}
-    return {name: path in paths for name, path in OPTIONAL_ENDPOINTS.items()}
+    """Which optional admin endpoints this gateway serves (asked of its router)."""
+    return {name: _serves(app, method, path) for name, (method, path) in OPTIONAL_ENDPOINTS.items()}
+
+
+def _serves(app: Any, method: str, path: str) -> bool:
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+    routes: list[BaseRoute] = list(getattr(app, "routes", []))
+    return any(route.matches(scope)[0] is Match.FULL for route in routes)
 
 
 def _secure(request: Request) -> bool:

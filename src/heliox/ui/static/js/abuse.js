@@ -59,9 +59,10 @@ async function loadBlocked() {
       const id = keyIdOf(info);
       const until = pick(info, "until", "expires_at", "blocked_until");
       const score = pick(info, "score", "z_score", "zscore");
+      const manual = pick(info, "action") === "manual";
       return h("tr", { dataset: { keyId: id ?? "" } },
         keyCell(info),
-        h("td", null, pick(info, "reason") || "–"),
+        h("td", null, pick(info, "reason") || "–", manual ? h("div", null, badge("manual", "warn")) : null),
         h("td", { class: "num" }, typeof score === "number" ? fmtNumber(score, 2) : "–"),
         h("td", null, ratio(pick(info, "observed_rate", "observed"), pick(info, "baseline_rate", "baseline"))),
         h("td", { title: fmtDate(until) }, until ? fmtRelative(until) : "–"),
@@ -82,15 +83,17 @@ async function loadEvents() {
     const items = itemsOf(await api("GET", "/admin/abuse/events", { query: { limit: 100 } }));
     if (!items.length) { emptyRow(eventsBody, 7, "No abuse events recorded."); return; }
     eventsBody.replaceChildren(...items.map((e) => {
-      const score = pick(e, "score");
       const action = pick(e, "action") || "";
+      // A block by hand has no detector figures.
+      const measured = action !== "manual";
+      const score = measured ? pick(e, "score") : null;
       return h("tr", null,
         h("td", { title: fmtDate(pick(e, "ts", "time", "created_at")) }, fmtRelative(pick(e, "ts", "time", "created_at"))),
         keyCell(e),
         h("td", null, pick(e, "reason") || "–"),
         h("td", { class: "num" }, typeof score === "number" ? fmtNumber(score, 2) : "–"),
-        h("td", { class: "num" }, fmtNumber(pick(e, "observed_rate", "observed"))),
-        h("td", { class: "num" }, fmtNumber(pick(e, "baseline_rate", "baseline"))),
+        h("td", { class: "num" }, measured ? fmtNumber(pick(e, "observed_rate", "observed")) : "–"),
+        h("td", { class: "num" }, measured ? fmtNumber(pick(e, "baseline_rate", "baseline")) : "–"),
         h("td", null, action ? badge(action, action === "block" ? "danger" : action === "unblock" ? "ok" : "warn") : "–"));
     }));
   } catch (err) {

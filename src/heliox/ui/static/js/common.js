@@ -132,6 +132,28 @@ export function emptyRow(tbody, columns, text) {
   tbody.replaceChildren(h("tr", null, h("td", { colspan: columns, class: "empty" }, text)));
 }
 
+// On narrow screens tables become stacks of cards; each cell shows its column's name, kept here
+// in data-label (from the table's header) for every row, including rows added later.
+function labelCells(table) {
+  const names = Array.from(table.tHead ? table.tHead.rows[0].cells : [], (th) =>
+    th.querySelector(".sr-only") ? "" : th.textContent.trim());
+  for (const row of table.tBodies[0]?.rows || []) {
+    Array.from(row.cells).forEach((cell, i) => {
+      if (cell.colSpan === 1 && !cell.hasAttribute("data-label")) cell.dataset.label = names[i] || "";
+    });
+  }
+}
+
+export function stackTables(root = document) {
+  for (const table of root.querySelectorAll("table.table")) {
+    labelCells(table);
+    if (table.tBodies[0] && !table.dataset.stacked) {
+      table.dataset.stacked = "1";
+      new MutationObserver(() => labelCells(table)).observe(table.tBodies[0], { childList: true });
+    }
+  }
+}
+
 // --- toasts and dialogs -------------------------------------------------------------------------
 export function toast(message, kind = "") {
   const box = document.getElementById("toasts");
@@ -254,15 +276,17 @@ export function showErrors(form, err) {
     const name = loc[0] === "body" ? loc[1] : loc[loc.length - 1];
     const field = typeof name === "string" ? form.querySelector(`[data-field="${CSS.escape(name)}"]`) : null;
     if (!field) { messages.push(`${loc.slice(1).join(".") || "request"}: ${e.msg}`); continue; }
+    // In a list field, say which entry is wrong ("entry 2: …").
+    const index = loc[0] === "body" && typeof loc[2] === "number" ? `entry ${loc[2] + 1}: ` : "";
     field.classList.add("invalid");
     const id = `${form.id}-${name}-error`;
     let msg = field.querySelector(".field-error");
     if (!msg) {
       msg = h("p", { class: "field-error", id });
       field.appendChild(msg);
-      msg.textContent = e.msg;
+      msg.textContent = index + e.msg;
     } else {
-      msg.textContent += "; " + e.msg;
+      msg.textContent += "; " + index + e.msg;
     }
     const input = field.querySelector("input, select, textarea");
     if (input) {
@@ -399,3 +423,6 @@ export function cacheKind(status) {
     default: return "info";
   }
 }
+
+// Tables in the page's HTML; tables built later (the dashboard's) call stackTables themselves.
+stackTables();

@@ -1,4 +1,4 @@
-import { fmtCompact, fmtMs, fmtNumber, fmtPct, fmtTime, h, itemsOf } from "./common.js";
+import { fmtCompact, fmtMs, fmtNumber, fmtPct, fmtTime, h, itemsOf, stackTables } from "./common.js";
 
 const HISTORY_SECONDS = 15 * 60;
 let rangeSeconds = 5 * 60;
@@ -21,6 +21,15 @@ function axisValues(format) {
   return (u, values) => values.map((v) => (v === null ? "" : format(v)));
 }
 
+const MIN_SPAN = 60;
+
+function xRange() {
+  const now = Date.now() / 1000;
+  const first = points.length ? points[0].ts : now;
+  const span = Math.min(rangeSeconds, Math.max(MIN_SPAN, now - first));
+  return [now - span, now];
+}
+
 function isolated(u, seriesIdx) {
   const ys = u.data[seriesIdx];
   const out = [];
@@ -39,8 +48,9 @@ function makeChart(id, series, { format = (v) => fmtNumber(v), max = null } = {}
     cursor: { drag: { x: false, y: false }, points: { size: 6 } },
     padding: [8, 8, 0, 0],
     scales: {
-      // A fixed window ending now, so the chart fills from the right as time passes.
-      x: { time: true, range: () => { const now = Date.now() / 1000; return [now - rangeSeconds, now]; } },
+      // A window ending now; while there is less history than the window, the history (a
+      // minute at least), so a fresh gateway's first minutes are not a sliver at the edge.
+      x: { time: true, range: () => xRange() },
       y: { range: (u, lo, hi) => [0, max !== null ? max : Math.max(hi * 1.15, 1)] },
     },
     axes: [
@@ -193,6 +203,7 @@ function renderTop(top) {
       const p95 = r.latency_ms ? r.latency_ms.p95 : pick(r, "p95_ms");
       return p95 !== null ? `p95 ${fmtMs(p95)}` : "";
     }));
+  stackTables(keysBox.parentElement.parentElement);
 }
 
 // --- the stream -------------------------------------------------------------------------------

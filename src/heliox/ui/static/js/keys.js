@@ -38,7 +38,7 @@ async function load() {
     render(keys);
     loadUsage(keys);
   } catch (err) {
-    emptyRow(tbody, 7, "Could not load keys.");
+    emptyRow(tbody, 6, "Could not load keys.");
     reportError(err, "Loading keys");
   }
 }
@@ -74,19 +74,19 @@ function quotaCell(k, usage) {
 
 function render(keys) {
   document.getElementById("key-count").textContent = `${keys.length} key${keys.length === 1 ? "" : "s"}`;
-  if (!keys.length) { emptyRow(tbody, 7, "No keys match."); return; }
+  if (!keys.length) { emptyRow(tbody, 6, "No keys match."); return; }
   tbody.replaceChildren(...keys.map((k) => {
     const tenant = tenants.get(k.tenant_id);
     const live = k.status !== "revoked" && k.status !== "expired";
     const status = [badge(k.status, STATUS_KIND[k.status] ?? "")];
     if (k.expires_at && live) status.push(h("div", { class: "cell-sub", title: fmtDate(k.expires_at) }, `expires ${fmtRelative(k.expires_at)}`));
     return h("tr", { dataset: { id: k.id, prefix: k.key_prefix } },
-      h("td", null, h("div", { class: "cell-title" }, k.name), h("div", { class: "cell-sub" }, h("code", null, `${k.key_prefix}…`), ` · #${k.id}`)),
+      h("td", null, h("div", { class: "cell-title" }, k.name),
+        h("div", { class: "cell-sub", title: `created ${fmtDate(k.created_at)}` }, h("code", null, `${k.key_prefix}…`), ` · #${k.id} · ${fmtDay(k.created_at)}`)),
       h("td", null, tenant ? tenant.name : `#${k.tenant_id}`),
       h("td", null, status),
       h("td", null, rateText(k)),
       h("td", { class: "quota-cell" }, quotaCell(k, null)),
-      h("td", { class: "nowrap", title: fmtDate(k.created_at) }, fmtDay(k.created_at)),
       h("td", null, h("div", { class: "row-actions" },
         live ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => openForm(k) } }, "Edit") : null,
         live ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => openRotate(k) } }, "Rotate") : null,
@@ -103,7 +103,7 @@ async function loadUsage(keys) {
     try {
       const usage = await api("GET", `/admin/keys/${k.id}/usage`);
       const cell = tbody.querySelector(`tr[data-id="${k.id}"] .quota-cell`);
-      if (cell) cell.replaceChildren(...[quotaCell(k, usage)].flat());
+      if (cell) cell.replaceChildren(...[quotaCell(k, usage)].flat().filter(Boolean));
     } catch {
       // Usage is decoration: the configured quota stays visible.
     }

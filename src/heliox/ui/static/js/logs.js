@@ -42,8 +42,8 @@ function logRow(r, fresh) {
     h("td", null, r.cache_status ? badge(r.cache_status, cacheKind(r.cache_status)) : h("span", { class: "muted" }, "–")),
     h("td", { class: "num" }, fmtMs(r.latency_ms)),
     h("td", { class: "num" }, r.key_id ?? "–"),
-    h("td", { class: "mono" }, r.client_ip || "–"),
-    h("td", { class: "truncate", title: ua }, ua || "–"),
+    h("td", { class: "mono opt" }, r.client_ip || "–"),
+    h("td", { class: "truncate opt", title: ua }, ua || "–"),
   );
 }
 

@@ -20,7 +20,7 @@ async function load() {
     renderRoutes(routeList);
     renderPolicies(policyList);
   } catch (err) {
-    emptyRow(routesBody, 8, "Could not load routes.");
+    emptyRow(routesBody, 7, "Could not load routes.");
     emptyRow(policiesBody, 9, "Could not load cache policies.");
     reportError(err, "Loading routes");
   }
@@ -33,19 +33,19 @@ function limitText(r) {
 
 function renderRoutes(routes) {
   document.getElementById("route-count").textContent = `${routes.length} route${routes.length === 1 ? "" : "s"}`;
-  if (!routes.length) { emptyRow(routesBody, 8, "No routes yet."); return; }
+  if (!routes.length) { emptyRow(routesBody, 7, "No routes yet."); return; }
   routesBody.replaceChildren(...routes.map((r) => h("tr", { dataset: { id: r.id, name: r.name } },
     h("td", null, h("div", { class: "cell-title" }, r.name), h("div", { class: "cell-sub mono" }, `/g/${r.name}${r.path_pattern === "/*" ? "/…" : r.path_pattern}`)),
     h("td", null, h("div", { class: "truncate mono", title: r.upstream_url }, r.upstream_url),
       r.timeout_seconds ? h("div", { class: "cell-sub" }, `timeout ${fmtNumber(r.timeout_seconds)} s`) : null),
     h("td", null, h("div", { class: "tags" }, r.methods.length === 7 ? badge("any") : r.methods.map((m) => badge(m)))),
     h("td", { class: "policy-cell" }, r.cache_policy ? badge(r.cache_policy, "primary") : h("span", { class: "muted" }, "no caching")),
-    h("td", null, r.is_public ? badge("public", "info") : badge("API key")),
     h("td", null, limitText(r), h("div", { class: "cell-sub" }, `fails ${r.fail_mode}`)),
-    h("td", null, r.is_active ? badge("active", "ok") : badge("inactive")),
+    h("td", null, h("div", { class: "tags" }, r.is_active ? badge("active", "ok") : badge("inactive"),
+      r.is_public ? badge("public", "info") : badge("API key"))),
     h("td", null, h("div", { class: "row-actions" },
       h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => openRoute(r) } }, "Edit"),
-      features.purge ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => purge(r) } }, "Purge cache") : null,
+      features.purge ? h("button", { type: "button", class: "btn btn-ghost btn-sm", title: `Purge every cached response of ${r.name}`, on: { click: () => purge(r) } }, "Purge") : null,
       h("button", { type: "button", class: "btn btn-link danger btn-sm", on: { click: () => removeRoute(r) } }, "Delete"))),
   )));
 }

@@ -1,0 +1,153 @@
+"""The benchmark's pure parts: reading wrk's report, judging targets, summarising py-spy stacks.
+
+The benchmark itself is a script (bench/run.py) and asserts no timing; these tests only check that
+its arithmetic and parsing say what the figures say.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from benchkit import nginx, report, stacks, wrk  # noqa: E402
+
+WRK_OUTPUT = """\
+Running 3s test @ http://127.0.0.1:29102/g/demo/items
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    19.58ms   10.28ms  74.74ms   72.73%
+    Req/Sec     2.61k     0.93k    4.73k    63.33%
+  Latency Distribution
+     50%  812.00us
+     75%   24.12ms
+     90%   32.05ms
+     99%    1.20s
+  7845 requests in 3.01s, 10.98MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 40
+Requests/sec:   2602.12
+Transfer/sec:      3.64MB
+"""
+
+
+def test_wrk_report_is_read_with_units() -> None:
+    r = wrk.parse(WRK_OUTPUT)
+    assert r.requests == 7845
+    assert r.seconds == pytest.approx(3.01)
+    assert r.rps == pytest.approx(2602.12)
+    assert r.p50 == pytest.approx(812e-6)
+    assert r.p99 == pytest.approx(1.2)
+    assert (r.non_2xx, r.socket_errors, r.errors) == (40, 3, 43)
+    assert not r.flagged  # 43 of 7848 is 0.55 %
+
+
+def test_wrk_run_with_mostly_errors_is_flagged() -> None:
+    text = WRK_OUTPUT.replace("Non-2xx or 3xx responses: 40", "Non-2xx or 3xx responses: 7000")
+    assert wrk.parse(text).flagged
+
+
+def test_wrk_output_without_latency_distribution_is_refused() -> None:
+    text = "\n".join(line for line in WRK_OUTPUT.splitlines() if "%" not in line)
+    with pytest.raises(wrk.WrkOutputError):
+        wrk.parse(text)
+
+
+def test_wrk_command_pins_and_sends_the_key() -> None:
+    cmd = wrk.command(
+        "http://127.0.0.1:1/x", connections=50, duration=3, headers={"X-API-Key": "k"}, cpu=1
+    )
+    assert cmd[:3] == ["taskset", "-c", "1"]
+    assert "-c50" in cmd and "-d3s" in cmd and "--latency" in cmd
+    assert cmd[cmd.index("-H") + 1] == "X-API-Key: k"
+
+
+def _result(rps: float, p99: float, non_2xx: int = 0) -> wrk.WrkResult:
+    return wrk.WrkResult(
+        requests=10_000, seconds=10, rps=rps, p50=p99 / 2, p99=p99, non_2xx=non_2xx,
+        socket_errors=0,
+    )  # fmt: skip
+
+
+def _pair(case: str, mode: str, rps: float, p99: float, c: int = 50) -> report.Row:
+    base = report.Row(case, "nginx", c, _result(10_000, 0.010))
+    return report.Row(case, "heliox", c, _result(rps, p99), mode=mode, baseline=base)
+
+
+@pytest.mark.parametrize(
+    ("case", "mode", "rps", "verdict"),
+    [
+        (report.HIT, report.EMBEDDED, 4_000, "met"),
+        (report.HIT, report.EMBEDDED, 3_999, "missed"),
+        (report.HIT, report.REDIS, 2_000, "met"),
+        (report.HIT, report.REDIS, 1_900, "missed"),
+        (report.MISS, report.REDIS, 1_200, "met"),
+        (report.MISS, report.EMBEDDED, 1_100, "missed"),
+    ],
+)
+def test_throughput_targets(case: str, mode: str, rps: float, verdict: str) -> None:
+    (rps_target, _p99) = report.targets_of(_pair(case, mode, rps, 0.010))
+    assert rps_target.verdict == verdict
+
+
+def test_p99_target_only_at_concurrency_50() -> None:
+    met = report.targets_of(_pair(report.HIT, report.EMBEDDED, 5_000, 0.030))[1]
+    missed = report.targets_of(_pair(report.HIT, report.EMBEDDED, 5_000, 0.031))[1]
+    assert (met.verdict, missed.verdict) == ("met", "missed")
+    assert len(report.targets_of(_pair(report.HIT, report.EMBEDDED, 5_000, 1.0, c=200))) == 1
+
+
+def test_errors_make_a_comparison_invalid_not_fast() -> None:
+    row = _pair(report.HIT, report.EMBEDDED, 50_000, 0.001)
+    row.result = _result(50_000, 0.001, non_2xx=9_000)
+    assert {t.verdict for t in report.targets_of(row)} == {"invalid (errors)"}
+    assert "FLAGGED" in report.fmt_errors(row.result)
+
+
+def test_tables_carry_ratios_and_added_latency() -> None:
+    direct = report.Row(report.LATENCY, "upstream direct", 1, _result(5_000, 0.0004))
+    gw = report.Row(report.LATENCY, "heliox HIT", 1, _result(3_000, 0.0010), direct=direct)
+    rep = report.Report(machine={}, settings={}, rows=[direct, gw])
+    _head, body = report.latency_table(rep.latency_rows)
+    assert body[1][4] == "300 µs"  # p50 0.5 ms minus 0.2 ms
+    pair = _pair(report.HIT, report.EMBEDDED, 2_500, 0.020)
+    _head, body = report.throughput_table([pair.baseline, pair])  # type: ignore[list-item]
+    assert body[1][8:10] == ["0.25", "2.00x"]
+    assert "missed" in body[1][10] and "met" in body[1][10]
+
+
+def test_nginx_config_renders_every_placeholder(tmp_path: Path) -> None:
+    text = nginx.render(tmp_path, upstream_port=1001, cache_port=1002, pass_port=1003)
+    assert "$prefix" not in text and "$upstream_port" not in text
+    assert "listen 127.0.0.1:1002;" in text and "listen 127.0.0.1:1003;" in text
+    assert "server 127.0.0.1:1001;" in text
+    assert "$upstream_cache_status" in text  # nginx's own variable survives rendering
+    assert "daemon off;" in text and "worker_processes 1;" in text
+
+
+RAW = """\
+thread (10): MainThread;run_forever (asyncio/base_events.py:600);Handle._run (asyncio/events.py:80);Gateway._handle (heliox/gateway/app.py:96);ResponseSink.body (heliox/gateway/exchange.py:79) 6
+thread (10): MainThread;run_forever (asyncio/base_events.py:600);Handle._run (asyncio/events.py:80);Gateway._handle (heliox/gateway/app.py:96);hash_key (heliox/snapshot.py:10);openssl_sha256 (hashlib.py:1) 3
+thread (10): MainThread;main (heliox/cli.py:1);BaseEventLoop.run_forever (asyncio/base_events.py:600);EpollSelector.select (selectors.py:468) 1
+thread (11) 5
+thread (12): Thread-6 (_connection_worker_thread);_connection_worker_thread (aiosqlite/core.py:59) 2
+"""  # noqa: E501
+
+
+def test_stacks_charge_library_time_to_the_heliox_caller() -> None:
+    s = stacks.summarise(stacks.parse(RAW.splitlines()))
+    assert (s.total, s.selected) == (17, 10)
+    assert s.threads["MainThread"] == 10
+    assert s.threads["_connection_worker_thread"] == 2
+    assert s.heliox_owner["hash_key (heliox/snapshot.py)"] == 3
+    assert s.heliox_owner["ResponseSink.body (heliox/gateway/exchange.py)"] == 6
+    # The CLI frame under the event loop is not a request's owner.
+    assert s.heliox_owner["(outside Heliox: server, event loop)"] == 1
+    # Inclusive counts the running callback only, not the start-up frames under it.
+    assert s.inclusive["Gateway._handle (heliox/gateway/app.py)"] == 9
+    assert "main (heliox/cli.py)" not in s.inclusive
+    assert s.components["heliox gateway (pipeline)"] == 6

@@ -1,0 +1,236 @@
+"""Helpers for the hardening tests: a raw HTTP/1.1 client that sends bytes exactly as written,
+upstream counters, admin shortcuts and process probes (resident memory, open files)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.harness import ACME, Gateway, Upstream, wait_until
+
+KEY = ACME.encode()
+PROBLEM = "application/problem+json"
+IO_TIMEOUT = 10.0
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    closed: bool  # the server closed the connection after this response
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def json(self) -> dict[str, object]:
+        return httpx.Response(200, content=self.body).json()  # type: ignore[no-any-return]
+
+
+class RawConnection:
+    """One TCP connection; `read_reply` parses one response (Content-Length, chunked or
+    close-delimited), leaving what follows in the buffer."""
+
+    def __init__(self, port: int, timeout: float = IO_TIMEOUT) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            return False
+        self.buf += chunk
+        return bool(chunk)
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._fill():
+                raise EOFError("connection closed mid-body")
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            if not self._fill():
+                raise EOFError("connection closed mid-line")
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def read_reply(self, *, head_request: bool = False) -> Reply:
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                raise EOFError(f"connection closed before a response: {self.buf[:200]!r}")
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        headers = [
+            (name.strip().lower(), value.strip())
+            for name, _, value in (line.partition(":") for line in lines)
+        ]
+        reply = Reply(status, headers, b"", False)
+        length = reply.header("content-length")
+        if head_request or status in (204, 304):
+            pass
+        elif length is not None:
+            reply.body = self._take(int(length))
+        elif (reply.header("transfer-encoding") or "").lower() == "chunked":
+            parts = []
+            while size := int(self._line().split(b";")[0], 16):
+                parts.append(self._take(size))
+                self._take(2)
+            while self._line():  # trailers
+                pass
+            reply.body = b"".join(parts)
+        else:
+            while self._fill():
+                pass
+            reply.body, self.buf = self.buf, b""
+            reply.closed = True
+        if (reply.header("connection") or "").lower() == "close" and not reply.closed:
+            reply.closed = self.at_eof()
+        return reply
+
+    def at_eof(self) -> bool:
+        """True when the server has closed; recv returns at once when it has."""
+        return not self.buf and not self._fill()
+
+
+def exchange(port: int, data: bytes) -> Reply:
+    with RawConnection(port) as conn:
+        conn.send(data)
+        return conn.read_reply(head_request=data.startswith(b"HEAD "))
+
+
+def request(
+    method: str,
+    target: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    body: bytes = b"",
+    *,
+    version: bytes = b"HTTP/1.1",
+    host: bytes | None = b"gw.test",
+    key: bytes | None = KEY,
+    close: bool = True,
+) -> bytes:
+    """A request exactly as given: no normalisation of the target, the headers or the body."""
+    lines = [method.encode() + b" " + target.encode("latin-1") + b" " + version]
+    if host is not None:
+        lines.append(b"Host: " + host)
+    if key is not None:
+        lines.append(b"X-API-Key: " + key)
+    lines += [name + b": " + value for name, value in headers or []]
+    if close:
+        lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def upstream_hits(upstream: Upstream, path: str) -> int:
+    by_path: dict[str, int] = upstream.stats()["by_path"]  # type: ignore[assignment]
+    return by_path.get(path, 0)
+
+
+def assert_still_serving(gw: Gateway) -> None:
+    r = httpx.get(gw.url + "/g/webhooks/items", headers={"X-API-Key": ACME}, timeout=10)
+    assert r.status_code == 200, r.text
+
+
+def create_route(gw: Gateway, **fields: object) -> str:
+    """Create a route and wait until this gateway serves it; returns its name."""
+    name = str(fields.setdefault("name", f"r-{tag()}"))
+    with gw.admin() as admin:
+        r = admin.post("/admin/routes", json=fields)
+        assert r.status_code == 201, r.text
+    # An oversize declared body is refused (413, or 405 without POST) once the route exists,
+    # without reaching its upstream or spending a rate-limit token; 404 while it is unknown.
+    probe = request("POST", f"/g/{name}/", [(b"Content-Length", b"%d" % (1 << 40))])
+    wait_until(lambda: exchange(gw.port, probe).status != 404, timeout=10)
+    return name
+
+
+def create_key(gw: Gateway, tenant_id: int | None = None, **limits: object) -> tuple[int, str]:
+    """A fresh key (in a fresh tenant unless one is given), live on this gateway."""
+    with gw.admin() as admin:
+        if tenant_id is None:
+            tenant = admin.post("/admin/tenants", json={"name": f"t-{tag()}"})
+            assert tenant.status_code == 201, tenant.text
+            tenant_id = int(tenant.json()["id"])
+        key = admin.post("/admin/keys", json={"tenant_id": tenant_id, "name": "k", **limits})
+        assert key.status_code == 201, key.text
+    key_id, plaintext = int(key.json()["id"]), str(key.json()["key"])
+    wait_until(lambda: key_is_live(gw, plaintext), timeout=10)
+    return key_id, plaintext
+
+
+def key_is_live(gw: Gateway, key: str) -> bool:
+    """Whether `key` authenticates, without spending a rate-limit token or quota: a declared
+    oversize body is refused (413) after authentication and before admission."""
+    probe = request(
+        "POST", "/g/webhooks/upload", [(b"Content-Length", b"%d" % (1 << 40))], key=key.encode()
+    )
+    status = exchange(gw.port, probe).status
+    assert status in (401, 413), status
+    return status == 413
+
+
+# --- process probes -------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            text = (task / "children").read_text()
+        except OSError:
+            continue
+        found += [int(p) for p in text.split()]
+    return found
+
+
+def serving_pids(gw: Gateway) -> list[int]:
+    """The gateway's processes: the granian main process and its workers."""
+    root = gw.proc.popen.pid
+    pids = [root]
+    i = 0
+    while i < len(pids):
+        pids += _children(pids[i])
+        i += 1
+    return pids
+
+
+def worker_pid(gw: Gateway) -> int:
+    """The process that runs the application (granian's worker; the main process with none)."""
+    pids = serving_pids(gw)
+    return pids[-1]
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
