@@ -439,3 +439,36 @@ def test_worker_refuses_an_unknown_job(
     assert status == 2
     assert "unknown job(s) nope; jobs: log-retention" in err
     assert not (tmp_path / "h.db").exists()  # refused before touching the database
+
+
+async def test_lifespan_shutdown_waits_for_request_tasks_still_running(
+    restore_signals: None,
+) -> None:
+    """A request task left hanging must record its request before the runtime flushes logs."""
+    recorded: list[str] = []
+    seen_at_shutdown: list[list[str]] = []
+
+    async def app(scope: Message, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.shutdown":
+                    seen_at_shutdown.append(list(recorded))  # what the log flush would see
+                    return
+            return
+        try:
+            await asyncio.Event().wait()  # its last `send` is never acknowledged
+        finally:
+            recorded.append(scope["path"])
+
+    guard = GracefulShutdown(app, timeout=3600)
+    request = asyncio.create_task(guard({"type": "http", "path": "/g/x/y"}, _no_body, Recorder()))
+    await asyncio.sleep(0)
+    messages = iter([{"type": "lifespan.shutdown"}])
+
+    async def lifespan_receive() -> Message:
+        return next(messages)
+
+    await asyncio.wait_for(guard({"type": "lifespan"}, lifespan_receive, Recorder()), 10)
+    assert seen_at_shutdown == [["/g/x/y"]]
+    assert request.done()

@@ -33,6 +33,8 @@ log = logging.getLogger("heliox.cli")
 # After SHUTDOWN_TIMEOUT, how long a gateway process gets to flush its log queue and close its
 # connections before granian kills it.
 STOP_GRACE_SECONDS = 15
+# At the lifespan shutdown, how long a request task still running may take before it is cancelled.
+SETTLE_SECONDS = 0.5
 
 ENV_HELP = """\
 environment (the main ones; `heliox config show` lists every setting and its value):
@@ -158,7 +160,7 @@ class GracefulShutdown:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             self._hook_signals()
-            await self.app(scope, receive, send)
+            await self.app(scope, self._lifespan_receive(receive), send)
             return
         task = asyncio.current_task()
         if task is None:
@@ -175,6 +177,33 @@ class GracefulShutdown:
         finally:
             self.inflight.discard(task)
 
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> MutableMapping[str, Any]:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.settle()
+            return message
+
+        return wrapped
+
+    async def settle(self) -> None:
+        """Before the runtime stops and flushes its log queue, no request may be left running.
+
+        granian starts the lifespan shutdown once every connection is closed, yet a request's
+        task can still be waiting for the acknowledgement of its last `send`, which never comes:
+        its log record would be lost. Such tasks are given a moment, then cancelled, so they
+        record their request before the flush.
+        """
+        pending = {task for task in self.inflight if not task.done()}
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=SETTLE_SECONDS)
+        if pending:
+            log.debug("cancelling %d orphaned request tasks before the log flush", len(pending))
+            self.deadline_passed = True
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=SETTLE_SECONDS)
+
     def _hook_signals(self) -> None:
         # granian's own handlers (installed on the event loop) keep working: the loop learns of
         # the signal through its wakeup fd; this adds a Python-level handler beside them.
@@ -186,7 +215,8 @@ class GracefulShutdown:
             previous = signal.getsignal(sig)
 
             def handler(signum: int, frame: Any, previous: Any = previous) -> None:
-                loop.call_soon_threadsafe(self.begin_shutdown)
+                with contextlib.suppress(RuntimeError):  # the loop has closed
+                    loop.call_soon_threadsafe(self.begin_shutdown)
                 if callable(previous):
                     previous(signum, frame)
 

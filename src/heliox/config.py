@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         "", description="Comma-separated CIDRs whose X-Forwarded-For is trusted"
     )
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    # As nginx's proxy_cache_lock_timeout / proxy_cache_lock_age: how long requests wait for
+    # another's fill of the same entry, and how long a fill may hold the lock.
+    cache_lock_timeout: float = Field(5.0, gt=0)
+    cache_lock_age: float = Field(5.0, gt=0)
     quota_timezone: str = "UTC"
     log_retention_days: int = Field(30, ge=1)
     log_queue_size: int = Field(50_000, ge=100)

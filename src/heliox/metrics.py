@@ -124,7 +124,8 @@ class Metrics:
         }
 
     def absorb(self, d: dict[str, Any]) -> None:
-        """Add another process's dump to this one (gauges: summed, as they are sizes)."""
+        """Add another process's dump to this one. Gauges take the largest value: they describe
+        shared things (the Redis cache's size, the config version) that every worker reports."""
         self.started_at = min(self.started_at, float(d.get("started_at", self.started_at)))
         for r, s, n in d.get("requests", []):
             self.requests[(r, int(s))] += n
@@ -146,7 +147,7 @@ class Metrics:
         for name, n in d.get("events", {}).items():
             self.events[name] += n
         for name, v in d.get("gauges", {}).items():
-            self.gauges[name] = self.gauges.get(name, 0.0) + v
+            self.gauges[name] = max(self.gauges.get(name, v), v)
 
     # --- views ---------------------------------------------------------------------------------
     def as_json(self) -> dict[str, Any]:

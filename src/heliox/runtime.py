@@ -184,6 +184,10 @@ class Runtime:
             except Exception as exc:  # polling still propagates the change
                 log.warning("could not publish config version on Redis: %s", exc)
 
+    def add_task(self, task: asyncio.Task[None]) -> None:
+        """A background task that stop() cancels."""
+        self._tasks.append(task)
+
     def metrics_view(self) -> Metrics:
         """This process's metrics, or all workers' merged when the server runs several."""
         if self.shared_metrics is None:

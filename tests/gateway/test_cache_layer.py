@@ -214,6 +214,7 @@ async def make_rig(
             metrics=Metrics(),
             upstream=client,
             settings=SimpleNamespace(redis_key_prefix=prefix),
+            add_task=lambda task: None,  # the layer closes its own tasks in these tests
         )
         layer = CacheLayer(runtime, clock=clock, **layer_kw)  # type: ignore[arg-type]
         rig = Rig(layer, runtime, clock, port, stats)
@@ -660,6 +661,7 @@ async def test_redis_down_means_misses_not_errors(
         metrics=Metrics(),
         upstream=client,
         settings=SimpleNamespace(redis_key_prefix="x:"),
+        add_task=lambda task: None,
     )
     layer = CacheLayer(runtime, clock=clock)  # type: ignore[arg-type]
     rig = Rig(layer, runtime, clock, port, stats)

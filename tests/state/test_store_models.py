@@ -82,6 +82,20 @@ class Runner:
         self.loop.close()
 
 
+# The Redis cache store's three bookkeeping keys per prefix live as long as the store; their
+# contents are trimmed as entries expire (cache_common.lua). Every other key must expire.
+PERMANENT_SUFFIXES = (b":i:all", b":sz", b":bytes")
+
+
+async def keys_without_ttl(client: aioredis.Redis, prefix: str) -> list[bytes]:
+    found = []
+    async for key in client.scan_iter(match=prefix + "*", count=1000):
+        # -1: no TTL; -2 means it expired between SCAN and PTTL, which is fine.
+        if not key.endswith(PERMANENT_SUFFIXES) and await client.pttl(key) == -1:
+            found.append(key)
+    return found
+
+
 # --- response cache -------------------------------------------------------------------------
 
 KEYS = [f"c:{i}" for i in range(6)]
@@ -160,11 +174,10 @@ class CacheStoresMachine(RuleBasedStateMachine):
         self.now = datetime.now(UTC).timestamp()
         self.model: dict[str, CacheEntry] = {}
         self.client = aioredis.Redis.from_url(self.redis_url)
+        self.prefix = f"{self.base_prefix}{uuid.uuid4().hex[:8]}:"
         self.stores: dict[str, CacheStore] = {
             "memory": MemoryCacheStore(64 * 1024 * 1024, clock=lambda: self.now),
-            "redis": RedisCacheStore(
-                self.client, prefix=f"{self.base_prefix}{uuid.uuid4().hex[:8]}:", purge_batch=2
-            ),
+            "redis": RedisCacheStore(self.client, prefix=self.prefix, purge_batch=2),
         }
 
     def teardown(self) -> None:
@@ -212,6 +225,10 @@ class CacheStoresMachine(RuleBasedStateMachine):
         for k in gone:
             del self.model[k]
         assert counts == {name: len(gone) for name in self.stores}, criteria
+
+    @invariant()
+    def every_redis_key_expires(self) -> None:
+        assert self.run(keys_without_ttl(self.client, self.prefix)) == []
 
     @invariant()
     def entry_counts_agree(self) -> None:
@@ -266,7 +283,7 @@ SPECS = {
     "window": LimitSpec(SLIDING_WINDOW, 2.0, 1, 2),
     "none": None,
 }
-QUOTAS = {"p0": (4, 6), "p1": (None, 3), "p2": (None, None)}
+QUOTAS = {"p0": (2, 4), "p1": (None, 3), "p2": (None, None)}
 STEPS = [0.0, 0.001, 0.2, 0.5, 1.0, 3.0, 3600.0, 7200.0, 86_400.0]
 
 
@@ -370,12 +387,11 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.now = T0
         self.model = AdmissionModel()
         self.client = aioredis.Redis.from_url(self.redis_url)
+        self.prefix = f"{self.base_prefix}{uuid.uuid4().hex[:8]}:"
         clock = self._clock
         self.backends: dict[str, AdmissionBackend] = {
             "memory": MemoryAdmission(clock=clock),
-            "redis": RedisAdmission(
-                self.client, prefix=f"{self.base_prefix}{uuid.uuid4().hex[:8]}:", clock=clock
-            ),
+            "redis": RedisAdmission(self.client, prefix=self.prefix, clock=clock),
         }
         self.admitted: dict[tuple[str, str], list[float]] = {}
 
@@ -408,6 +424,9 @@ class AdmissionMachine(RuleBasedStateMachine):
             assert got == expected, (name, req, self.now)
         if expected[0] and SPECS[spec] is not None:
             self.admitted.setdefault((principal, spec), []).extend([self.now] * cost)
+
+    # Admission is what most steps should do: a second rule with the same body doubles its share.
+    admit_again = admit
 
     @rule(principal=st.sampled_from(sorted(QUOTAS)), seconds=st.sampled_from([0.5, 2.0, 600.0]))
     def block(self, principal: str, seconds: float) -> None:
@@ -442,6 +461,10 @@ class AdmissionMachine(RuleBasedStateMachine):
             assert (u.daily_used, u.monthly_used) == expected, name
 
     @invariant()
+    def every_redis_key_expires(self) -> None:
+        assert self.run(keys_without_ttl(self.client, self.prefix)) == []
+
+    @invariant()
     def token_buckets_never_exceed_burst_plus_refill(self) -> None:
         """Independent of the arithmetic: over any span, a bucket admits at most
         burst + rate * span requests."""
@@ -457,18 +480,15 @@ class AdmissionMachine(RuleBasedStateMachine):
 # --- the tests -------------------------------------------------------------------------------
 
 
-# The Redis cache store's three bookkeeping keys per prefix live as long as the store; their
-# contents are trimmed as entries expire (cache_common.lua). Every other key must expire.
-PERMANENT_SUFFIXES = (b":i:all", b":sz", b":bytes")
-
-
 @pytest.fixture
 def machine_prefix(redis_server: str, redis_prefix: str) -> Iterator[tuple[str, str]]:
     yield redis_server, redis_prefix
     client = redis.Redis.from_url(redis_server)
     try:
         keys = list(client.scan_iter(match=redis_prefix + "*", count=1000))
-        without_ttl = [k for k in keys if client.pttl(k) < 0 and not k.endswith(PERMANENT_SUFFIXES)]
+        without_ttl = [
+            k for k in keys if client.pttl(k) == -1 and not k.endswith(PERMANENT_SUFFIXES)
+        ]
         assert without_ttl == [], f"keys left without a TTL: {without_ttl[:10]}"
     finally:
         client.close()

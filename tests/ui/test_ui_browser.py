@@ -376,6 +376,38 @@ def test_an_operator_session_from_sign_in_to_sign_out(browser: Any, gateway: Gat
         page.locator("#blocked-table tbody", has_text="No key is blocked.").wait_for()
         wait_until(lambda: proxied(gateway, "/g/demo/items", key).status_code == 200, 10)
 
+        # --- keys: edit limits, rotate (the new key shown once), revoke the old one --------------
+        nav(page, "Keys")
+        old_id = next(
+            k["id"] for k in admin.get("/admin/keys").json()["items"] if k["name"] == key_name
+        )
+        old_row = page.locator(f"#keys-table tbody tr[data-id='{old_id}']")
+        old_row.get_by_role("button", name="Edit").click()
+        page.locator("#key-rate_limit_rps").fill("50")
+        page.locator("#key-rate_limit_burst").fill("100")
+        page.locator("#key-monthly_quota").fill("5000")
+        page.locator("#key-save").click()
+        old_row.get_by_text("50 req/s").wait_for()
+        old_row.locator(".quota[data-quota=monthly]").wait_for()
+
+        old_row.get_by_role("button", name="Rotate").click()
+        expect(page.locator("#rotate-grace_seconds")).to_have_value("3600")
+        page.locator("#rotate-confirm").click()
+        page.locator("#secret-dialog[open]").wait_for()
+        new_key = page.locator("#secret-value").inner_text().strip()
+        assert new_key and new_key != key
+        page.locator("#secret-done").click()
+        old_row.get_by_text("expiring").wait_for()
+        assert proxied(gateway, "/g/demo/items", new_key).status_code == 200
+        assert proxied(gateway, "/g/demo/items", key).status_code == 200  # within its grace
+
+        old_row.get_by_role("button", name="Revoke").click()
+        page.locator("#confirm-ok").click()
+        old_row.wait_for(state="detached")
+        wait_until(lambda: proxied(gateway, "/g/demo/items", key).status_code == 401, 10)
+        assert proxied(gateway, "/g/demo/items", new_key).status_code == 200
+        key = new_key
+
         # --- the dashboard, for the README: a little traffic while it draws ----------------------
         nav(page, "Dashboard")
         with Traffic(gateway, [key, *SEEDED_KEYS[:3]], seconds=8):

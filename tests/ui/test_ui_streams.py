@@ -174,3 +174,13 @@ async def test_streams_authenticate_their_own_api_reads_with_the_session(app: Ga
         assert (await client.get("/admin/tenants")).status_code == 401
         events = parse_sse((await read_stream(client, "/ui/stream/logs")).text)
     assert events[0]["event"] == "rows"
+
+
+async def test_streams_end_at_once_when_the_gateway_starts_draining(
+    app: Gateway, signed_in: httpx.AsyncClient
+) -> None:
+    app.runtime.draining = True  # type: ignore[attr-defined]
+    for path in ("/ui/stream/dashboard", "/ui/stream/logs"):
+        events = parse_sse((await read_stream(signed_in, path)).text)
+        # One round of events, then the end: no second poll.
+        assert len([e for e in events if e["event"] in ("points", "rows")]) == 1

@@ -452,27 +452,25 @@ async def cache_hit_rate(
     # Two independent scans: on two connections they run side by side on the database.
     async with admin.read() as routes_session, admin.read() as series_session:
         routes, points = await asyncio.gather(
-            q.by_route(
-                routes_session, scope, MAX_ROUTES, every_cache_status=True, percentiles=False
-            ),
+            q.cache_by_route(routes_session, scope, MAX_ROUTES),
             q.series(series_session, scope, width),
         )
     by_route = [
         RouteCacheOut(
-            route=g.group,
-            requests=g.counts.requests,
-            hits=g.counts.cache.get("HIT", 0),
-            misses=sum(g.counts.cache.get(s, 0) for s in q.CACHE_MISSES),
-            stale=g.counts.cache.get("STALE", 0),
-            updating=g.counts.cache.get("UPDATING", 0),
-            revalidated=g.counts.cache.get("REVALIDATED", 0),
-            negative=g.counts.cache.get("NEGATIVE", 0),
-            bypass=g.counts.cache.get("BYPASS", 0),
-            served_from_cache=g.counts.served_from_cache,
-            lookups=g.counts.cache_lookups,
-            hit_rate=_ratio(g.counts.served_from_cache, g.counts.cache_lookups),
+            route=r.route,
+            requests=r.requests,
+            hits=r.by_status.get("HIT", 0),
+            misses=sum(r.by_status.get(s, 0) for s in q.CACHE_MISSES),
+            stale=r.by_status.get("STALE", 0),
+            updating=r.by_status.get("UPDATING", 0),
+            revalidated=r.by_status.get("REVALIDATED", 0),
+            negative=r.by_status.get("NEGATIVE", 0),
+            bypass=r.by_status.get("BYPASS", 0),
+            served_from_cache=r.served_from_cache,
+            lookups=r.cache_lookups,
+            hit_rate=_ratio(r.served_from_cache, r.cache_lookups),
         )
-        for g in routes
+        for r in routes
     ]
     found = {p.group: p.counts for p in points}
     until_epoch = aligned.until.timestamp()

@@ -49,7 +49,11 @@ class Gateway:
     def __init__(self, runtime: Runtime, fallback: ASGIApp) -> None:
         self.runtime = runtime
         self.fallback = fallback
-        self.cache = CacheLayer(runtime)
+        self.cache = CacheLayer(
+            runtime,
+            lock_timeout=runtime.settings.cache_lock_timeout,
+            lock_age=runtime.settings.cache_lock_age,
+        )
         self.admission = AdmissionStep(runtime.admission, runtime.settings, runtime.metrics)
         self.abuse = AbuseMonitor(runtime)
         self._seq = 0
@@ -75,6 +79,7 @@ class Gateway:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.cache.close()
                 await self.runtime.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -520,9 +520,8 @@ class CacheLayer:
             tasks.append(asyncio.create_task(self.notices.run(), name="heliox-cache-notices"))
         self._background = tasks
         # The runtime cancels its tasks on shutdown; ours go with them.
-        owned = getattr(self.runtime, "_tasks", None)
-        if isinstance(owned, list):
-            owned.extend(tasks)
+        for task in tasks:
+            self.runtime.add_task(task)
 
     async def _update_gauges(self) -> None:
         gauges = self.runtime.metrics.gauges

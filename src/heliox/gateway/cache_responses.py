@@ -3,12 +3,9 @@ each with `X-Cache`, RFC 9211 `Cache-Status` and, for stored entries, `Age`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from heliox.core.freshness import age_header, not_modified, not_modified_headers
-from heliox.core.headers import downstream_response_headers
 from heliox.gateway.exchange import ProxyRequest, ResponseSink
-from heliox.gateway.proxy import VIA
+from heliox.gateway.proxy import VIA, from_upstream, gateway_owned
 from heliox.state.cache import CacheEntry
 
 __all__ = [
@@ -22,26 +19,12 @@ __all__ = [
 
 # RFC 9110 §8.6: no Content-Length on these.
 _NO_LENGTH = frozenset({204, 304})
-# Fields only the gateway may set: an upstream must not be able to claim a HIT, hand out
-# rate-limit numbers or speak for the gateway's internals, live or from a stored entry.
-_GATEWAY_OWNED = frozenset({b"x-cache"})
-_GATEWAY_OWNED_PREFIXES = (b"x-heliox-", b"ratelimit", b"x-ratelimit-")
 
 NEGATIVE_DETAIL = (
     "answered from the negative cache without asking the upstream: it recently answered 404 "
     "for this URL. A new resource can be hidden for a few minutes by this; send "
     "'Cache-Control: no-cache' to ask the upstream again."
 )
-
-
-def gateway_owned(name: bytes) -> bool:
-    """Whether header `name` (lower-case) is the gateway's alone to set."""
-    return name in _GATEWAY_OWNED or name.startswith(_GATEWAY_OWNED_PREFIXES)
-
-
-def from_upstream(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """An upstream response's headers as the client may see them."""
-    return [(n, v) for n, v in downstream_response_headers(headers) if not gateway_owned(n)]
 
 
 def status_headers(x_cache: str, cache_status: bytes) -> list[tuple[bytes, bytes]]:

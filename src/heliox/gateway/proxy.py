@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from heliox.core.headers import downstream_response_headers
 from heliox.gateway.exchange import BodyTooLarge, ClientGone, ProxyRequest, ResponseSink
@@ -10,6 +11,20 @@ from heliox.gateway.upstream_client import UpstreamClient, UpstreamError, Upstre
 from heliox.metrics import Metrics
 
 VIA = b"1.1 heliox"
+# Fields only the gateway may set: an upstream must not be able to claim a HIT, hand out
+# rate-limit numbers or speak for the gateway's internals, live or from a stored entry.
+_GATEWAY_OWNED = frozenset({b"x-cache", b"cache-status"})
+_GATEWAY_OWNED_PREFIXES = (b"x-heliox-", b"ratelimit", b"x-ratelimit-")
+
+
+def gateway_owned(name: bytes) -> bool:
+    """Whether header `name` (lower-case) is the gateway's alone to set."""
+    return name in _GATEWAY_OWNED or name.startswith(_GATEWAY_OWNED_PREFIXES)
+
+
+def from_upstream(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An upstream response's headers as the client may see them."""
+    return [(n, v) for n, v in downstream_response_headers(headers) if not gateway_owned(n)]
 
 
 async def call_upstream(
@@ -50,7 +65,7 @@ async def relay(
     resp: UpstreamResponse, req: ProxyRequest, send: ResponseSink, x_cache: bytes
 ) -> None:
     """Stream an upstream response to the client as it arrives."""
-    out = downstream_response_headers(resp.headers)
+    out = from_upstream(resp.headers)
     out.append((b"via", VIA))
     out.append((b"x-cache", x_cache))
     try:

@@ -4,8 +4,9 @@ Each stream polls the gateway's own endpoints server-side (through `subrequest`)
 is new. A stream lasts at most `lifetime` seconds, then ends normally; the browser's EventSource
 reconnects by itself and sends the last event id, so nothing is missed or repeated. That bound is
 also what lets a shutting-down server finish: servers wait for open responses before they stop,
-and the application is not told when that starts. A client that goes away is noticed at the next
-write (a keep-alive comment at least every `KEEPALIVE_SECONDS`).
+and the application is not always told when that starts (when it is, `stopping()` turns true and
+the streams end at their next tick). A client that goes away is noticed at the next write (a
+keep-alive comment at least every `KEEPALIVE_SECONDS`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,7 @@ async def dashboard_events(
     *,
     features: dict[str, bool],
     instance: str,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[bytes]:
     timing = feed.timing
     loop = asyncio.get_running_loop()
@@ -136,7 +138,7 @@ async def dashboard_events(
             yield event("top", await _top(app, request, features))
             next_top = loop.time() + timing.top_interval
         remaining = deadline - loop.time()
-        if remaining <= 0:
+        if remaining <= 0 or stopping():
             return
         await asyncio.sleep(min(timing.sample_interval, remaining))
 
@@ -184,7 +186,11 @@ class LogFilters:
 
 
 async def log_events(
-    app: ASGIApp, request: Request, filters: LogFilters, timing: StreamTiming
+    app: ASGIApp,
+    request: Request,
+    filters: LogFilters,
+    timing: StreamTiming,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timing.lifetime
@@ -237,7 +243,7 @@ async def log_events(
             yield comment("keep-alive")
             last_write = loop.time()
         remaining = deadline - loop.time()
-        if remaining <= 0:
+        if remaining <= 0 or stopping():
             return
         await asyncio.sleep(min(timing.log_poll_interval, remaining))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -398,6 +399,12 @@ def _stream(body: Any) -> Response:
     return response
 
 
+def _stopping(request: Request) -> Callable[[], bool]:
+    """True once the server has begun to shut down (`runtime.draining`, when it is told)."""
+    runtime = request.app.state.runtime
+    return lambda: bool(getattr(runtime, "draining", False))
+
+
 def _unauthorized() -> Response:
     return _headers(Response("sign in first", status_code=401, media_type="text/plain"))
 
@@ -409,7 +416,12 @@ async def dashboard_stream(request: Request) -> Response:
         return _unauthorized()
     return _stream(
         streams.dashboard_events(
-            request.app, request, ui.feed, features=features(request.app), instance=ui.instance
+            request.app,
+            request,
+            ui.feed,
+            features=features(request.app),
+            instance=ui.instance,
+            stopping=_stopping(request),
         )
     )
 
@@ -437,7 +449,9 @@ async def logs_stream(
     )
     if filters is None:
         return _headers(Response("invalid filter", status_code=400, media_type="text/plain"))
-    return _stream(streams.log_events(request.app, request, filters, ui.timing))
+    return _stream(
+        streams.log_events(request.app, request, filters, ui.timing, stopping=_stopping(request))
+    )
 
 
 def log_filters(

@@ -52,6 +52,15 @@ export async function api(method, path, { body, query } = {}) {
   return data;
 }
 
+// After a live stream was refused: back to the sign-in page if the session is gone.
+export async function checkSession() {
+  try {
+    await api("GET", "/admin/tenants", { query: { limit: 1 } });
+  } catch {
+    // api() has already sent the browser to the sign-in page on a 401.
+  }
+}
+
 // Every page of a listing, up to `max` items.
 export async function listAll(path, query = {}, max = 5000) {
   const items = [];

@@ -1,4 +1,6 @@
-import { fmtCompact, fmtMs, fmtNumber, fmtPct, fmtTime, h, itemsOf, stackTables } from "./common.js";
+import {
+  checkSession, fmtCompact, fmtMs, fmtNumber, fmtPct, fmtTime, h, itemsOf, stackTables,
+} from "./common.js";
 
 const HISTORY_SECONDS = 15 * 60;
 let rangeSeconds = 5 * 60;
@@ -224,7 +226,10 @@ function connect() {
   });
   source.addEventListener("error", () => {
     // The server ends each stream after a few seconds; EventSource reconnects by itself.
-    if (source.readyState === EventSource.CLOSED) setLive("down", "Disconnected");
+    if (source.readyState === EventSource.CLOSED) {
+      setLive("down", "Disconnected");
+      checkSession();
+    }
   });
   window.addEventListener("pagehide", () => source.close());
 }

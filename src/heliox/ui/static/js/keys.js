@@ -46,7 +46,7 @@ async function load() {
 function rateText(k) {
   if (k.rate_limit_rps === null || k.rate_limit_rps === undefined) return h("span", { class: "muted" }, "gateway default");
   const algo = k.rate_limit_algorithm === "sliding_window" ? `window ${k.rate_limit_window_seconds}s` : `burst ${k.rate_limit_burst ?? "–"}`;
-  return h("div", null, h("div", null, `${fmtNumber(k.rate_limit_rps)} req/s`), h("div", { class: "cell-sub" }, algo));
+  return h("div", null, h("div", { class: "nowrap" }, `${fmtNumber(k.rate_limit_rps)} req/s`), h("div", { class: "cell-sub" }, algo));
 }
 
 // One quota bar. `used` is null until the gateway reports usage (see loadUsage).
@@ -79,10 +79,11 @@ function render(keys) {
     const tenant = tenants.get(k.tenant_id);
     const live = k.status !== "revoked" && k.status !== "expired";
     const status = [badge(k.status, STATUS_KIND[k.status] ?? "")];
-    if (k.expires_at && live) status.push(h("div", { class: "cell-sub", title: fmtDate(k.expires_at) }, `expires ${fmtRelative(k.expires_at)}`));
+    status.push(h("div", { class: "cell-sub", title: fmtDate(k.created_at) }, `since ${fmtDay(k.created_at)}`));
+    if (k.expires_at && live) status[1] = h("div", { class: "cell-sub", title: fmtDate(k.expires_at) }, `expires ${fmtRelative(k.expires_at)}`);
     return h("tr", { dataset: { id: k.id, prefix: k.key_prefix } },
       h("td", null, h("div", { class: "cell-title" }, k.name),
-        h("div", { class: "cell-sub", title: `created ${fmtDate(k.created_at)}` }, h("code", null, `${k.key_prefix}…`), ` · #${k.id} · ${fmtDay(k.created_at)}`)),
+        h("div", { class: "cell-sub", title: `created ${fmtDate(k.created_at)}` }, h("code", null, `${k.key_prefix}…`), ` · #${k.id}`)),
       h("td", null, tenant ? tenant.name : `#${k.tenant_id}`),
       h("td", null, status),
       h("td", null, rateText(k)),

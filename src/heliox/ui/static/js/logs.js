@@ -1,5 +1,5 @@
 import {
-  ApiError, api, badge, cacheKind, clearErrors, fmtDate, fmtMs, fmtTime, h, itemsOf, listAll,
+  ApiError, api, badge, cacheKind, checkSession, clearErrors, fmtDate, fmtMs, fmtTime, h, itemsOf, listAll,
   reportError, showErrors, statusKind, svgIcon,
 } from "./common.js";
 
@@ -18,6 +18,7 @@ const moreButton = document.getElementById("search-more");
 let source = null;
 let paused = false;
 let buffered = [];
+let missed = 0;
 let nextCursor = null;
 let lastQuery = null;
 
@@ -81,8 +82,11 @@ function connect() {
   source.addEventListener("rows", (event) => {
     const data = JSON.parse(event.data);
     if (paused) {
+      // Only the newest rows are kept while paused; the count says how many arrived.
       buffered.push(...data.rows);
-      setState("paused", `Paused · ${buffered.length} new`);
+      missed += data.rows.length;
+      if (buffered.length > MAX_TAIL_ROWS) buffered.splice(0, buffered.length - MAX_TAIL_ROWS);
+      setState("paused", `Paused · ${missed} new`);
       return;
     }
     addRows(data.rows, data.initial);
@@ -104,8 +108,12 @@ function connect() {
     location.assign("/ui/login?next=" + encodeURIComponent(location.pathname));
   });
   source.addEventListener("error", () => {
-    // EventSource reconnects by itself (the server ends each stream after a few seconds).
-    if (source.readyState === EventSource.CLOSED) setState("down", "Disconnected");
+    // EventSource reconnects by itself (the server ends each stream after a few seconds); it
+    // gives up only when refused, which after a restart or an expiry means: sign in again.
+    if (source.readyState === EventSource.CLOSED) {
+      setState("down", "Disconnected");
+      checkSession();
+    }
   });
 }
 
@@ -113,10 +121,9 @@ function setPaused(value) {
   paused = value;
   toggle.setAttribute("aria-pressed", String(paused));
   toggle.replaceChildren(svgIcon(paused ? "play" : "pause"), h("span", null, paused ? "Resume" : "Pause"));
-  if (!paused && buffered.length) {
-    addRows(buffered, false);
-    buffered = [];
-  }
+  if (!paused && buffered.length) addRows(buffered, false);
+  buffered = [];
+  missed = 0;
   setState(paused ? "paused" : "live", paused ? "Paused" : "Live");
 }
 
@@ -178,6 +185,7 @@ if (filters) {
       tailBody.replaceChildren();
       tailEmpty.hidden = false;
       buffered = [];
+      missed = 0;
       connect();
     });
   }
