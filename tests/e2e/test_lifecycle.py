@@ -191,20 +191,18 @@ def start_asgi_server(
 
 
 @pytest.mark.parametrize(
-    ("server", "target"),
+    ("server", "target", "exit_status"),
     [
-        ("uvicorn", ["uvicorn", "heliox.main:app"]),
-        ("uvicorn-factory", ["uvicorn", "--factory", "heliox.main:create_app"]),
-        ("granian", ["granian", "--interface", "asgi", "heliox.main:app"]),
-        (
-            "granian-factory",
-            ["granian", "--interface", "asgi", "--factory", "heliox.main:create_app"],
-        ),
+        # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly.
+        ("uvicorn", ["uvicorn", "heliox.main:app"], -signal.SIGTERM),
+        ("granian", ["granian", "--interface", "asgi", "--factory", "heliox.main:create_app"], 0),
     ],
 )
 def test_the_documented_asgi_entry_points_serve(
-    tmp_path: Path, upstream: Upstream, server: str, target: list[str]
+    tmp_path: Path, upstream: Upstream, server: str, target: list[str], exit_status: int
 ) -> None:
+    import sqlite3
+
     port = free_port()
     env = gateway_env(upstream)
     proc = start_asgi_server(
@@ -219,38 +217,48 @@ def test_the_documented_asgi_entry_points_serve(
         assert items.status_code == 200
         assert items.headers["x-cache"] in ("MISS", "HIT")
     finally:
-        assert proc.stop() == 0, proc.output()
+        assert proc.stop() == exit_status, proc.output()
+    # The lifespan shutdown ran: the request's log row was flushed to the database.
+    with sqlite3.connect(tmp_path / "heliox.db") as conn:
+        assert conn.execute("SELECT path, status FROM request_logs").fetchall() == [("/items", 200)]
 
 
 # --- heliox keys against running gateways ------------------------------------------------------
-def heliox(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "heliox", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-
-
 def test_keys_from_the_cli_reach_every_running_instance(
-    tmp_path: Path, pg_gateway: Gateway, pg_gateway_b: Gateway
+    pg_gateway: Gateway,
+    pg_gateway_b: Gateway,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    env = {k: v for k, v in pg_gateway.env.items() if k not in ("ADMIN_API_KEY", "SECRET_KEY")}
-    created = heliox(env, tmp_path, "keys", "create", "--tenant", "CloudBridge", "--name", "cli")
-    assert created.returncode == 0, created.stderr
-    key = created.stdout.strip()
-    key_id = int(created.stderr.split("created key ")[1].split()[0])
+    from heliox.cli import main
 
-    def status(gw: Gateway) -> int:
+    for name in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX"):
+        monkeypatch.setenv(name, pg_gateway.env[name])
+    for name in ("ADMIN_API_KEY", "SECRET_KEY"):  # not needed to manage keys
+        monkeypatch.delenv(name, raising=False)
+
+    def heliox(*args: str) -> tuple[int, str, str]:
+        status = main(list(args))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    status, out, err = heliox("keys", "create", "--tenant", "CloudBridge", "--name", "cli")
+    assert status == 0, err
+    key = out.strip()
+    key_id = int(err.split("created key ")[1].split()[0])
+
+    def answer(gw: Gateway) -> int:
         r = httpx.get(f"{gw.url}/g/demo/items", headers={"X-API-Key": key}, timeout=10)
         return r.status_code
 
     for gw in (pg_gateway, pg_gateway_b):
-        wait_until(lambda gw=gw: status(gw) == 200, PROPAGATION, 0.02)  # type: ignore[misc]
-    listed = heliox(env, tmp_path, "keys", "list", "--tenant", "CloudBridge")
-    assert "cli" in listed.stdout and key not in listed.stdout
-    revoked = heliox(env, tmp_path, "keys", "revoke", str(key_id))
-    assert revoked.returncode == 0, revoked.stderr
+        wait_until(lambda gw=gw: answer(gw) == 200, PROPAGATION, 0.02)  # type: ignore[misc]
+    status, out, _ = heliox("keys", "list", "--tenant", "CloudBridge")
+    assert status == 0 and " cli " in out and key not in out
+    status, _, err = heliox("keys", "revoke", str(key_id))
+    assert status == 0, err
     for gw in (pg_gateway, pg_gateway_b):
-        wait_until(lambda gw=gw: status(gw) == 401, PROPAGATION, 0.02)  # type: ignore[misc]
+        wait_until(lambda gw=gw: answer(gw) == 401, PROPAGATION, 0.02)  # type: ignore[misc]
     with pg_gateway.admin() as admin:
         audit = admin.get("/admin/audit", params={"entity_type": "key", "entity_id": key_id})
     actions = [(e["action"], e["actor"].split(":")[0]) for e in audit.json()["items"]]
