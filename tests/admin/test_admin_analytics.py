@@ -238,6 +238,7 @@ async def test_top_keys(seeded: FakeRuntime, client: httpx.AsyncClient) -> None:
     assert first == {
         "key_id": 1,
         "tenant_id": 1,
+        "tenant_name": "Acme",
         "name": "orders-bot",
         "key_prefix": "hx_live_aaaa",
         "requests": 8,
@@ -266,6 +267,7 @@ async def test_top_keys_of_a_deleted_key_have_no_name(
             **items[0],
             "key_id": 77,
             "tenant_id": 1,
+            "tenant_name": None,
             "name": None,
             "key_prefix": None,
             "requests": 1,

@@ -172,6 +172,7 @@ class SummaryOut(RangeOut):
 class TopKeyOut(BaseModel):
     key_id: int
     tenant_id: int | None
+    tenant_name: str | None
     name: str | None = Field(description="null when the key has been deleted")
     key_prefix: str | None
     requests: int
@@ -366,6 +367,7 @@ async def top_keys(
         TopKeyOut(
             key_id=k.key_id,
             tenant_id=k.tenant_id,
+            tenant_name=k.tenant_name,
             name=k.name,
             key_prefix=k.key_prefix,
             requests=k.counts.requests,

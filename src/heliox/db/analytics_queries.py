@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from heliox.db.models import ApiKey, RequestLog
+from heliox.db.models import ApiKey, RequestLog, Tenant
 
 PERCENTILES: tuple[float, ...] = (0.5, 0.95, 0.99)
 ANALYTICS_WORK_MEM = "64MB"
@@ -149,6 +149,7 @@ class Counts:
 class KeyCounts:
     key_id: int
     tenant_id: int | None
+    tenant_name: str | None
     name: str | None
     key_prefix: str | None
     last_seen: datetime | None
@@ -333,18 +334,26 @@ async def top_keys(session: AsyncSession, scope: LogScope, limit: int) -> list[K
         .limit(limit)
         .subquery()
     )
+    tenant_id = func.coalesce(ApiKey.tenant_id, agg.c.log_tenant_id)
     query = (
-        select(agg, ApiKey.tenant_id, ApiKey.name, ApiKey.key_prefix)
+        select(
+            agg,
+            tenant_id.label("tenant_id"),
+            Tenant.name.label("tenant_name"),
+            ApiKey.name,
+            ApiKey.key_prefix,
+        )
         .outerjoin(ApiKey, ApiKey.id == agg.c.key_id)
+        .outerjoin(Tenant, Tenant.id == tenant_id)
         .order_by(agg.c.requests.desc(), agg.c.key_id)
     )
     out = []
     for row in await session.execute(query):
-        tenant_id = row.tenant_id if row.tenant_id is not None else row.log_tenant_id
         out.append(
             KeyCounts(
                 key_id=row.key_id,
-                tenant_id=tenant_id,
+                tenant_id=row.tenant_id,
+                tenant_name=row.tenant_name,
                 name=row.name,
                 key_prefix=row.key_prefix,
                 last_seen=row.last_seen,
