@@ -238,6 +238,12 @@ def cases(max_id: int) -> list[Case]:
             (f"top-keys {window}", "top-keys", w, True),
             (f"top-routes {window}", "top-routes", w, True),
             (f"cache-hit-rate {window}", "cache-hit-rate", w, True),
+            (
+                f"cache-hit-rate {window} series=false",
+                "cache-hit-rate",
+                {**w, "series": "false"},
+                True,
+            ),
             (f"logs {window}", "logs", w, True),
             (f"logs {window} status=5xx", "logs", {**w, "status": "5xx"}, True),
             (f"logs {window} key_id=150", "logs", {**w, "key_id": 150}, True),
@@ -252,6 +258,12 @@ def cases(max_id: int) -> list[Case]:
         ("logs route=legacy limit=1000", "logs", {"route": "legacy", "limit": 1000}, False),
         ("logs path_prefix", "logs", {"path_prefix": "/g/legacy/items/42"}, False),
         ("logs path_prefix no match, no window", "logs", {"path_prefix": "/nope"}, False),
+        (
+            "cache-hit-rate 7d series=false",
+            "cache-hit-rate",
+            {"window": "7d", "series": "false"},
+            False,
+        ),
         ("cache-hit-rate 7d (5m buckets)", "cache-hit-rate", {"window": "7d"}, False),
     ]
     return out

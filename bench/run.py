@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import gateway, machine, nginx, services, wrk
 from benchkit import http as bhttp
-from benchkit.cpu import ForeignLoad
+from benchkit.cpu import CpuMeter, Usage
 from benchkit.procs import Processes, exit_on_signals, set_niceness
-from benchkit.report import EMBEDDED, HIT, LATENCY, MISS, REDIS, Report, Row
+from benchkit.report import EMBEDDED, HIT, LATENCY, MISS, REDIS, Report, Row, fmt_time
 
 MODE_LABEL = {EMBEDDED: "Heliox embedded", REDIS: "Heliox Redis+PG"}
 DEFAULT_PG = os.environ.get(
@@ -97,8 +97,15 @@ def say(message: str) -> None:
 @dataclass
 class Timed:
     result: wrk.WrkResult
-    foreign: float | None  # share of the server CPU other processes used meanwhile
+    usage: Usage
     upstream_calls: int
+
+
+@dataclass
+class Endpoint:
+    label: str
+    url: str
+    pids: list[int]  # the processes serving it (their CPU time is the cost of its requests)
 
 
 class Bench:
@@ -113,13 +120,12 @@ class Bench:
         self.server_cpu: int | None = args.server_cpu if pin else None
         self.client_cpu: int | None = args.client_cpu if pin else None
         self.upstream_calls: Callable[[], int] = lambda: 0
-        self.foreign = ForeignLoad(self.server_cpu)
+        self.meter = CpuMeter(self.server_cpu)
 
     def measure(
         self,
         case: str,
-        server: str,
-        url: str,
+        ep: Endpoint,
         connections: int,
         headers: dict[str, str],
         *,
@@ -127,40 +133,41 @@ class Bench:
         mode: str | None = None,
         direct: Row | None = None,
     ) -> Row:
-        self._wrk(url, connections, self.warmup, headers)  # pools filled, caches primed
+        self._wrk(ep.url, connections, self.warmup, headers)  # pools filled, caches primed
         runs = [
-            self._timed(url, connections, duration or self.args.duration, headers)
+            self._timed(ep, connections, duration or self.args.duration, headers)
             for _ in range(self.args.repeat)
         ]
-        return self._record(case, server, connections, runs, mode=mode, direct=direct)
+        return self._record(case, ep.label, connections, runs, mode=mode, direct=direct)
 
     def measure_pair(
         self,
         case: str,
         connections: int,
-        baseline: tuple[str, str],
-        heliox: tuple[str, str],
+        ng: Endpoint,
+        gw: Endpoint,
         headers: dict[str, str],
         mode: str,
     ) -> None:
         """nginx and Heliox run by turns, so both see the same machine (and its neighbours)."""
-        (ng_label, ng_url), (gw_label, gw_url) = baseline, heliox
-        self._wrk(ng_url, connections, self.warmup, headers)
-        self._wrk(gw_url, connections, self.warmup, headers)
+        self._wrk(ng.url, connections, self.warmup, headers)
+        self._wrk(gw.url, connections, self.warmup, headers)
         ng_runs: list[Timed] = []
         gw_runs: list[Timed] = []
         for _ in range(self.args.repeat):
-            ng_runs.append(self._timed(ng_url, connections, self.args.duration, headers))
-            gw_runs.append(self._timed(gw_url, connections, self.args.duration, headers))
-        base = self._record(case, ng_label, connections, ng_runs)
-        self._record(case, gw_label, connections, gw_runs, mode=mode, baseline=base)
+            ng_runs.append(self._timed(ng, connections, self.args.duration, headers))
+            gw_runs.append(self._timed(gw, connections, self.args.duration, headers))
+        base = self._record(case, ng.label, connections, ng_runs)
+        self._record(case, gw.label, connections, gw_runs, mode=mode, baseline=base)
 
-    def _timed(self, url: str, connections: int, duration: float, headers: dict[str, str]) -> Timed:
+    def _timed(
+        self, ep: Endpoint, connections: int, duration: float, headers: dict[str, str]
+    ) -> Timed:
         before = self.upstream_calls()
-        self.foreign.start(self.procs.pids())
-        result = self._wrk(url, connections, duration, headers)
-        foreign = self.foreign.stop(self.procs.pids())
-        return Timed(result, foreign, self.upstream_calls() - before)
+        self.meter.start(self.procs.pids(), ep.pids)
+        result = self._wrk(ep.url, connections, duration, headers)
+        usage = self.meter.stop(self.procs.pids(), ep.pids)
+        return Timed(result, usage, self.upstream_calls() - before)
 
     def _record(
         self,
@@ -174,10 +181,13 @@ class Bench:
         direct: Row | None = None,
     ) -> Row:
         result = wrk.combine([t.result for t in runs])
-        shares = [t.foreign for t in runs if t.foreign is not None]
+        shares = [t.usage.foreign for t in runs if t.usage.foreign is not None]
+        cpu = [t.usage.path_seconds for t in runs if t.usage.path_seconds is not None]
         upstream_calls = sum(t.upstream_calls for t in runs)
         row = Row(case, server, connections, result, mode=mode, baseline=baseline, direct=direct)
         row.foreign = statistics.mean(shares) if shares else None
+        if len(cpu) == len(runs) and result.requests:
+            row.cpu_per_request = sum(cpu) / result.requests
         row.upstream_calls = upstream_calls
         self.report.rows.append(row)
         flag = "  FLAGGED: mostly errors" if result.flagged else ""
@@ -187,6 +197,7 @@ class Bench:
         say(
             f"{case:7} {server:22} c={connections:<4} {result.rps:>9,.0f} req/s{spread}  "
             f"p50 {result.p50 * 1e3:7.2f} ms  p99 {result.p99 * 1e3:7.2f} ms  "
+            f"CPU/req {fmt_time(row.cpu_per_request) or '-'}  "
             f"errors {result.errors}  upstream calls {upstream_calls}  "
             f"others on CPU {'-' if row.foreign is None else f'{row.foreign:.0%}'}{flag}"
         )
@@ -232,29 +243,18 @@ def run(args: argparse.Namespace, tools: machine.Tools, report: Report, workdir:
         ng = nginx.start(procs, tools.nginx, up.port, bench.server_cpu)
         say(f"upstream :{up.port}, nginx proxy_cache :{ng.cache_port}, proxy_pass :{ng.pass_port}")
         items = gateway.ITEMS
+        up_pid = [up.proc.pid]
+        ng_pids = [ng.proc.pid, up.proc.pid]  # the upstream idles through a HIT: costs ~0
+        ng_cache = Endpoint("nginx proxy_cache", ng.cache_url + items, ng_pids)
+        ng_pass = Endpoint("nginx proxy_pass", ng.pass_url + items, ng_pids)
+        short = bench.latency_duration
 
         direct = bench.measure(
-            LATENCY, "upstream direct", up.url + items, 1, {}, duration=bench.latency_duration
+            LATENCY, Endpoint("upstream direct", up.url + items, up_pid), 1, {}, duration=short
         )
-        bench.measure(
-            LATENCY,
-            "nginx proxy_pass",
-            ng.pass_url + items,
-            1,
-            {},
-            duration=bench.latency_duration,
-            direct=direct,
-        )
-        bench.measure(
-            LATENCY,
-            "nginx proxy_cache HIT",
-            ng.cache_url + items,
-            1,
-            {},
-            duration=bench.latency_duration,
-            direct=direct,
-        )
-        check_hit(ng.cache_url + items, {}, "x-cache-status", "nginx")
+        for ep in (ng_pass, Endpoint("nginx proxy_cache HIT", ng_cache.url, ng_pids)):
+            bench.measure(LATENCY, ep, 1, {}, duration=short, direct=direct)
+        check_hit(ng_cache.url, {}, "x-cache-status", "nginx")
 
         for mode in args.modes:
             env: dict[str, str] = {}
@@ -266,35 +266,23 @@ def run(args: argparse.Namespace, tools: machine.Tools, report: Report, workdir:
             gw = gateway.start_gateway(procs, mode, up, env, bench.server_cpu)
             gateway.prepare(gw, up)
             key = {"X-API-Key": gw.api_key}
-            hit_url = f"{gw.url}/g/{gateway.CACHED_ROUTE}{items}"
-            pass_url = f"{gw.url}/g/{gateway.PASS_ROUTE}{items}"
-            check_hit(hit_url, key, "x-cache", label)
-            for case, ng_label, ng_url, gw_url in (
-                (HIT, "nginx proxy_cache", ng.cache_url + items, hit_url),
-                (MISS, "nginx proxy_pass", ng.pass_url + items, pass_url),
-            ):
+            gw_pids = [gw.proc.pid, up.proc.pid]
+            hit = Endpoint(label, f"{gw.url}/g/{gateway.CACHED_ROUTE}{items}", gw_pids)
+            miss = Endpoint(label, f"{gw.url}/g/{gateway.PASS_ROUTE}{items}", gw_pids)
+            check_hit(hit.url, key, "x-cache", label)
+            for case, ng_ep, gw_ep in ((HIT, ng_cache, hit), (MISS, ng_pass, miss)):
                 for c in args.concurrency:
-                    bench.measure_pair(case, c, (ng_label, ng_url), (label, gw_url), key, mode)
-            bench.measure(
-                LATENCY,
-                f"{label} MISS",
-                pass_url,
-                1,
-                key,
-                duration=bench.latency_duration,
-                direct=direct,
-                mode=mode,
-            )
-            bench.measure(
-                LATENCY,
-                f"{label} HIT",
-                hit_url,
-                1,
-                key,
-                duration=bench.latency_duration,
-                direct=direct,
-                mode=mode,
-            )
+                    bench.measure_pair(case, c, ng_ep, gw_ep, key, mode)
+            for suffix, ep in (("MISS", miss), ("HIT", hit)):
+                bench.measure(
+                    LATENCY,
+                    Endpoint(f"{label} {suffix}", ep.url, ep.pids),
+                    1,
+                    key,
+                    duration=short,
+                    direct=direct,
+                    mode=mode,
+                )
             gw.proc.check_alive()
             procs.stop(gw.proc)
             if backends is not None:

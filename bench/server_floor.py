@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import gateway, machine, nginx, wrk
 from benchkit import http as bhttp
-from benchkit.cpu import ForeignLoad
+from benchkit.cpu import CpuMeter
 from benchkit.procs import (
     Proc,
     Processes,
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server_cpu, client_cpu = (0, 1) if pin else (None, None)
     workdir = Path(tempfile.mkdtemp(prefix="heliox-floor-"))
     procs = Processes(workdir)
-    foreign = ForeignLoad(server_cpu)
+    meter = CpuMeter(server_cpu)
     rows: list[list[str]] = []
     try:
         up = gateway.start_upstream(procs, server_cpu)
@@ -81,19 +81,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 url, connections=args.connections, duration=duration, headers={}, cpu=client_cpu
             )
 
-        def measure(label: str, url: str) -> wrk.WrkResult:
+        def measure(label: str, url: str, pids: list[int]) -> tuple[float, float | None]:
             drive(url, 2)
-            foreign.start(procs.pids())
+            meter.start(procs.pids(), pids)
             result = drive(url, args.duration)
-            share = foreign.stop(procs.pids())
-            say(f"{label:32} {result.rps:>9,.0f} req/s  others on CPU {fmt_share(share)}")
+            usage = meter.stop(procs.pids(), pids)
+            cpu = usage.path_seconds / result.requests if usage.path_seconds else None
+            say(f"{label:32} {result.rps:>9,.0f} req/s  CPU/req {fmt_time(cpu)}")
             rows.append(
                 [label, f"{result.rps:,.0f}", fmt_time(result.p50), fmt_time(result.p99),
-                 str(result.errors), fmt_share(share)]
+                 str(result.errors), fmt_share(usage.foreign), fmt_time(cpu)]
             )  # fmt: skip
-            return result
+            return result.rps, cpu
 
-        base = measure("nginx proxy_cache HIT", ng.cache_url + gateway.ITEMS)
+        base_rps, base_cpu = measure(
+            "nginx proxy_cache HIT", ng.cache_url + gateway.ITEMS, [ng.proc.pid]
+        )
+        rows[0] += ["1.00", "1.00"]
         for label, options, app in VARIANTS:
             port = free_port()
             cmd = [sys.executable, "-m", "granian", *options, "--host", "127.0.0.1"]
@@ -107,15 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return bhttp.get(f"http://127.0.0.1:{port}/", timeout=1).status == 200
 
             wait_until(ready, f"granian {label}", timeout=30)
-            result = measure(f"granian {label}", f"http://127.0.0.1:{port}/")
-            rows[-1].append(f"{result.rps / base.rps:.2f}")
+            rps, cpu = measure(f"granian {label}", f"http://127.0.0.1:{port}/", [proc.pid])
+            rows[-1].append(f"{rps / base_rps:.2f}")
+            rows[-1].append(f"{base_cpu / cpu:.2f}" if base_cpu and cpu else "")
             procs.stop(proc)
-        rows[0].append("1.00")
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     head = [f"server (c={args.connections})", "req/s", "p50", "p99", "errors", "others on CPU",
-            "req/s vs nginx"]  # fmt: skip
+            "CPU/req", "req/s vs nginx", "req/CPU-s vs nginx"]  # fmt: skip
     print(text_table(head, rows))
     return 0
 

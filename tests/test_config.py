@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,45 @@ def test_effective_settings_lists_every_setting_with_secrets_masked(
     assert values["DATABASE_URL"][0] == "postgresql+asyncpg://app:****@db.example.com:5432/heliox"
     assert values["SHUTDOWN_TIMEOUT"] == ("30.0", "default")
     assert values["DEPLOYMENT_MODE"][0] == "production"
+
+
+# --- .env.example ---------------------------------------------------------------------------------
+ENV_EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"
+ASSIGNMENT = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+def env_example() -> tuple[dict[str, str], dict[str, str]]:
+    """(set, commented-out) assignments of .env.example."""
+    active: dict[str, str] = {}
+    commented: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = ASSIGNMENT.match(line.strip())
+        if match:
+            (commented if match.group(1) else active)[match.group(2)] = match.group(3)
+    return active, commented
+
+
+def shown(default: object) -> str:
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    return "" if default is None else str(default)
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    active, commented = env_example()
+    fields = {name.upper(): field for name, field in Settings.model_fields.items()}
+    assert sorted(set(fields) - set(active) - set(commented)) == []
+    for name, value in commented.items():
+        if name in fields:
+            assert value == shown(fields[name].default), name
+
+
+def test_env_example_as_given_is_a_valid_production_configuration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    active, _ = env_example()
+    for name, value in active.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.deployment_mode == "production"
+    assert settings.database_url.startswith("postgresql+asyncpg://")

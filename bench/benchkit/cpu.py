@@ -51,28 +51,46 @@ class Sample:
     busy: int
     total: int
     ours: int
+    path: int
 
 
-class ForeignLoad:
-    """Share of one CPU used by processes other than `pids` between `start()` and `stop()`."""
+@dataclass
+class Usage:
+    foreign: float | None  # share of the CPU used by processes that are not ours
+    path_seconds: float | None  # CPU time of the processes serving the measured requests
+
+
+class CpuMeter:
+    """What happened on the server CPU between `start()` and `stop()`.
+
+    `ours` are all the processes this run started; `path` those that serve the requests being
+    measured (the server, and the upstream behind it). CPU time per request is independent of
+    what else the machine does, unlike requests per second, so it is the steadier figure on a
+    shared machine.
+    """
 
     def __init__(self, cpu: int | None) -> None:
         self.cpu = cpu
         self._start: Sample | None = None
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-    def _sample(self, pids: Iterable[int]) -> Sample | None:
-        if self.cpu is None or not os.path.exists("/proc/stat"):
+    def _sample(self, ours: Iterable[int], path: Iterable[int]) -> Sample | None:
+        if not os.path.exists("/proc/stat"):
             return None
-        busy, total = cpu_ticks(self.cpu)
-        return Sample(busy, total, process_ticks(pids))
+        busy, total = cpu_ticks(self.cpu) if self.cpu is not None else (0, 0)
+        return Sample(busy, total, process_ticks(ours), process_ticks(path))
 
-    def start(self, pids: Iterable[int]) -> None:
-        self._start = self._sample(pids)
+    def start(self, ours: Iterable[int], path: Iterable[int]) -> None:
+        self._start = self._sample(ours, path)
 
-    def stop(self, pids: Iterable[int]) -> float | None:
-        end = self._sample(pids)
-        if self._start is None or end is None or end.total <= self._start.total:
-            return None
-        busy = end.busy - self._start.busy
-        ours = end.ours - self._start.ours
-        return max(0.0, (busy - ours) / (end.total - self._start.total))
+    def stop(self, ours: Iterable[int], path: Iterable[int]) -> Usage:
+        end = self._sample(ours, path)
+        first = self._start
+        if first is None or end is None:
+            return Usage(None, None)
+        path_seconds = (end.path - first.path) / self._hz
+        if self.cpu is None or end.total <= first.total:
+            return Usage(None, path_seconds)
+        busy = end.busy - first.busy
+        mine = end.ours - first.ours
+        return Usage(max(0.0, (busy - mine) / (end.total - first.total)), path_seconds)

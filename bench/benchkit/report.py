@@ -27,6 +27,7 @@ class Row:
     baseline: Row | None = None  # the nginx row this one is compared with
     direct: Row | None = None  # latency rows: the upstream called directly
     foreign: float | None = None  # share of the server CPU used by other processes meanwhile
+    cpu_per_request: float | None = None  # CPU seconds the serving processes spent per request
     upstream_calls: int | None = None
 
     @property
@@ -40,6 +41,14 @@ class Row:
         if self.baseline is None or not self.baseline.result.p99:
             return None
         return self.result.p99 / self.baseline.result.p99
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """Requests per CPU-second relative to nginx: the req/s ratio of an otherwise idle CPU."""
+        base = self.baseline.cpu_per_request if self.baseline else None
+        if not base or not self.cpu_per_request:
+            return None
+        return base / self.cpu_per_request
 
     @property
     def added_p50(self) -> float | None:
@@ -133,6 +142,8 @@ class Report:
                     "added_p99": _round(r.added_p99, 7),
                     "compared_with": r.baseline.server if r.baseline else None,
                     "server_cpu_used_by_others": _round(r.foreign),
+                    "cpu_seconds_per_request": _round(r.cpu_per_request, 9),
+                    "requests_per_cpu_second_ratio": _round(r.cpu_ratio),
                     "upstream_calls": r.upstream_calls,
                 }
                 for r in self.rows
@@ -176,7 +187,7 @@ def _verdicts(row: Row) -> str:
 
 NUMERIC = frozenset(
     {"c", "req/s", "p50", "p99", "added p50", "added p99", "req/s vs nginx", "p99 vs nginx",
-     "others on CPU"}
+     "others on CPU", "CPU/req", "req/CPU-s vs nginx"}
 )  # fmt: skip
 
 
@@ -185,8 +196,8 @@ def fmt_share(v: float | None) -> str:
 
 
 def throughput_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    head = ["case", "server", "c", "req/s", "p50", "p99", "errors", "others on CPU",
-            "req/s vs nginx", "p99 vs nginx", "targets"]  # fmt: skip
+    head = ["case", "server", "c", "req/s", "p50", "p99", "errors", "others on CPU", "CPU/req",
+            "req/s vs nginx", "req/CPU-s vs nginx", "p99 vs nginx", "targets"]  # fmt: skip
     body = [
         [
             r.case,
@@ -197,7 +208,9 @@ def throughput_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
             fmt_time(r.result.p99),
             fmt_errors(r.result),
             fmt_share(r.foreign),
+            fmt_time(r.cpu_per_request),
             fmt_ratio(r.rps_ratio),
+            fmt_ratio(r.cpu_ratio),
             fmt_ratio(r.p99_ratio, "x"),
             _verdicts(r),
         ]
@@ -208,7 +221,7 @@ def throughput_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
 
 def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     head = ["server (c=1)", "req/s", "p50", "p99", "added p50", "added p99", "errors",
-            "others on CPU"]  # fmt: skip
+            "others on CPU", "CPU/req"]  # fmt: skip
     body = [
         [
             r.server,
@@ -219,6 +232,7 @@ def latency_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
             fmt_time(r.added_p99),
             fmt_errors(r.result),
             fmt_share(r.foreign),
+            fmt_time(r.cpu_per_request),
         ]
         for r in rows
     ]
@@ -246,6 +260,8 @@ def summary_lines(report: Report) -> list[str]:
     lines = []
     for t in report.targets:
         value = "n/a" if t.value is None else f"{t.value:.2f}"
+        if t.label.startswith("req/s") and t.row.cpu_ratio is not None:
+            value += f" (by CPU/req: {t.row.cpu_ratio:.2f})"
         lines.append(
             f"{t.row.case} {t.row.server} c={t.row.connections}: {t.label} -> {value}: {t.verdict}"
         )
@@ -264,7 +280,10 @@ def machine_line(machine: dict[str, object]) -> str:
 LEGEND = (
     '"others on CPU": share of the server CPU used by processes other than the measured ones '
     "during the run (other users' jobs; in Redis mode also Redis and PostgreSQL when the kernel "
-    "runs them there). High values mean the figures are depressed by contention, not slowness."
+    "runs them there); high values mean contention depressed the figures. "
+    '"CPU/req": CPU time the serving processes (the server, and the upstream behind it) spent '
+    'per request, which contention does not change; "req/CPU-s vs nginx" is nginx\'s CPU/req '
+    "over Heliox's, the req/s ratio to expect on an otherwise idle CPU."
 )
 
 

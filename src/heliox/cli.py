@@ -47,6 +47,7 @@ environment (the main ones; `heliox config show` lists every setting and its val
   AUTO_SEED           seed the sample tenants, keys and routes (default: on in demo mode)
   DEPLOYMENT_MODE     demo | production (default: demo unless DATABASE_URL or REDIS_URL is set)
   LOG_LEVEL           DEBUG | INFO | WARNING | ERROR
+  EXAMPLE_UPSTREAM_URL  where the seeded routes point (default http://127.0.0.1:8001)
   see docs/deployment.md for connection options, pool sizes, timeouts and shutdown
 """
 SERVE_ENV_HELP = """\
@@ -331,6 +332,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     from granian.constants import Interfaces
     from granian.server import Server
+
+    if args.workers > 1 and "HELIOX_METRICS_DIR" not in os.environ:
+        # Workers merge their metrics through this folder, so any of them answers a scrape right.
+        import tempfile
+
+        os.environ["HELIOX_METRICS_DIR"] = tempfile.mkdtemp(prefix="heliox-metrics-")
 
     _progress(
         f"gateway listening on http://{args.host}:{args.port} ({settings.deployment_mode} mode)"

@@ -336,6 +336,15 @@ async def test_cache_hit_rate_by_route_and_series(
     assert series[5]["p95_ms"] is None
 
 
+async def test_cache_hit_rate_without_series(
+    seeded: FakeRuntime, client: httpx.AsyncClient
+) -> None:
+    full = await get_json(client, "/admin/analytics/cache-hit-rate", **RANGE)
+    lean = await get_json(client, "/admin/analytics/cache-hit-rate", series="false", **RANGE)
+    assert lean["series"] == []
+    assert lean["by_route"] == full["by_route"]
+
+
 async def test_series_buckets_align_and_cut_at_until(
     seeded: FakeRuntime, client: httpx.AsyncClient
 ) -> None:

@@ -116,8 +116,8 @@ def test_tables_carry_ratios_and_added_latency() -> None:
     assert body[1][4] == "300 µs"  # p50 0.5 ms minus 0.2 ms
     pair = _pair(report.HIT, report.EMBEDDED, 2_500, 0.020)
     _head, body = report.throughput_table([pair.baseline, pair])  # type: ignore[list-item]
-    assert body[1][8:10] == ["0.25", "2.00x"]
-    assert "missed" in body[1][10] and "met" in body[1][10]
+    assert body[1][9] == "0.25" and body[1][11] == "2.00x"
+    assert "missed" in body[1][12] and "met" in body[1][12]
 
 
 def test_nginx_config_renders_every_placeholder(tmp_path: Path) -> None:
