@@ -144,10 +144,11 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 class GracefulShutdown:
     """ASGI wrapper used by `heliox serve`: in-flight requests get SHUTDOWN_TIMEOUT, no more.
 
-    On SIGTERM/SIGINT granian stops accepting and waits for every in-flight request before it
-    runs the lifespan shutdown (which flushes the log queue): with no deadline one hung upstream
-    holds the process forever. After `timeout` seconds the requests still running are cancelled,
-    so the shutdown (and the log flush) always happens.
+    On SIGTERM/SIGINT granian stops accepting and waits for every in-flight request, however
+    long, before it runs the lifespan shutdown (which flushes the log queue). After `timeout`
+    seconds the requests still running are cancelled (503 if nothing was sent yet), so the
+    shutdown and the flush always happen; `settle` makes sure no request is still to be logged
+    when the flush starts.
     """
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], timeout: float):
@@ -230,6 +231,9 @@ class GracefulShutdown:
         if self.draining:
             return
         self.draining = True
+        runtime = getattr(self.app, "runtime", None)
+        if runtime is not None:
+            runtime.draining = True  # long-lived streams (the UI's SSE) end at their next tick
         if self.inflight:
             log.info(
                 "shutting down: waiting up to %g s for %d requests in flight",

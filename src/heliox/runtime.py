@@ -114,6 +114,7 @@ class Runtime:
         self.jobs: JobScheduler | None = None  # periodic jobs, when BACKGROUND_JOBS is on
         self._reload_lock = asyncio.Lock()
         self.started = False
+        self.draining = False  # set when the server begins to shut down
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

@@ -337,10 +337,6 @@ def test_gateway_over_tls_redis_uses_the_db_index_from_the_url(
         client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="heliox.state.redis_pipe builds its own TLS context and ignores ssl_ca_certs",
-)
 async def test_redis_client_verifies_tls_with_the_ca_from_the_url(tls_redis: TlsRedis) -> None:
     from heliox.config import load_settings
     from heliox.runtime import _redis_client

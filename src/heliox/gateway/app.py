@@ -10,6 +10,7 @@ Everything the steps read comes from the in-memory snapshot; nothing here touche
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -101,6 +102,9 @@ class Gateway:
             await self._serve(scope, receive, sender, headers, ex, peer_host)
         except ClientGone:
             ex.status = ex.status or 499
+        except asyncio.CancelledError:
+            ex.status = ex.status or 503  # cut at the shutdown deadline
+            raise
         finally:
             ua = header_value(headers, b"user-agent")
             ex.user_agent = ua.decode("latin-1")[:500] if ua else ""

@@ -191,10 +191,8 @@ class PipelinedRedis(aioredis.Redis):
         if "host" in kw and not kw.get("decode_responses"):
             ctx = None
             if issubclass(self.connection_pool.connection_class, aioredis.SSLConnection):
-                ctx = ssl.create_default_context()
-                if kw.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                    ctx.check_hostname = False
-                    ctx.verify_mode = ssl.CERT_NONE
+                # redis-py's own context: CA file, client certificate and verify mode from the URL.
+                ctx = aioredis.SSLConnection(**kw).ssl_context.get()
             self.pipe = RedisPipe(
                 kw["host"],
                 int(kw.get("port", 6379)),
