@@ -130,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spy is None:
         missing.append("py-spy (.venv/bin/pip install py-spy)")
     if missing:
-        say(f"missing: {', '.join(missing)}; {machine.INSTALL_HINT}")
+        hint = f"; {machine.install_hint(tools.missing)}" if tools.missing else ""
+        say(f"missing: {', '.join(missing)}{hint}")
         return 2
     assert spy is not None
     modes = [m for m in args.modes.split(",") if m]

@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_niceness(args.nice)
     tools = machine.find_tools()
     if tools.missing:
-        say(f"missing: {', '.join(tools.missing)}; {machine.INSTALL_HINT}")
+        say(f"missing: {', '.join(tools.missing)}; {machine.install_hint(tools.missing)}")
         return 2
     problem = machine.heliox_importable()
     if problem:

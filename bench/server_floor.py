@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_niceness(args.nice)
     tools = machine.find_tools()
     if tools.missing:
-        say(f"missing: {', '.join(tools.missing)}; {machine.INSTALL_HINT}")
+        say(f"missing: {', '.join(tools.missing)}; {machine.install_hint(tools.missing)}")
         return 2
     pin = (os.cpu_count() or 1) >= 2
     server_cpu, client_cpu = (0, 1) if pin else (None, None)

@@ -16,6 +16,18 @@ INSTALL_HINT = (
     "install them with: apt-get install -y nginx-light wrk   "
     "(Debian/Ubuntu; the `nginx` package works too; prefix with sudo when not root)"
 )
+# What to apt-get for each missing tool.
+PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "taskset": "util-linux"}
+
+
+def install_hint(missing: list[str]) -> str:
+    packages = [PACKAGES[m] for m in missing if m in PACKAGES]
+    if not packages:
+        return INSTALL_HINT
+    return (
+        f"install with: apt-get install -y {' '.join(packages)}   (Debian/Ubuntu; for nginx the "
+        "`nginx` package works too; prefix with sudo when not root)"
+    )
 
 
 @dataclass
@@ -34,7 +46,7 @@ def find_tools() -> Tools:
     if wrk is None:
         missing.append("wrk")
     if shutil.which("taskset") is None:
-        missing.append("taskset (package util-linux)")
+        missing.append("taskset")
     return Tools(ng or "", wrk or "", missing)
 
 

@@ -82,7 +82,7 @@ def unavailable(pg_admin_dsn: str, redis_url: str) -> str | None:
     try:
         asyncio.run(_pg(pg_admin_dsn, "SELECT 1"))
     except Exception as exc:
-        return f"PostgreSQL at {pg_admin_dsn} is not reachable ({exc!r})"
+        return f"PostgreSQL at {pg_admin_dsn} is not reachable ({type(exc).__name__}: {exc})"
     try:
         import redis
 
@@ -92,7 +92,7 @@ def unavailable(pg_admin_dsn: str, redis_url: str) -> str | None:
         finally:
             client.close()
     except Exception as exc:
-        return f"Redis at {redis_url} is not reachable ({exc!r})"
+        return f"Redis at {redis_url} is not reachable ({type(exc).__name__}: {exc})"
     return None
 
 

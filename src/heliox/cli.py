@@ -335,6 +335,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 0
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
     from granian.server import Server
 
     if args.workers > 1 and "HELIOX_METRICS_DIR" not in os.environ:
@@ -356,6 +357,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
         log_access=False,
         backlog=2048,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=math.ceil(settings.http_header_read_timeout * 1000),
+            max_buffer_size=settings.max_header_bytes,
+        ),
         # Last resort for a worker that neither drains nor flushes in time (it is killed).
         workers_kill_timeout=math.ceil(settings.shutdown_timeout) + STOP_GRACE_SECONDS,
     ).serve()

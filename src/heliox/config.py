@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         "", description="Comma-separated CIDRs whose X-Forwarded-For is trusted"
     )
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    # Slow heads (slowloris) are dropped after this; a request head over this size is 431.
+    http_header_read_timeout: float = Field(30.0, gt=0, le=60)
+    max_header_bytes: int = Field(64 * 1024, ge=8192)
     # As nginx's proxy_cache_lock_timeout / proxy_cache_lock_age: how long requests wait for
     # another's fill of the same entry, and how long a fill may hold the lock.
     cache_lock_timeout: float = Field(5.0, gt=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from heliox.db.analytics_queries import PERCENTILES, interpolate_percentile
+from heliox.db.analytics_queries import PERCENTILES, _together, interpolate_percentile
 from heliox.db.engine import make_engine, make_session_factory
 from heliox.db.migrate import upgrade_database
 from heliox.db.models import ApiKey, RequestLog, Tenant
@@ -645,3 +646,36 @@ async def test_postgresql_gives_the_same_numbers_as_sqlite(pg_url: str, sqlite_u
     sqlite_answers, pg_answers = answers
     assert sqlite_answers["summary?" + urlencode(RANGE)]["latency_ms"]["p95"] == 72.5
     assert_same(sqlite_answers, pg_answers)
+
+
+# --- failures ------------------------------------------------------------------------------------
+async def test_database_down_is_503(tmp_path: Path) -> None:
+    # Nothing listens on port 1: every connection attempt is refused at once.
+    engine = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none", pool_size=1)
+    runtime = FakeRuntime(settings=make_settings(), session_factory=make_session_factory(engine))
+    try:
+        async with client_for(build_app(runtime)) as client:
+            for endpoint in ENDPOINTS:
+                response = await client.get(f"/admin/analytics/{endpoint}")
+                assert_problem(response, 503)
+                assert response.headers["retry-after"]
+    finally:
+        await engine.dispose()
+
+
+async def test_side_by_side_work_fails_with_the_first_error_and_stops_the_rest() -> None:
+    stopped = asyncio.Event()
+
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    async def waits() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    with pytest.raises(ValueError, match="boom"):
+        await _together(waits(), fails())
+    assert stopped.is_set()
+    assert await _together(asyncio.sleep(0, "a"), asyncio.sleep(0, "b")) == ["a", "b"]

@@ -105,7 +105,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     sync = redis.Redis.from_url(url)
     try:
         keys = list(sync.scan_iter(match=prefix + "*", count=1000))
-        without_ttl = [k for k in keys if sync.pttl(k) < 0]
+        without_ttl = [k for k in keys if sync.pttl(k) == -1]
         assert without_ttl == [], f"keys left without a TTL: {without_ttl}"
     finally:
         sync.close()

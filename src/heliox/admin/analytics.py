@@ -11,7 +11,6 @@ cacheable) and requests answered before the cache (no X-Cache) are not lookups.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -333,8 +332,7 @@ async def summary(
     key_id: KeyFilter = None,
 ) -> SummaryOut:
     """Totals for the dashboard: traffic, errors, cache, latency, upstream calls saved."""
-    async with admin.read() as session:
-        c = await q.summary(session, _scope(r, route, tenant_id, key_id))
+    c = await q.summary(admin.read, _scope(r, route, tenant_id, key_id))
     return SummaryOut(
         **_range_fields(r),
         requests=c.requests,
@@ -361,8 +359,7 @@ async def top_keys(
     tenant_id: TenantFilter = None,
 ) -> TopKeysOut:
     """The busiest API keys (requests without a key are left out). Never shows key material."""
-    async with admin.read() as session:
-        rows = await q.top_keys(session, _scope(r, route, tenant_id), limit)
+    rows = await q.top_keys(admin.read, _scope(r, route, tenant_id), limit)
     items = [
         TopKeyOut(
             key_id=k.key_id,
@@ -393,8 +390,7 @@ async def top_routes(
     key_id: KeyFilter = None,
 ) -> TopRoutesOut:
     """The busiest routes, with error and cache hit rates and latency percentiles."""
-    async with admin.read() as session:
-        groups = await q.by_route(session, _scope(r, None, tenant_id, key_id), limit)
+    groups = await q.by_route(admin.read, _scope(r, None, tenant_id, key_id), limit)
     items = [
         TopRouteOut(
             route_name=g.group,
@@ -454,17 +450,9 @@ async def cache_hit_rate(
     since_epoch = int(r.since.timestamp()) // width * width
     aligned = TimeRange(r.label, datetime.fromtimestamp(since_epoch, UTC), r.until)
     scope = _scope(aligned, route, tenant_id, key_id)
-    points: list[q.GroupCounts] = []
-    if not series:
-        async with admin.read() as session:
-            routes = await q.cache_by_route(session, scope, MAX_ROUTES)
-    else:
-        # Two independent scans: on two connections they run side by side on the database.
-        async with admin.read() as routes_session, admin.read() as series_session:
-            routes, points = await asyncio.gather(
-                q.cache_by_route(routes_session, scope, MAX_ROUTES),
-                q.series(series_session, scope, width),
-            )
+    routes, points = await q.cache_overview(
+        admin.read, scope, MAX_ROUTES, width if series else None
+    )
     by_route = [
         RouteCacheOut(
             route=r.route,
@@ -605,8 +593,7 @@ async def logs(
         before_id=before_id,
         after_id=after_id,
     )
-    async with admin.read() as session:
-        rows = await q.log_page(session, query)
+    rows = await q.log_page(admin.read, query)
     has_more = len(rows) > limit
     items = [LogOut.model_validate(row) for row in rows[:limit]]
     if after_id is not None:

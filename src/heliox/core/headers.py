@@ -7,6 +7,7 @@ Response headers come from whatever upstream and client library, so those are lo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
@@ -351,8 +352,13 @@ def host_problem(headers: Headers, *, http_version: str | None = None) -> str | 
     hosts = header_values(headers, b"host")
     if len(hosts) > 1:
         return "Host is sent more than once"
-    if not hosts:
-        return "Host header is missing" if http_version == "1.1" else None
-    if not hosts[0] or not is_valid_header_value(hosts[0]):
-        return "Host header is empty or malformed"
+    if not hosts or not hosts[0]:
+        # granian hands the application an empty Host when the client sent none.
+        return "Host header is missing or empty" if http_version == "1.1" else None
+    if _HOST.fullmatch(hosts[0]) is None:
+        return "Host header is malformed: expected host[:port]"
     return None
+
+
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [":" port]; no userinfo, path, spaces or controls.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{0,5})?")

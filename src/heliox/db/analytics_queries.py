@@ -12,11 +12,14 @@ pages walk the primary key from the newest row (or from a cursor) and stop after
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from functools import partial
+from itertools import pairwise
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -52,6 +55,9 @@ CACHE_STATUSES: tuple[str, ...] = (*SERVED_FROM_CACHE, *CACHE_MISSES, "BYPASS")
 NO_CACHE_STATUS = ""
 
 T = RequestLog.__table__.c
+R = TypeVar("R")
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class epoch_seconds(FunctionElement[int]):
@@ -300,27 +306,61 @@ async def _sqlite_percentiles(session: AsyncSession, rows: Select[Any]) -> dict[
 
 
 # --- the queries ---------------------------------------------------------------------------------
-async def summary(session: AsyncSession, scope: LogScope) -> Counts:
+# Where a query has independent parts, PostgreSQL gets them on separate connections so they run
+# side by side: percentile_cont cannot use parallel workers, the plain counts can.
+Sessions = Callable[[], AsyncSession]
+
+
+async def _in_session(sessions: Sessions, work: Callable[[AsyncSession], Awaitable[R]]) -> R:
+    async with sessions() as session:
+        await _tune(session)
+        return await work(session)
+
+
+async def _together(*work: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run side by side. On a failure the others are cancelled and waited for (so no session is
+    closed under a running query), then the first error is raised as it is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(w) for w in work]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _pair(a: Coroutine[Any, Any, A], b: Coroutine[Any, Any, B]) -> tuple[A, B]:
+    first, second = await _together(a, b)
+    return first, second
+
+
+async def summary(sessions: Sessions, scope: LogScope) -> Counts:
     """Totals over the scope, with every cache status counted and latency percentiles."""
-    await _tune(session)
     conds = scope.conditions()
-    cols = _count_columns(every_cache_status=True)
-    pg = is_postgres(session)
-    if pg:
-        cols.append(_pg_percentiles(T.latency_ms))
-    row = (await session.execute(select(*cols).where(*conds))).one()
-    counts = _counts_from(row)
-    if pg:
-        _set_percentiles(counts.latency, row.percentiles)
-    elif counts.requests:
-        rows = select(literal(0).label("g"), T.latency_ms.label("v")).where(*conds)
-        _set_percentiles(counts.latency, (await _sqlite_percentiles(session, rows)).get(0))
-    return counts
+    counts_query = select(*_count_columns(every_cache_status=True)).where(*conds)
+
+    async def counts(session: AsyncSession) -> Counts:
+        return _counts_from((await session.execute(counts_query)).one())
+
+    async def pg_percentiles(session: AsyncSession) -> Sequence[float | None] | None:
+        query = select(_pg_percentiles(T.latency_ms)).where(*conds)
+        values: Sequence[float | None] | None = await session.scalar(query)
+        return values
+
+    async with sessions() as session:
+        await _tune(session)
+        if is_postgres(session):
+            result, values = await _pair(counts(session), _in_session(sessions, pg_percentiles))
+            _set_percentiles(result.latency, values)
+            return result
+        result = await counts(session)
+        if result.requests:
+            rows = select(literal(0).label("g"), T.latency_ms.label("v")).where(*conds)
+            _set_percentiles(result.latency, (await _sqlite_percentiles(session, rows)).get(0))
+        return result
 
 
-async def top_keys(session: AsyncSession, scope: LogScope, limit: int) -> list[KeyCounts]:
+async def top_keys(sessions: Sessions, scope: LogScope, limit: int) -> list[KeyCounts]:
     """The keys with the most requests, busiest first, with their name and display prefix."""
-    await _tune(session)
     agg = (
         select(
             T.key_id,
@@ -347,9 +387,9 @@ async def top_keys(session: AsyncSession, scope: LogScope, limit: int) -> list[K
         .outerjoin(Tenant, Tenant.id == tenant_id)
         .order_by(agg.c.requests.desc(), agg.c.key_id)
     )
-    out = []
-    for row in await session.execute(query):
-        out.append(
+
+    async def run(session: AsyncSession) -> list[KeyCounts]:
+        return [
             KeyCounts(
                 key_id=row.key_id,
                 tenant_id=row.tenant_id,
@@ -359,39 +399,49 @@ async def top_keys(session: AsyncSession, scope: LogScope, limit: int) -> list[K
                 last_seen=row.last_seen,
                 counts=_counts_from(row),
             )
-        )
-    return out
+            for row in await session.execute(query)
+        ]
+
+    return await _in_session(sessions, run)
 
 
-async def by_route(session: AsyncSession, scope: LogScope, limit: int) -> list[GroupCounts]:
+async def by_route(sessions: Sessions, scope: LogScope, limit: int) -> list[GroupCounts]:
     """Per route name ("" = matched no route), busiest first, with latency percentiles."""
-    await _tune(session)
     conds = scope.conditions()
-    pg = is_postgres(session)
-    cols = _count_columns(with_bytes=False)
-    if pg:
-        cols.append(_pg_percentiles(T.latency_ms))
-    query = (
-        select(T.route_name, *cols)
+    counts_query = (
+        select(T.route_name, *_count_columns(with_bytes=False))
         .where(*conds)
         .group_by(T.route_name)
         .order_by(literal_column("requests").desc(), T.route_name)
         .limit(limit)
     )
-    groups = []
-    for row in await session.execute(query):
-        counts = _counts_from(row)
-        if pg:
-            _set_percentiles(counts.latency, row.percentiles)
-        groups.append(GroupCounts(group=row.route_name, counts=counts))
-    if not pg and groups:
-        names = [g.group for g in groups]
-        rows = select(T.route_name.label("g"), T.latency_ms.label("v")).where(
-            *conds, T.route_name.in_(names)
-        )
-        found = await _sqlite_percentiles(session, rows)
-        for g in groups:
-            _set_percentiles(g.counts.latency, found.get(g.group))
+
+    async def counts(session: AsyncSession) -> list[GroupCounts]:
+        return [
+            GroupCounts(group=row.route_name, counts=_counts_from(row))
+            for row in await session.execute(counts_query)
+        ]
+
+    async def pg_percentiles(session: AsyncSession) -> dict[Any, Sequence[float | None]]:
+        # Every route, not only the busiest: which ones those are is not known yet.
+        query = select(T.route_name, _pg_percentiles(T.latency_ms)).where(*conds)
+        rows = await session.execute(query.group_by(T.route_name))
+        return {route: values for route, values in rows}
+
+    groups: list[GroupCounts]
+    found: Mapping[Any, Sequence[float | None]]
+    async with sessions() as session:
+        await _tune(session)
+        if is_postgres(session):
+            groups, found = await _pair(counts(session), _in_session(sessions, pg_percentiles))
+        else:
+            groups = await counts(session)
+            rows = select(T.route_name.label("g"), T.latency_ms.label("v")).where(
+                *conds, T.route_name.in_([g.group for g in groups])
+            )
+            found = await _sqlite_percentiles(session, rows) if groups else {}
+    for g in groups:
+        _set_percentiles(g.counts.latency, found.get(g.group))
     return groups
 
 
@@ -415,67 +465,131 @@ class RouteCache:
         return self.served_from_cache + sum(self.by_status.get(s, 0) for s in CACHE_MISSES)
 
 
-async def cache_by_route(session: AsyncSession, scope: LogScope, limit: int) -> list[RouteCache]:
+async def cache_by_route(sessions: Sessions, scope: LogScope, limit: int) -> list[RouteCache]:
     """Cache outcomes per route, busiest first.
 
     One count per (route, X-Cache value) rather than a filtered count per status: a single
     aggregate that PostgreSQL can split across parallel workers, measured ~40% cheaper.
     """
-    await _tune(session)
     query = (
         select(T.route_name, T.cache_status, func.count().label("n"))
         .where(*scope.conditions())
         .group_by(T.route_name, T.cache_status)
     )
     routes: dict[str, RouteCache] = {}
-    for route, status, n in await session.execute(query):
+    async with sessions() as session:
+        await _tune(session)
+        rows = list(await session.execute(query))
+    for route, status, n in rows:
         routes.setdefault(route, RouteCache(route)).by_status[status] = int(n)
     ranked = sorted(routes.values(), key=lambda r: (-r.requests, r.route))
     return ranked[:limit]
 
 
-async def series(session: AsyncSession, scope: LogScope, bucket_seconds: int) -> list[GroupCounts]:
+# PostgreSQL computes a series as this many time slices, each on its own connection.
+SERIES_SLICES = 2
+
+
+async def series(sessions: Sessions, scope: LogScope, bucket_seconds: int) -> list[GroupCounts]:
     """Counts and percentiles per time bucket; `group` is the bucket's start in epoch seconds.
 
     Buckets are `floor(epoch / bucket_seconds)`: whole-number arithmetic that means the same on
     both backends. Empty buckets are left out (the caller fills them).
     """
-    await _tune(session)
-    conds = scope.conditions()
-    bucket = (epoch_seconds(T.ts) // literal(bucket_seconds, BigInteger)).label("bucket")
+    async with sessions() as session:
+        await _tune(session)
+        if not is_postgres(session):
+            return await _sqlite_series(session, scope, bucket_seconds)
+        slices = _slices(scope, bucket_seconds, SERIES_SLICES)
+        parts: list[list[GroupCounts]] = await _together(
+            _pg_series(session, slices[0], bucket_seconds),
+            *(
+                _in_session(
+                    sessions, partial(_pg_series, scope=part, bucket_seconds=bucket_seconds)
+                )
+                for part in slices[1:]
+            ),
+        )
+    return [point for part in parts for point in part]
+
+
+async def cache_overview(
+    sessions: Sessions, scope: LogScope, limit: int, bucket_seconds: int | None
+) -> tuple[list[RouteCache], list[GroupCounts]]:
+    """`cache_by_route` and, unless `bucket_seconds` is None, `series`, side by side."""
+    if bucket_seconds is None:
+        return await cache_by_route(sessions, scope, limit), []
+    return await _pair(
+        cache_by_route(sessions, scope, limit), series(sessions, scope, bucket_seconds)
+    )
+
+
+def _slices(scope: LogScope, bucket_seconds: int, count: int) -> list[LogScope]:
+    """`scope` cut into up to `count` consecutive parts, each a whole number of buckets."""
+    first = int(scope.since.timestamp()) // bucket_seconds
+    last = math.ceil(scope.until.timestamp() / bucket_seconds)
+    step = max(1, math.ceil((last - first) / count))
+    cuts = [
+        datetime.fromtimestamp(b * bucket_seconds, UTC) for b in range(first + step, last, step)
+    ]
+    edges = [scope.since, *cuts, scope.until]
+    return [replace(scope, since=a, until=b) for a, b in pairwise(edges)]
+
+
+def _bucket(bucket_seconds: int) -> ColumnElement[int]:
+    return (epoch_seconds(T.ts) // literal(bucket_seconds, BigInteger)).label("bucket")
+
+
+def _series_query(scope: LogScope, bucket_seconds: int, *, pg: bool) -> Select[Any]:
     # Grouped through a subquery: PostgreSQL would not match a GROUP BY expression whose
     # bucket width is a separate bind parameter from the one in the select list.
     inner = (
-        select(bucket, T.status, T.cache_status, T.latency_ms, T.upstream_latency_ms)
-        .where(*conds)
+        select(
+            _bucket(bucket_seconds), T.status, T.cache_status, T.latency_ms, T.upstream_latency_ms
+        )
+        .where(*scope.conditions())
         .subquery()
     )
     c = inner.c
     cols = _count_columns(c, with_bytes=False)
-    pg = is_postgres(session)
     if pg:
         cols.append(_pg_percentiles(c.latency_ms))
-    query = select(c.bucket, *cols).group_by(c.bucket).order_by(c.bucket)
+    return select(c.bucket, *cols).group_by(c.bucket).order_by(c.bucket)
+
+
+async def _pg_series(
+    session: AsyncSession, scope: LogScope, bucket_seconds: int
+) -> list[GroupCounts]:
     points = []
-    for row in await session.execute(query):
+    for row in await session.execute(_series_query(scope, bucket_seconds, pg=True)):
         counts = _counts_from(row)
-        if pg:
-            _set_percentiles(counts.latency, row.percentiles)
+        _set_percentiles(counts.latency, row.percentiles)
         points.append(GroupCounts(group=int(row.bucket) * bucket_seconds, counts=counts))
-    if not pg and points:
-        rows = select(bucket.label("g"), T.latency_ms.label("v")).where(*conds)
+    return points
+
+
+async def _sqlite_series(
+    session: AsyncSession, scope: LogScope, bucket_seconds: int
+) -> list[GroupCounts]:
+    points = [
+        GroupCounts(group=int(row.bucket) * bucket_seconds, counts=_counts_from(row))
+        for row in await session.execute(_series_query(scope, bucket_seconds, pg=False))
+    ]
+    if points:
+        rows = select(_bucket(bucket_seconds).label("g"), T.latency_ms.label("v")).where(
+            *scope.conditions()
+        )
         found = await _sqlite_percentiles(session, rows)
         for point in points:
             _set_percentiles(point.counts.latency, found.get(point.group // bucket_seconds))
     return points
 
 
-async def log_page(session: AsyncSession, q: LogQuery) -> list[dict[str, Any]]:
+async def log_page(sessions: Sessions, q: LogQuery) -> list[dict[str, Any]]:
     """Up to `q.limit + 1` rows (the extra one tells the caller there is more).
 
     Newest first below `before_id`, or oldest first above `after_id` (a live tail).
     """
-    await _tune(session)
     conds: list[ColumnElement[bool]] = []
     if q.since is not None:
         conds.append(T.ts >= q.since)
@@ -503,7 +617,9 @@ async def log_page(session: AsyncSession, q: LogQuery) -> list[dict[str, Any]]:
         if q.before_id is not None:
             query = query.where(T.id < q.before_id)
         query = query.order_by(T.id.desc())
-    return [dict(row._mapping) for row in await session.execute(query)]
+    async with sessions() as session:
+        await _tune(session)
+        return [dict(row._mapping) for row in await session.execute(query)]
 
 
 def bucket_starts(since_epoch: int, until_epoch: float, bucket_seconds: int) -> Iterable[int]:

@@ -11,6 +11,7 @@ Everything the steps read comes from the in-memory snapshot; nothing here touche
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -21,6 +22,8 @@ from heliox.core.headers import (
     client_ip,
     has_conflicting_framing,
     header_value,
+    header_values,
+    host_problem,
     upstream_request_headers,
 )
 from heliox.core.paths import BadPath, join_upstream_path, parse_gateway_path
@@ -28,7 +31,7 @@ from heliox.gateway.abuse import AbuseMonitor
 from heliox.gateway.admission_step import AdmissionStep
 from heliox.gateway.cache_layer import CacheLayer
 from heliox.gateway.exchange import ClientGone, Exchange, ProxyRequest, ResponseSink, body_stream
-from heliox.gateway.proxy import VIA, pass_through
+from heliox.gateway.proxy import pass_through
 from heliox.gateway.upstream_client import UpstreamTarget
 from heliox.runtime import Runtime
 from heliox.snapshot import KeyConfig, RouteConfig, hash_key
@@ -44,6 +47,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PREFIX = "/g/"
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 MAX_KEY_LENGTH = 256
+# nginx's default: a request line over 8 KiB is 414 (granian's own limit is 64 KiB).
+MAX_URI_BYTES = 8192
 
 
 class Gateway:
@@ -58,6 +63,11 @@ class Gateway:
         self.admission = AdmissionStep(runtime.admission, runtime.settings, runtime.metrics)
         self.abuse = AbuseMonitor(runtime)
         self._seq = 0
+        # Names this deployment in Via (instances share SECRET_KEY): a request arriving with it
+        # has already been through us, so a route pointing back at the gateway is a loop.
+        deployment = hashlib.sha256(runtime.settings.secret_key.encode()).hexdigest()[:12]
+        self.via_marker = b"heliox-" + deployment.encode()
+        self.via = b"1.1 " + self.via_marker
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -101,6 +111,15 @@ class Gateway:
         try:
             await self._serve(scope, receive, sender, headers, ex, peer_host)
         except ClientGone:
+            if ex.body_error is ClientGone and not sender.started:
+                # granian reports a malformed chunked body as a disconnect: a client still
+                # there gets a 400; one really gone gets nothing either way.
+                await sender.problem(
+                    400,
+                    "Bad request body",
+                    "the request body was cut short or its chunked framing is malformed",
+                    [(b"connection", b"close")],
+                )
             ex.status = ex.status or 499
         except asyncio.CancelledError:
             ex.status = ex.status or 503  # cut at the shutdown deadline
@@ -122,6 +141,11 @@ class Gateway:
         rt = self.runtime
         snap = rt.snapshot
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if len(raw_path) + len(scope.get("query_string", b"")) > MAX_URI_BYTES:
+            await send.problem(
+                414, "URI too long", f"the request target is longer than {MAX_URI_BYTES} bytes"
+            )
+            return
         try:
             gp = parse_gateway_path(raw_path)
         except BadPath as exc:
@@ -157,6 +181,18 @@ class Gateway:
         framing = has_conflicting_framing(headers)
         if framing is not None:
             await send.problem(400, "Bad request framing", framing)
+            return
+        bad_host = host_problem(headers, http_version=scope.get("http_version"))
+        if bad_host is not None:
+            await send.problem(400, "Bad Host header", bad_host)
+            return
+        if any(self.via_marker in via for via in header_values(headers, b"via")):
+            await send.problem(
+                508,
+                "Loop detected",
+                f"the request has already passed through this gateway: route {route.name!r} "
+                "points back at it",
+            )
             return
 
         if not route.is_public:
@@ -239,6 +275,9 @@ class Gateway:
             route.upstream_scheme, route.upstream_host, route.upstream_port, path_qs
         )
         host = header_value(headers, b"host") or b""
+        policy = route.cache_policy
+        if policy is not None and "host" not in policy.vary_headers:
+            host = b""  # not in the cache key, so it must not shape a stored answer either
         peer_trusted = _is_trusted(peer_host, rt)
         drop = frozenset() if body_limit is not None else frozenset({b"content-length"})
         up_headers = upstream_request_headers(
@@ -247,11 +286,12 @@ class Gateway:
             peer_is_trusted=peer_trusted,
             proto=scope.get("scheme", "http"),
             host=host,
-            via=VIA,
+            via=self.via,
             drop=drop,
             peer=peer_host if peer_trusted else None,
         )
         up_headers.append((b"x-request-id", ex.request_id.encode()))
+        idle = route.timeout_seconds or rt.settings.upstream_read_timeout
         req = ProxyRequest(
             method=ex.method,
             route=route,
@@ -262,7 +302,7 @@ class Gateway:
             target=target,
             tenant_id=ex.key.tenant_id if ex.key else None,
             ex=ex,
-            body=body_stream(receive, ex, body_limit) if body_limit is not None else None,
+            body=body_stream(receive, ex, body_limit, idle) if body_limit is not None else None,
             body_limit=body_limit,
         )
         if route.cache_policy is not None:

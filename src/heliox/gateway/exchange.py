@@ -3,6 +3,7 @@ the request being proxied."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ class BodyTooLarge(Exception):
 
 class ClientGone(Exception):
     pass
+
+
+class BodyTimeout(Exception):
+    """The client stopped sending its request body for longer than the route's timeout."""
 
 
 class Exchange:
@@ -117,10 +122,18 @@ class ProxyRequest:
         return self.route.timeout_seconds
 
 
-async def body_stream(receive: Receive, ex: Exchange, limit: int) -> AsyncIterator[bytes]:
-    """The client's request body, streamed; stops at `limit` bytes with BodyTooLarge."""
+async def body_stream(
+    receive: Receive, ex: Exchange, limit: int, idle_timeout: float | None = None
+) -> AsyncIterator[bytes]:
+    """The client's request body, streamed; stops at `limit` bytes with BodyTooLarge, and with
+    BodyTimeout when no part of it arrives for `idle_timeout` seconds."""
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(idle_timeout):
+                message = await receive()
+        except TimeoutError:
+            ex.body_error = BodyTimeout
+            raise BodyTimeout from None
         if message["type"] == "http.disconnect":
             ex.body_error = ClientGone
             raise ClientGone

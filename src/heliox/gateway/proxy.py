@@ -6,7 +6,13 @@ import time
 from collections.abc import Sequence
 
 from heliox.core.headers import downstream_response_headers
-from heliox.gateway.exchange import BodyTooLarge, ClientGone, ProxyRequest, ResponseSink
+from heliox.gateway.exchange import (
+    BodyTimeout,
+    BodyTooLarge,
+    ClientGone,
+    ProxyRequest,
+    ResponseSink,
+)
 from heliox.gateway.upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
 from heliox.metrics import Metrics
 
@@ -37,13 +43,21 @@ async def call_upstream(
         resp = await client.request(
             req.method, req.target, req.upstream_headers, req.body, timeout=req.timeout
         )
-    except (BodyTooLarge, ClientGone, UpstreamError) as exc:
+    except (BodyTooLarge, BodyTimeout, ClientGone, UpstreamError) as exc:
         # aiohttp may wrap what the body stream raised: the stream's own flag is the truth.
         if ex.body_error is BodyTooLarge or isinstance(exc, BodyTooLarge):
             await send.problem(
                 413,
                 "Request body too large",
                 f"the body limit of route {req.route.name!r} is {req.body_limit} bytes",
+            )
+            return None
+        if ex.body_error is BodyTimeout or isinstance(exc, BodyTimeout):
+            await send.problem(
+                408,
+                "Request body timed out",
+                "no part of the request body arrived within the route's timeout",
+                [(b"connection", b"close")],
             )
             return None
         if ex.body_error is ClientGone or isinstance(exc, ClientGone):
