@@ -268,6 +268,8 @@ class Sample:
     threads: int
     cache_entries: int
     log_queue: int
+    tasks: int  # asyncio tasks in the worker that answered /metrics
+    inflight: int  # cache fills in flight there
     redis_mb: float
     redis_keys: int
     no_ttl: int
@@ -311,7 +313,9 @@ def sample(stack: Stack, started: float) -> Sample:
         client.close()
     return Sample(
         time.monotonic() - started, rss, fds, threads, int(gauges.get("cache_entries", 0)),
-        int(metrics.get("log_queue_length", 0)), used, count, no_ttl,
+        int(metrics.get("log_queue_length", 0)),
+        int(metrics.get("process", {}).get("asyncio_tasks", -1)),
+        int(metrics.get("process", {}).get("inflight_fills", -1)), used, count, no_ttl,
     )  # fmt: skip
 
 
@@ -338,7 +342,8 @@ def keys_without_ttl(client: redis.Redis) -> int:
 
 
 HEADER = (
-    f"{'t':>6} {'rss_mb':>7} {'fds':>5} {'thr':>4} {'cache':>7} {'logq':>6} {'redis_mb':>8} "
+    f"{'t':>6} {'rss_mb':>7} {'fds':>5} {'thr':>4} {'cache':>7} {'logq':>6} {'tasks':>5} "
+    f"{'fills':>5} {'redis_mb':>8} "
     f"{'redis_keys':>10} {'no_ttl':>6} {'rps':>6} {'p50_ms':>7} {'p99_ms':>7}  statuses"
 )
 
@@ -352,7 +357,8 @@ def line(s: Sample, t: Tally, seconds: float) -> str:
         statuses += " " + " ".join(f"{k}:{v}" for k, v in sorted(t.errors.items()))
     return (
         f"{s.at:6.0f} {s.rss_mb:7.1f} {s.fds:5d} {s.threads:4d} {s.cache_entries:7d} "
-        f"{s.log_queue:6d} {s.redis_mb:8.1f} {s.redis_keys:10d} {s.no_ttl:6d} "
+        f"{s.log_queue:6d} {s.tasks:5d} {s.inflight:5d} {s.redis_mb:8.1f} "
+        f"{s.redis_keys:10d} {s.no_ttl:6d} "
         f"{len(lat) / seconds:6.0f} {p50:7.1f} {p99:7.1f}  {statuses}"
     )
 
@@ -368,6 +374,8 @@ def verdict(samples: list[Sample], minutes: float, tolerance: float) -> list[str
         a, b = getattr(first, name), getattr(last, name)
         if b > a * (1 + tolerance) + 1:
             problems.append(f"{name} grew from {a:.1f} to {b:.1f} after the warm-up")
+    if last.tasks > max(50, first.tasks * (1 + tolerance)):
+        problems.append(f"asyncio tasks grew from {first.tasks} to {last.tasks}")
     if last.log_queue > max(100, first.log_queue * (1 + tolerance)):
         problems.append(f"log queue grew to {last.log_queue}")
     if any(s.no_ttl for s in samples):
@@ -434,7 +442,6 @@ def main() -> int:
     for p in problems:
         print("soak: GREW:", p)
     print("soak: flat" if not problems else "soak: not flat")
-    print("soak: not measured (no gateway endpoint): asyncio task count, in-flight map size")
     return 1 if problems else 0
 
 

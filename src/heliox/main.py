@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Gateway:
         data: dict[str, Any] = runtime.metrics_view().as_json()
         data["instance"] = runtime.instance_id
         data["log_queue_length"] = runtime.logs.pending
+        data["process"] = runtime.process_stats()  # this worker: for soak tests and leak hunts
         return JSONResponse(data, headers={"cache-control": "no-store"})
 
     @api.get("/metrics/prometheus", tags=["ops"])

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,8 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         self.started = False
         self.draining = False  # set when the server begins to shut down
+        # Set by the gateway: how many cache fills are in flight in this process.
+        self.inflight_fills: Callable[[], int] = lambda: 0
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -184,6 +187,15 @@ class Runtime:
                 )
             except Exception as exc:  # polling still propagates the change
                 log.warning("could not publish config version on Redis: %s", exc)
+
+    def process_stats(self) -> dict[str, int]:
+        """What must stay flat under load, for the worker answering: tasks, fills, files, memory."""
+        stats = {"asyncio_tasks": len(asyncio.all_tasks()), "inflight_fills": self.inflight_fills()}
+        with contextlib.suppress(OSError):
+            stats["open_fds"] = len(os.listdir("/proc/self/fd"))
+            with open("/proc/self/statm", encoding="ascii") as fh:
+                stats["rss_bytes"] = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return stats
 
     def add_task(self, task: asyncio.Task[None]) -> None:
         """A background task that stop() cancels."""

@@ -62,6 +62,7 @@ class Gateway:
         )
         self.admission = AdmissionStep(runtime.admission, runtime.settings, runtime.metrics)
         self.abuse = AbuseMonitor(runtime)
+        runtime.inflight_fills = lambda: len(self.cache.flights)
         self._seq = 0
         # Names this deployment in Via (instances share SECRET_KEY): a request arriving with it
         # has already been through us, so a route pointing back at the gateway is a loop.

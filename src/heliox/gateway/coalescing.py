@@ -56,6 +56,9 @@ class SingleFlight:
     def __init__(self) -> None:
         self._flights: dict[str, asyncio.Future[FillResult | None]] = {}
 
+    def __len__(self) -> int:
+        return len(self._flights)
+
     def busy(self, key: str) -> bool:
         return key in self._flights
 
