@@ -47,6 +47,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PREFIX = "/g/"
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 MAX_KEY_LENGTH = 256
+DIGEST_MEMO_SIZE = 4096
 # nginx's default: a request line over 8 KiB is 414 (granian's own limit is 64 KiB).
 MAX_URI_BYTES = 8192
 
@@ -64,6 +65,8 @@ class Gateway:
         self.abuse = AbuseMonitor(runtime)
         runtime.inflight_fills = lambda: len(self.cache.flights)
         self._seq = 0
+        # Raw API key -> SHA-256 digest: hashing every request's key cost more than the lookup.
+        self._digests: dict[bytes, str] = {}
         # Names this deployment in Via (instances share SECRET_KEY): a request arriving with it
         # has already been through us, so a route pointing back at the gateway is a loop.
         deployment = hashlib.sha256(runtime.settings.secret_key.encode()).hexdigest()[:12]
@@ -248,7 +251,13 @@ class Gateway:
                 raw = value
         if raw is None or not raw or len(raw) > MAX_KEY_LENGTH:
             return None
-        key = self.runtime.snapshot.keys.get(hash_key(raw))
+        digest = self._digests.get(raw)
+        if digest is None:
+            digest = hash_key(raw)
+            if len(self._digests) >= DIGEST_MEMO_SIZE:
+                self._digests.clear()  # bounded: unknown keys sprayed at us cannot grow it
+            self._digests[raw] = digest
+        key = self.runtime.snapshot.keys.get(digest)
         if key is None:
             return None
         if key.expires_at is not None and key.expires_at.timestamp() <= time.time():
