@@ -151,3 +151,25 @@ def test_stacks_charge_library_time_to_the_heliox_caller() -> None:
     assert s.inclusive["Gateway._handle (heliox/gateway/app.py)"] == 9
     assert "main (heliox/cli.py)" not in s.inclusive
     assert s.components["heliox gateway (pipeline)"] == 6
+
+
+def test_repeated_runs_report_medians_and_summed_counts() -> None:
+    runs = [_result(1_000, 0.010), _result(3_000, 0.030, non_2xx=5), _result(2_000, 0.020)]
+    r = wrk.combine(runs)
+    assert (r.rps, r.p99, r.requests, r.non_2xx) == (2_000, 0.020, 30_000, 5)
+
+
+def test_cpu_ratio_is_nginx_cpu_over_heliox_cpu() -> None:
+    row = _pair(report.HIT, report.EMBEDDED, 4_000, 0.010)
+    assert row.cpu_ratio is None  # not measured
+    assert row.baseline is not None
+    row.baseline.cpu_per_request = 20e-6
+    row.cpu_per_request = 200e-6
+    assert row.cpu_ratio == pytest.approx(0.1)
+    assert "by CPU/req: 0.10" in report.summary_lines(report.Report({}, {}, [row]))[0]
+
+
+def test_install_hint_names_the_missing_packages() -> None:
+    from benchkit import machine
+
+    assert "apt-get install -y wrk util-linux" in machine.install_hint(["wrk", "taskset"])
