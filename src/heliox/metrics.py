@@ -173,7 +173,9 @@ class Metrics:
         for (_, cache_status), n in self.cache.items():
             cache_totals[cache_status] += n
         served_from_cache = sum(
-            n for s, n in cache_totals.items() if s in ("HIT", "STALE", "NEGATIVE", "UPDATING")
+            n
+            for s, n in cache_totals.items()
+            if s in ("HIT", "STALE", "NEGATIVE", "UPDATING", "REVALIDATED")
         )
         lookups = served_from_cache + cache_totals.get("MISS", 0) + cache_totals.get("EXPIRED", 0)
         upstream_calls = sum(h.count for h in self.upstream_latency.values())

@@ -28,7 +28,7 @@ async function loadHitRates() {
   try {
     if (features.cache_hit_rate) {
       const windowSelect = document.getElementById("hit-window");
-      const payload = await api("GET", "/admin/analytics/cache-hit-rate", { query: { window: windowSelect.value } });
+      const payload = await api("GET", "/admin/analytics/cache-hit-rate", { query: { window: windowSelect.value, series: "false" } });
       const rows = itemsOf(payload.by_route ?? payload.routes ?? payload).filter((r) => (r.route ?? r.route_name) !== "");
       source.textContent = "all instances";
       if (!rows.length) { emptyRow(hitBody, 6, "No cacheable traffic yet."); return; }
