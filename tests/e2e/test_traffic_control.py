@@ -227,3 +227,46 @@ def test_steady_baseline_then_burst_gets_the_key_blocked(abuse_gateway: Gateway)
         assert refused.status_code == 429 and refused.json()["limit"] == "blocked"
         assert admin.post(f"/admin/abuse/unblock/{key_id}").json()["unblocked"] is True
     assert _status(gw, key) == 200
+
+
+@pytest.fixture(scope="module")
+def slowdown_gateway(workdir: Path, production_env: dict[str, str]) -> Iterator[Gateway]:
+    env = {**production_env, **FAST_ABUSE, "ABUSE_ACTION": "multiplier",
+           "ABUSE_RATE_MULTIPLIER": "0.1"}  # fmt: skip
+    d = workdir / "abuse-multiplier"
+    d.mkdir()
+    gw = start_gateway(d, env)
+    try:
+        yield gw
+    finally:
+        gw.proc.stop()
+
+
+def test_multiplier_action_slows_the_key_down_instead(slowdown_gateway: Gateway) -> None:
+    gw = slowdown_gateway
+    key_id, key = _create_key(gw, rate_limit_rps=1000, rate_limit_burst=2000)
+    _wait_key_live(gw, key)
+    with gw.client() as c:
+        for _ in range(5):
+            bucket = int(time.time())
+            for _ in range(8):
+                assert c.get("/g/demo/items", headers={"X-API-Key": key}).status_code == 200
+            wait_until(lambda b=bucket: int(time.time()) > b, timeout=3, interval=0.01)
+        asyncio.run(_fire([gw.url], key, 80, 40))
+
+    def slowed() -> bool:
+        with gw.admin() as admin:
+            items = admin.get("/admin/abuse/blocked").json()["items"]
+        return any(b["key_id"] == key_id and b["action"] == "multiplier" for b in items)
+
+    wait_until(slowed, timeout=10)
+
+    def limit_now() -> str:
+        r = httpx.get(gw.url + "/g/demo/items", headers={"X-API-Key": key}, timeout=10)
+        assert r.status_code in (200, 429)  # slowed, never refused outright as a block
+        return r.headers["ratelimit-limit"]
+
+    wait_until(lambda: limit_now() == "200", timeout=5)  # burst 2000 x 0.1
+    with gw.admin() as admin:
+        assert admin.post(f"/admin/abuse/unblock/{key_id}").json()["unblocked"] is True
+    wait_until(lambda: limit_now() == "2000", timeout=5)

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from heliox.admin.audit import record_audit
 from heliox.admin.deps import AdminDep, AdminRoute, get_or_404
 from heliox.db.models import AbuseEvent, ApiKey
-from heliox.gateway.admission_step import key_subject
+from heliox.gateway.admission_step import key_subject, parse_key_subject, slowdown_subject
 
 router = APIRouter(route_class=AdminRoute, tags=["abuse"])
 
@@ -39,9 +39,9 @@ async def blocked_keys(admin: AdminDep, request: Request) -> dict[str, Any]:
     snap = rt.snapshot
     items = []
     for b in blocks:
-        if not b.subject.startswith("k:"):
+        key_id, _ = parse_key_subject(b.subject)
+        if key_id is None:
             continue
-        key_id = int(b.subject[2:]) if b.subject[2:].isdigit() else None
         key = snap.keys_by_id.get(key_id) if key_id is not None else None
         info = dict(b.info)
         items.append(
@@ -67,6 +67,7 @@ async def unblock_key(key_id: int, admin: AdminDep, request: Request) -> dict[st
     async with admin.read() as session:
         await get_or_404(session, ApiKey, "API key", key_id)
     lifted = await rt.admission.unblock(key_subject(key_id))
+    lifted = await rt.admission.unblock(slowdown_subject(key_id)) or lifted
     rt.detector.forget(key_subject(key_id))
     now = datetime.now(UTC)
     async with rt.session_factory() as session:

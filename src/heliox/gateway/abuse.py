@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from heliox.core.anomaly import AbuseDetector, Verdict
 from heliox.db.models import AbuseEvent
-from heliox.gateway.admission_step import key_subject
+from heliox.gateway.admission_step import key_subject, slowdown_subject
 from heliox.snapshot import KeyConfig
 
 log = logging.getLogger("heliox.abuse")
@@ -27,6 +28,8 @@ class AbuseMonitor:
         self.rt = runtime
         self.detector: AbuseDetector = runtime.detector
         self._tasks: set[asyncio.Task[None]] = set()
+        # Told at once when this instance slows a key down (others learn it from the backend).
+        self.on_slowdown: Callable[[int, float, float], None] = lambda key_id, until, m: None
 
     def observe(self, key: KeyConfig, now: float) -> None:
         verdict = self.detector.record(key_subject(key.id), now)
@@ -58,9 +61,14 @@ class AbuseMonitor:
                 "baseline_rate": round(baseline_rate, 3),
                 "action": action,
             }
+            subject = key_subject(key.id)
+            if action == "multiplier":
+                info["multiplier"] = s.abuse_rate_multiplier
+                subject = slowdown_subject(key.id)
+                self.on_slowdown(key.id, until, s.abuse_rate_multiplier)
             try:
-                await rt.admission.block(key_subject(key.id), until, info)
-                rt.metrics.count("abuse_blocks")
+                await rt.admission.block(subject, until, info)
+                rt.metrics.count("abuse_blocks" if action == "block" else "abuse_slowdowns")
             except Exception as exc:
                 log.warning("could not store the abuse block of key %s: %s", key.id, exc)
         else:

@@ -8,7 +8,9 @@ a refusal is a 429 problem+json saying which limit was hit and when it resets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 
 from heliox.config import Settings
@@ -48,6 +50,21 @@ def key_subject(key_id: int) -> str:
     return f"k:{key_id}"
 
 
+def slowdown_subject(key_id: int) -> str:
+    """Where a rate-multiplier verdict is stored: listed with the blocks, but not one (admission
+    refuses only blocks on the key's own subject)."""
+    return "m:" + key_subject(key_id)
+
+
+def parse_key_subject(subject: str) -> tuple[int | None, bool]:
+    """(key id, is a slowdown) of a block subject; None for subjects that are not keys."""
+    slowdown = subject.startswith("m:")
+    rest = subject[2:] if slowdown else subject
+    if rest.startswith("k:") and rest[2:].isdigit():
+        return int(rest[2:]), slowdown
+    return None, slowdown
+
+
 class AdmissionStep:
     def __init__(self, backend: AdmissionBackend, settings: Settings, metrics: Metrics) -> None:
         self.backend = backend
@@ -57,6 +74,8 @@ class AdmissionStep:
             TOKEN_BUCKET, settings.default_rate_limit_rps, settings.default_rate_limit_burst
         )
         self._specs: dict[tuple[object, ...], LimitSpec] = {}
+        # ABUSE_ACTION=multiplier: key id -> (until, multiplier), from the shared backend.
+        self.slowed: dict[int, tuple[float, float]] = {}
 
     def _spec(
         self, algorithm: str | None, rps: float | None, burst: int | None, window: int
@@ -96,6 +115,17 @@ class AdmissionStep:
                     key.rate_limit_window_seconds,
                 )
                 subject = principal
+            slowed = self.slowed.get(key.id) if self.slowed else None
+            if slowed is not None and slowed[0] > time.time():
+                # A fresh, smaller allowance while the slowdown lasts.
+                m = slowed[1]
+                spec = LimitSpec(
+                    spec.algorithm,
+                    spec.rate * m,
+                    max(1, round(spec.burst * m)),
+                    spec.window_seconds,
+                )
+                subject += ":slow"
             return AdmissionRequest(
                 subject=subject,
                 limit=spec,
@@ -108,6 +138,20 @@ class AdmissionStep:
             route.rate_limit_algorithm, route.rate_limit_rps, route.rate_limit_burst, 1
         )
         return AdmissionRequest(subject=f"ip:{client_ip}:r:{route.id}", limit=spec)
+
+    async def watch_slowdowns(self, interval: float = 1.0) -> None:
+        """Keep `slowed` in step with the backend, so every instance applies every slowdown."""
+        while True:
+            try:
+                current: dict[int, tuple[float, float]] = {}
+                for b in await self.backend.blocked():
+                    key_id, slowdown = parse_key_subject(b.subject)
+                    if key_id is not None and slowdown:
+                        current[key_id] = (b.until, float(b.info.get("multiplier", 1.0)))
+                self.slowed = current
+            except Exception as exc:  # the store is down: keep what we knew
+                log.debug("could not refresh slowdowns: %s", exc)
+            await asyncio.sleep(interval)
 
     async def admit(
         self, route: RouteConfig, key: KeyConfig | None, client_ip: str, send: ResponseSink

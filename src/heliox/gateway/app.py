@@ -63,6 +63,9 @@ class Gateway:
         )
         self.admission = AdmissionStep(runtime.admission, runtime.settings, runtime.metrics)
         self.abuse = AbuseMonitor(runtime)
+        self.abuse.on_slowdown = lambda key_id, until, m: self.admission.slowed.__setitem__(
+            key_id, (until, m)
+        )
         runtime.inflight_fills = lambda: len(self.cache.flights)
         self._seq = 0
         # Raw API key -> SHA-256 digest: hashing every request's key cost more than the lookup.
@@ -92,6 +95,8 @@ class Gateway:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                if self.runtime.settings.abuse_action == "multiplier":
+                    self.runtime.add_task(asyncio.create_task(self.admission.watch_slowdowns()))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.cache.close()
