@@ -103,3 +103,22 @@ async def test_unwritable_rows_are_spilled_then_replayed(
     assert not spill.exists()
     async with make_session_factory(engine)() as session:
         assert await session.scalar(select(func.count()).select_from(RequestLog)) == 41
+
+
+async def test_replaying_a_batch_that_did_commit_writes_it_once(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A connection cut just after a commit fails the write though the rows are in: the batch is
+    spilled, and its replay must not write them twice."""
+    writer = _writer(engine, tmp_path)
+    now = time.time()
+    committed = [_row(i, now + i / 1000) for i in range(10)]
+    for row in committed:
+        writer.enqueue(row)
+    await writer.flush()
+    writer._spill(committed + [_row(i, now + i / 1000) for i in range(10, 15)])
+    await writer.flush()
+    assert not (tmp_path / "spill.jsonl").exists()
+    async with make_session_factory(engine)() as session:
+        ids = (await session.scalars(select(RequestLog.request_id))).all()
+    assert sorted(ids) == sorted(f"r-{i}" for i in range(15))

@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from heliox.db.models import RequestLog
 from heliox.metrics import Metrics
 
 log = logging.getLogger("heliox.logs")
@@ -130,6 +132,8 @@ class LogWriter:
 
     # --- storage -----------------------------------------------------------------------------
     async def _write(self, batch: list[LogRow]) -> None:
+        if not batch:
+            return
         if self._is_postgres:
             records = [_as_record(row) for row in batch]
             async with self._engine.connect() as conn:
@@ -151,6 +155,24 @@ class LogWriter:
         self.written += len(batch)
         self._metrics.count("log_rows_written", len(batch))
 
+    async def _not_yet_written(self, rows: list[LogRow]) -> list[LogRow]:
+        """Rows of a spilled batch the database does not hold yet.
+
+        A batch is spilled when its write fails, but a connection cut just after the commit
+        fails it too: replaying that blindly would write it twice. Request ids are unique, and
+        the time range bounds the lookup to the `ts` index.
+        """
+        ids = [row[1] for row in rows]
+        times = [_as_record(row)[0] for row in rows]
+        query = select(RequestLog.request_id).where(
+            RequestLog.ts >= min(times),
+            RequestLog.ts <= max(times),
+            RequestLog.request_id.in_(ids),
+        )
+        async with self._engine.connect() as conn:
+            present = set((await conn.execute(query)).scalars())
+        return [row for row in rows if row[1] not in present] if present else rows
+
     def _spill(self, rows: list[LogRow]) -> None:
         self._spill_path.parent.mkdir(parents=True, exist_ok=True)
         with self._spill_path.open("a", encoding="utf-8") as fh:
@@ -169,7 +191,7 @@ class LogWriter:
         rows = [tuple(json.loads(line)) for line in lines if line.strip()]
         try:
             for i in range(0, len(rows), BATCH_SIZE):
-                await self._write(rows[i : i + BATCH_SIZE])
+                await self._write(await self._not_yet_written(rows[i : i + BATCH_SIZE]))
         except Exception as exc:
             # Earlier batches of this file are in; keep only the rest so none is written twice.
             written = i
