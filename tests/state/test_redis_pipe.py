@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from heliox.state.redis_pipe import PipelinedRedis, encode_command
 from tests.e2e.faults import OwnRedis
@@ -97,6 +98,39 @@ async def test_outage_fails_fast_and_recovers(tmp_path: Path, redis_server: str)
         while not await recovered():
             assert loop.time() < deadline, "did not reconnect"
             await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+        own.stop()
+
+
+async def test_a_stuck_server_times_out_every_command_then_recovers(
+    tmp_path: Path, redis_server: str
+) -> None:
+    own = OwnRedis(tmp_path)
+    own.start()
+    client = PipelinedRedis.from_url(own.url, socket_timeout=0.3, socket_connect_timeout=1)
+    try:
+        assert await client.ping() is True
+        own.client().execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        results = await asyncio.gather(
+            *(client.get("k") for _ in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(r, RedisTimeoutError) for r in results), results
+        assert loop.time() - t0 < 1.0  # one watchdog, not a wait per command
+
+        async def recovered() -> bool:
+            try:
+                return bool(await client.ping())
+            except (RedisConnectionError, RedisTimeoutError):
+                return False
+
+        deadline = loop.time() + 10
+        while not await recovered():
+            assert loop.time() < deadline, "did not recover after the pause"
+            await asyncio.sleep(0.05)
+        assert await client.set("k", b"v") is True and await client.get("k") == b"v"
     finally:
         await client.aclose()
         own.stop()

@@ -57,6 +57,7 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, pipe: RedisPipe) -> None:
         self.pipe = pipe
         self.reader = hiredis.Reader(replyError=hiredis.ReplyError)
+        self.transport: asyncio.BaseTransport | None = None
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -64,16 +65,19 @@ class _Protocol(asyncio.Protocol):
         while (reply := self.reader.gets()) is not False:
             if not waiting:
                 break  # a reply nobody asked for: the connection is out of step
-            fut = waiting.popleft()
+            fut = waiting.popleft()[0]
             if fut.done():
-                continue  # the caller timed out; its reply is simply dropped
+                continue  # the caller went away (cancelled); its reply is simply dropped
             if isinstance(reply, hiredis.ReplyError):
                 fut.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
             else:
                 fut.set_result(reply)
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.pipe.lost(exc)
+        self.pipe.lost(exc, self.transport)
 
 
 class RedisPipe:
@@ -95,7 +99,9 @@ class RedisPipe:
         self.username, self.password, self.ssl_context = username, password, ssl_context
         self.connect_timeout = connect_timeout
         self.timeout = timeout
-        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # Futures awaiting replies, in send order, with the loop time by which each must have one.
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
         self._buffer: list[bytes] = []
         self._flush_scheduled = False
@@ -137,14 +143,36 @@ class RedisPipe:
         finally:
             self._connecting = None
 
-    def lost(self, exc: Exception | None) -> None:
+    def lost(self, exc: Exception | None, transport: asyncio.BaseTransport | None) -> None:
+        if transport is not self._transport:
+            return  # an old connection, already given up on (its commands failed then)
         self._transport = None
         self._buffer.clear()
         err = RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}")
+        self._fail_all(err)
+
+    def _fail_all(self, err: Exception) -> None:
         while self.waiting:
-            fut = self.waiting.popleft()
+            fut = self.waiting.popleft()[0]
             if not fut.done():
                 fut.set_exception(err)
+
+    def _check_deadlines(self) -> None:
+        """One timer per pipe instead of one per command. Replies come in order, so when the
+        oldest is overdue the connection is stuck: drop it and fail everything in flight."""
+        self._watchdog = None
+        if not self.waiting:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self.waiting[0][1]
+        if deadline > loop.time():
+            self._watchdog = loop.call_at(deadline, self._check_deadlines)
+            return
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+        self._buffer.clear()
+        self._fail_all(RedisTimeoutError(f"Redis did not answer within {self.timeout}s"))
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -154,19 +182,17 @@ class RedisPipe:
         self._buffer.clear()
 
     async def _send(self, args: tuple[Any, ...]) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._buffer.append(encode_command(args))
-        self.waiting.append(fut)
+        self.waiting.append((fut, loop.time() + self.timeout))
         self.commands_sent += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await fut
-        except TimeoutError as exc:
-            # The reply may still come; it will be matched to this (done) future and dropped.
-            raise RedisTimeoutError(f"Redis did not answer within {self.timeout}s") from exc
+            loop.call_soon(self._flush)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.timeout, self._check_deadlines)
+        return await fut
 
     async def execute(self, *args: Any) -> Any:
         if self._transport is None or self._transport.is_closing():
