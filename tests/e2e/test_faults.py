@@ -181,3 +181,17 @@ def test_postgres_outage_loses_no_log_rows(
     wait_until(all_written, timeout=60, interval=0.5)
     assert asyncio.run(_count_rows(pg_database, key_id)) == served
     wait_until(lambda: _health(gw)["status"] == "ok", timeout=30)
+
+
+def test_redis_hung_under_traffic(redis_fault_gateway: Gateway, own_redis: OwnRedis) -> None:
+    """CLIENT PAUSE: Redis accepts connections but answers nothing for a while."""
+    gw = redis_fault_gateway
+    headers = {"X-API-Key": ACME}
+    wait_until(lambda: _health(gw)["status"] == "ok", timeout=30, interval=0.2)
+    own_redis.client().execute_command("CLIENT", "PAUSE", "4000", "ALL")
+    with gw.client() as c:
+        codes = [c.get("/g/products/items", headers=headers).status_code for _ in range(5)]
+    assert codes == [200] * 5  # fail open: each waits at most REDIS_TIMEOUT, then is served
+    wait_until(lambda: _health(gw)["status"] == "ok", timeout=30, interval=0.2)
+    with gw.client() as c:
+        assert c.get("/g/products/items", headers=headers).status_code == 200
