@@ -34,8 +34,9 @@ class Exchange:
     """What one request accumulates for its log row and metrics."""
 
     __slots__ = (
-        "body_error", "bytes_in", "bytes_out", "cache_status", "client_ip", "key", "method", "path",
-        "request_id", "route", "route_name", "start", "status", "upstream_seconds", "user_agent",
+        "body_error", "body_failed", "bytes_in", "bytes_out", "cache_status", "client_ip", "key",
+        "method", "path", "request_id", "route", "route_name", "start", "status",
+        "upstream_seconds", "user_agent",
     )  # fmt: skip
 
     def __init__(self, method: str, start: float) -> None:
@@ -54,6 +55,8 @@ class Exchange:
         self.user_agent = ""
         self.request_id = ""
         self.body_error: type[Exception] | None = None  # set by the body stream when it gives up
+        # Set with body_error, for whoever waits on the upstream meanwhile (see call_upstream).
+        self.body_failed: asyncio.Event | None = None
 
 
 class ResponseSink:
@@ -133,16 +136,24 @@ async def body_stream(
                 message = await receive()
         except TimeoutError:
             ex.body_error = BodyTimeout
+            _signal(ex)
             raise BodyTimeout from None
         if message["type"] == "http.disconnect":
             ex.body_error = ClientGone
+            _signal(ex)
             raise ClientGone
         chunk: bytes = message.get("body", b"")
         if chunk:
             ex.bytes_in += len(chunk)
             if ex.bytes_in > limit:
                 ex.body_error = BodyTooLarge
+                _signal(ex)
                 raise BodyTooLarge
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+def _signal(ex: Exchange) -> None:
+    if ex.body_failed is not None:
+        ex.body_failed.set()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -40,9 +42,12 @@ async def call_upstream(
     ex = req.ex
     t0 = time.perf_counter()
     try:
-        resp = await client.request(
-            req.method, req.target, req.upstream_headers, req.body, timeout=req.timeout
-        )
+        if req.body is None:
+            resp = await client.request(
+                req.method, req.target, req.upstream_headers, None, timeout=req.timeout
+            )
+        else:
+            resp = await _request_with_body(client, req)
     except (BodyTooLarge, BodyTimeout, ClientGone, UpstreamError) as exc:
         # aiohttp may wrap what the body stream raised: the stream's own flag is the truth.
         if ex.body_error is BodyTooLarge or isinstance(exc, BodyTooLarge):
@@ -68,6 +73,35 @@ async def call_upstream(
         return None
     ex.upstream_seconds = time.perf_counter() - t0
     return resp
+
+
+async def _request_with_body(client: UpstreamClient, req: ProxyRequest) -> UpstreamResponse:
+    """The upstream call, given up as soon as the client's body fails (too large, stalled, gone):
+    an upstream still waiting for the rest of that body would otherwise hold us until its own
+    timeout, or forever."""
+    ex = req.ex
+    ex.body_failed = failed = asyncio.Event()
+    call = asyncio.ensure_future(
+        client.request(req.method, req.target, req.upstream_headers, req.body, timeout=req.timeout)
+    )
+    watch = asyncio.ensure_future(failed.wait())
+    try:
+        await asyncio.wait((call, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not call.done():
+            call.cancel()
+    if ex.body_error is not None:
+        # The client's body failed: whatever the upstream made of the part it got is moot.
+        if call.done() and not call.cancelled() and call.exception() is None:
+            call.result().close()
+        else:
+            with contextlib.suppress(BaseException):
+                await call
+        raise ex.body_error()
+    if call.cancelled():
+        raise asyncio.CancelledError
+    return call.result()
 
 
 async def send_upstream_error(send: ResponseSink, exc: UpstreamError) -> None:
