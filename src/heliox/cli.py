@@ -305,12 +305,9 @@ def _migrate_and_seed(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from heliox.config import ConfigError, load_settings
+    from heliox.config import load_settings
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        return _fail(str(exc))
+    settings = load_settings()  # a ConfigError is reported by main()
     if args.workers > 1 and not settings.redis_url:
         return _fail(
             "--workers > 1 needs REDIS_URL: without Redis each worker would keep its own rate "
@@ -417,13 +414,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- worker -----------------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
-    from heliox.config import ConfigError
     from heliox.worker import UnknownJob, run_worker
 
-    try:
-        settings = _tool_settings()
-    except ConfigError as exc:
-        return _fail(str(exc))
+    settings = _tool_settings()  # a ConfigError is reported by main()
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -451,13 +444,10 @@ class _MigrationProgress(logging.Handler):
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from heliox.config import ConfigError, redact_url
+    from heliox.config import redact_url
     from heliox.db.migrate import head_revision, upgrade_database_sync
 
-    try:
-        settings = _tool_settings()
-    except ConfigError as exc:
-        return _fail(str(exc))
+    settings = _tool_settings()  # a ConfigError is reported by main()
     url = settings.effective_database_url
     _progress(f"database {redact_url(url)}; latest revision {head_revision()}")
     alembic_log = logging.getLogger("alembic.runtime.migration")
@@ -479,12 +469,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 # --- config -----------------------------------------------------------------------------------
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from heliox.config import ConfigError, effective_settings, load_settings
+    from heliox.config import effective_settings, load_settings
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        return _fail(str(exc))
+    settings = load_settings()  # a ConfigError is reported by main()
     rows = effective_settings(settings)
     if args.json:
         print(json.dumps({name: value for name, value, _ in rows}, indent=2))
@@ -607,12 +594,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
     from heliox.admin.keys import create_key
     from heliox.admin.schemas import KeyCreate
-    from heliox.config import ConfigError
 
-    try:
-        settings = _tool_settings()
-    except ConfigError as exc:
-        return _fail(str(exc))
+    settings = _tool_settings()  # a ConfigError is reported by main()
     limits = {
         "rate_limit_rps": args.rps,
         "rate_limit_burst": args.burst,
@@ -654,13 +637,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
     from heliox.admin.deps import PageParams
     from heliox.admin.keys import list_keys
-    from heliox.config import ConfigError
     from heliox.db.models import Tenant
 
-    try:
-        settings = _tool_settings()
-    except ConfigError as exc:
-        return _fail(str(exc))
+    settings = _tool_settings()  # a ConfigError is reported by main()
 
     async def action(admin: Any) -> int:
         async with admin.read() as session:
@@ -727,13 +706,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from heliox.admin.keys import revoke_key
-    from heliox.config import ConfigError
     from heliox.db.models import ApiKey
 
-    try:
-        settings = _tool_settings()
-    except ConfigError as exc:
-        return _fail(str(exc))
+    settings = _tool_settings()  # a ConfigError is reported by main()
 
     async def action(admin: Any) -> int:
         async with admin.read() as session:
@@ -925,8 +900,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from heliox.config import ConfigError
+
     try:
         result: int = args.func(args)
+    except ConfigError as exc:  # a bad setting: name it and stop, no traceback
+        return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
     return result
