@@ -483,3 +483,17 @@ def test_client_ip_is_the_peer_or_a_real_address(peer: str | None, xff: bytes) -
     else:
         # Never text the client chose that is not an address.
         assert str(ip_address(found)) == found
+
+
+def test_peer_is_trusted_uses_the_same_address_rules_as_client_ip() -> None:
+    from ipaddress import ip_network
+
+    from heliox.core.headers import peer_is_trusted
+
+    nets = [ip_network("10.0.0.0/8")]
+    assert peer_is_trusted("10.1.2.3", nets)
+    assert peer_is_trusted("::ffff:10.1.2.3", nets)  # IPv4-mapped spelling of the same proxy
+    assert not peer_is_trusted("192.0.2.1", nets)
+    assert not peer_is_trusted("not-an-address", nets)
+    assert not peer_is_trusted(None, nets)
+    assert not peer_is_trusted("10.1.2.3", [])

@@ -186,6 +186,14 @@ def _is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in trusted)
 
 
+def peer_is_trusted(peer: str | None, trusted: Sequence[IPNetwork]) -> bool:
+    """Whether the connection's peer is one of the configured proxies."""
+    if not trusted or not peer:
+        return False
+    found = _parse_ip(peer.encode("latin-1"))
+    return found is not None and _is_trusted(found[0], trusted)
+
+
 def client_ip(peer: str | None, x_forwarded_for: bytes | None, trusted: Sequence[IPNetwork]) -> str:
     """The client's address: the peer, unless the peer is a trusted proxy.
 

@@ -11,20 +11,21 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from heliox.core.anomaly import AbuseDetector, Verdict
 from heliox.db.models import AbuseEvent
 from heliox.gateway.admission_step import key_subject, slowdown_subject
 from heliox.snapshot import KeyConfig
 
+if TYPE_CHECKING:
+    from heliox.runtime import Runtime
+
 log = logging.getLogger("heliox.abuse")
 
 
 class AbuseMonitor:
-    def __init__(self, runtime: object) -> None:
-        from heliox.runtime import Runtime
-
-        assert isinstance(runtime, Runtime)
+    def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.detector: AbuseDetector = runtime.detector
         self._tasks: set[asyncio.Task[None]] = set()

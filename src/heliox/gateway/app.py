@@ -24,6 +24,7 @@ from heliox.core.headers import (
     header_value,
     header_values,
     host_problem,
+    peer_is_trusted,
     upstream_request_headers,
 )
 from heliox.core.paths import BadPath, join_upstream_path, parse_gateway_path
@@ -293,7 +294,7 @@ class Gateway:
         policy = route.cache_policy
         if policy is not None and "host" not in policy.vary_headers:
             host = b""  # not in the cache key, so it must not shape a stored answer either
-        peer_trusted = _is_trusted(peer_host, rt)
+        peer_trusted = peer_is_trusted(peer_host, rt.settings.trusted_proxy_networks)
         drop = frozenset() if body_limit is not None else frozenset({b"content-length"})
         up_headers = upstream_request_headers(
             headers,
@@ -356,16 +357,3 @@ class Gateway:
                 ex.user_agent,
             )
         )
-
-
-def _is_trusted(peer_host: str | None, rt: Runtime) -> bool:
-    nets = rt.settings.trusted_proxy_networks
-    if not nets or not peer_host:
-        return False
-    import ipaddress
-
-    try:
-        addr = ipaddress.ip_address(peer_host)
-    except ValueError:
-        return False
-    return any(addr in net for net in nets)
