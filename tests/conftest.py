@@ -10,8 +10,13 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.e2e.harness import Upstream
 
 PG_ADMIN_URL = os.environ.get(
     "HELIOX_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -126,3 +131,24 @@ async def redis_client(redis_server: str) -> AsyncIterator[object]:
         yield client
     finally:
         await client.aclose()
+
+
+# --- real example upstream, shared by the end-to-end and browser tests -----------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for one test module's processes (their logs and SQLite files)."""
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def upstream(workdir: Path) -> Iterator[Upstream]:
+    """The example upstream as a real process, for one test module."""
+    from tests.e2e.harness import start_upstream
+
+    up = start_upstream(workdir)
+    try:
+        yield up
+    finally:
+        up.proc.stop()

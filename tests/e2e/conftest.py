@@ -14,22 +14,7 @@ from tests.e2e.harness import (
     Upstream,
     gateway_env,
     start_gateway,
-    start_upstream,
 )
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("e2e")
-
-
-@pytest.fixture(scope="module")
-def upstream(workdir: Path) -> Iterator[Upstream]:
-    up = start_upstream(workdir)
-    try:
-        yield up
-    finally:
-        up.proc.stop()
 
 
 @pytest.fixture(scope="module")

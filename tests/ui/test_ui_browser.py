@@ -34,7 +34,6 @@ from tests.e2e.harness import (
     Upstream,
     gateway_env,
     start_gateway,
-    start_upstream,
     wait_until,
 )
 
@@ -90,20 +89,6 @@ def browser(sync_playwright: Any) -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ui-browser")
-
-
-@pytest.fixture(scope="module")
-def upstream(workdir: Path) -> Iterator[Upstream]:
-    up = start_upstream(workdir)
-    try:
-        yield up
-    finally:
-        up.proc.stop()
 
 
 @pytest.fixture(scope="module")
