@@ -37,8 +37,10 @@ def _wait_key_live(gw: Gateway, key: str) -> None:
     )
 
 
-def test_staging_key_demo_shows_200s_then_429s(gateway: Gateway) -> None:
-    """The brief's bash demo: 200 sequential requests with the 100 RPS staging key."""
+def test_staging_key_sequential_demo_answers_200_or_a_clean_429(gateway: Gateway) -> None:
+    """The brief's bash demo: 200 sequential requests with the 100 RPS staging key. Sequential
+    requests may stay under the limit (README); refusals, when they come, are well-formed.
+    Refusals under load are proven by the concurrent tests below."""
     codes: Counter[int] = Counter()
     with gateway.client() as c:
         for _ in range(200):
@@ -48,8 +50,7 @@ def test_staging_key_demo_shows_200s_then_429s(gateway: Gateway) -> None:
                 assert r.headers["content-type"] == PROBLEM
                 assert int(r.headers["retry-after"]) >= 1
                 assert r.json()["limit"] == "rate"
-    assert codes[200] > 0
-    # Burst 200 at 100 RPS: sequential requests on loopback may or may not exhaust it.
+    assert codes[200] >= 100  # at least the first second's worth, whatever the pace
     assert set(codes) <= {200, 429}
 
 
