@@ -78,6 +78,8 @@ class Settings(BaseSettings):
         "", description="Comma-separated CIDRs whose X-Forwarded-For is trusted"
     )
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    # With Redis: fresh entries each instance keeps in process (0 turns it off); see cache_l1.
+    cache_l1_max_bytes: int = Field(16 * 1024 * 1024, ge=0)
     # Slow heads (slowloris) are dropped after this; a request head over this size is 431.
     http_header_read_timeout: float = Field(30.0, gt=0, le=60)
     max_header_bytes: int = Field(64 * 1024, ge=8192)

@@ -38,6 +38,7 @@ from heliox.state.admission_memory import MemoryAdmission
 from heliox.state.admission_redis import RedisAdmission
 from heliox.state.bloom_store import MemoryNegativeCache, NegativeCache, RedisNegativeCache
 from heliox.state.cache import CacheStore
+from heliox.state.cache_l1 import FreshEntries
 from heliox.state.cache_memory import MemoryCacheStore
 from heliox.state.cache_redis import RedisCacheStore
 from heliox.state.redis_pipe import PipelinedRedis
@@ -88,6 +89,8 @@ class Runtime:
         )
         # State: in-process unless REDIS_URL is set (then shared by every instance, below).
         self.cache: CacheStore = MemoryCacheStore(settings.cache_max_bytes)
+        # With Redis: fresh entries kept in process as well (the cache's L1).
+        self.fresh_entries: FreshEntries | None = None
         self.negative: NegativeCache = MemoryNegativeCache(
             expected_items=settings.bloom_expected_items,
             false_positive_rate=settings.bloom_false_positive_rate,
@@ -98,10 +101,19 @@ class Runtime:
         if s.redis_url:
             # Connections open lazily; building the clients here lets every step hold them.
             self.redis = _redis_client(s)
+            cache = RedisCacheStore(self.redis, prefix=s.redis_key_prefix + "cache:")
+            self.cache = cache
+            if s.cache_l1_max_bytes:
+                self.fresh_entries = FreshEntries(s.cache_l1_max_bytes)
             self.admission = RedisAdmission(
-                self.redis, prefix=s.redis_key_prefix, quota_tz=s.quota_timezone
+                self.redis,
+                prefix=s.redis_key_prefix,
+                quota_tz=s.quota_timezone,
+                # Only needed by the in-process copies: without them, no extra read.
+                cache_generation_key=cache.generation_key
+                if self.fresh_entries is not None
+                else None,
             )
-            self.cache = RedisCacheStore(self.redis, prefix=s.redis_key_prefix + "cache:")
             self.negative = RedisNegativeCache(
                 self.redis,
                 expected_items=s.bloom_expected_items,

@@ -122,3 +122,17 @@ async def test_replaying_a_batch_that_did_commit_writes_it_once(
     async with make_session_factory(engine)() as session:
         ids = (await session.scalars(select(RequestLog.request_id))).all()
     assert sorted(ids) == sorted(f"r-{i}" for i in range(15))
+
+
+def test_sqlite_timestamps_match_the_datetime_format() -> None:
+    # The per-second memo must spell every instant exactly as datetime + strftime would,
+    # including microsecond rounding up into the next second.
+    import random
+
+    from heliox.db.logwriter import _sqlite_ts
+
+    rng = random.Random(7)
+    instants = [rng.uniform(1.7e9, 1.8e9) for _ in range(20000)]
+    instants += [1_780_000_000.9999996, 1_780_000_000.0000004, 1_780_000_001.0]
+    for t in sorted(instants) + instants:
+        assert _sqlite_ts(t) == datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

@@ -22,6 +22,7 @@ from heliox.gateway.upstream_client import UpstreamClient, UpstreamError, Upstre
 from heliox.metrics import Metrics
 from heliox.snapshot import CachePolicyConfig, RouteConfig
 from heliox.state.bloom_store import MemoryNegativeCache, RedisNegativeCache
+from heliox.state.cache_l1 import FreshEntries
 from heliox.state.cache_memory import MemoryCacheStore
 from heliox.state.cache_redis import RedisCacheStore
 from heliox.upstream import app as upstream_app
@@ -208,6 +209,7 @@ async def make_rig(
             store = RedisCacheStore(redis, prefix=prefix + "cache:")
             negative = RedisNegativeCache(redis, prefix=prefix + "neg:", **negative_kw)
         runtime = SimpleNamespace(
+            fresh_entries=layer_kw.pop("fresh_entries", None),
             cache=store,
             negative=negative,
             redis=redis,
@@ -333,6 +335,67 @@ async def test_hit_on_redis_is_one_get(make_rig: RigFactory) -> None:
     redis.commands.clear()
     assert (await rig.get("/respond/one")).x_cache == "HIT"
     assert redis.commands == ["GET"]
+
+
+async def _with_generation(rig: Rig, target: str) -> Answer:
+    """A request as the pipeline sends it on Redis: admission has read the removal generation."""
+    req = rig.request(target)
+    req.ex.cache_generation = await rig.runtime.redis.get(rig.runtime.cache.generation_key)
+    if req.ex.cache_generation is None:  # admit.lua creates it on first use; so does this
+        await rig.runtime.redis.set(rig.runtime.cache.generation_key, b"1", nx=True)
+        req.ex.cache_generation = await rig.runtime.redis.get(rig.runtime.cache.generation_key)
+    return await rig.send(req)
+
+
+async def test_fresh_entries_kept_in_process_spare_the_cache_round_trip(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
+    assert (await _with_generation(rig, "/respond/l1")).x_cache == "MISS"
+    redis: CountingRedis = rig.runtime.redis
+    await asyncio.sleep(0)  # let the background gauge task run its first read
+    redis.commands.clear()
+    req = rig.request("/respond/l1")
+    req.ex.cache_generation = await redis.get(rig.runtime.cache.generation_key)
+    redis.commands.clear()
+    assert (await rig.send(req)).x_cache == "HIT"
+    assert redis.commands == []  # the fill's own copy: no GET
+    assert rig.runtime.metrics.events["cache_l1_hits"] == 1
+    # Without a generation (admission failed open, say) the copy is not trusted.
+    assert (await rig.get("/respond/l1")).x_cache == "HIT"
+    assert redis.commands == ["GET"]
+
+
+async def test_a_purge_elsewhere_retires_every_copy_kept_in_process(make_rig: RigFactory) -> None:
+    kept = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
+    other = await make_rig("redis")  # another instance on the same Redis
+    assert (await _with_generation(kept, "/respond/p1")).x_cache == "MISS"
+    assert (await _with_generation(kept, "/respond/p1")).x_cache == "HIT"
+    assert await other.runtime.cache.purge(route="r") == 1
+    after = await _with_generation(kept, "/respond/p1")
+    assert after.x_cache == "MISS"  # not the kept copy of the purged entry
+    assert kept.calls("/respond/p1") == 2
+    # An unsafe request's invalidation (a delete of the URI's entries) retires copies too.
+    assert (await _with_generation(kept, "/respond/p1")).x_cache == "HIT"
+    await other.layer.io.invalidate(other.request("/respond/p1"))
+    assert (await _with_generation(kept, "/respond/p1")).x_cache == "MISS"
+    assert kept.calls("/respond/p1") == 3
+
+
+async def test_kept_copies_are_served_only_while_fresh(make_rig: RigFactory) -> None:
+    rig = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
+    rig.policy = policy_of(ttl_seconds=5)
+    assert (await _with_generation(rig, "/respond/f1")).x_cache == "MISS"
+    rig.clock.advance(6)
+    # Stale now: looked up in Redis again (another instance may have refreshed it).
+    redis: CountingRedis = rig.runtime.redis
+    redis.commands.clear()
+    req = rig.request("/respond/f1")
+    req.ex.cache_generation = await redis.get(rig.runtime.cache.generation_key)
+    redis.commands.clear()
+    answer = await rig.send(req)
+    assert answer.x_cache != "HIT"
+    assert "GET" in redis.commands
 
 
 # --- conditional requests, HEAD, Range -----------------------------------------------------------
@@ -655,6 +718,7 @@ async def test_redis_down_means_misses_not_errors(
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     clock = FakeClock()
     runtime = SimpleNamespace(
+        fresh_entries=None,
         cache=RedisCacheStore(dead, prefix="x:"),
         negative=RedisNegativeCache(dead, expected_items=100, false_positive_rate=0.01),
         redis=dead,

@@ -84,7 +84,7 @@ class Runner:
 
 # The Redis cache store's three bookkeeping keys per prefix live as long as the store; their
 # contents are trimmed as entries expire (cache_common.lua). Every other key must expire.
-PERMANENT_SUFFIXES = (b":i:all", b":sz", b":bytes")
+PERMANENT_SUFFIXES = (b":i:all", b":sz", b":bytes", b":gen")  # bounded bookkeeping
 
 
 async def keys_without_ttl(client: aioredis.Redis, prefix: str) -> list[bytes]:

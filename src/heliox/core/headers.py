@@ -224,6 +224,18 @@ def client_ip(peer: str | None, x_forwarded_for: bytes | None, trusted: Sequence
     return current[1]
 
 
+def forwarded_as_sent(name: bytes) -> bool:
+    """Whether `upstream_request_headers` passes the client's values of `name` (lower-case) on
+    unchanged, as long as no Connection header names it."""
+    return not (
+        name in _REQUEST_STRIP
+        or name in _ADDRESS_CLAIMS
+        or name == b"via"
+        or name == b"content-length"
+        or name.startswith((b"x-heliox-", b"x-forwarded-"))
+    )
+
+
 def upstream_request_headers(
     headers: Headers,
     *,

@@ -180,6 +180,7 @@ class AdmissionStep:
             send.extra_headers.extend(rate_limit_headers(req, result))
         if result.allowed:
             self.metrics.admission[(route.name, "admitted", "")] += 1
+            send.ex.cache_generation = result.cache_generation
             return True
         reason = result.reason or RATE
         self.metrics.admission[(route.name, "limited", reason)] += 1
@@ -226,23 +227,28 @@ class AdmissionStep:
 
 
 def rate_limit_headers(req: AdmissionRequest, result: AdmissionResult) -> Headers:
-    """IETF draft-10 RateLimit-Policy / RateLimit, plus the legacy RateLimit-* and X-RateLimit-*."""
-    out: Headers = []
-    policies: list[str] = []
-    states: list[str] = []
+    """IETF draft-10 RateLimit-Policy / RateLimit, plus the legacy RateLimit-* and X-RateLimit-*.
+
+    Every response carries these, so only the changing counts are formatted per request; the
+    policy field depends on the limits alone and is built once per distinct set of them.
+    """
+    out: Headers
+    states: list[bytes] = []
     spec = req.limit
+    rate_q = 0
+    window = 0
     if spec is not None and result.limit:
+        rate_q = result.limit
         if spec.algorithm == TOKEN_BUCKET:
             window = max(1, round(spec.burst / spec.rate))
         else:
             window = spec.window_seconds
         reset = max(0, int(-(-result.reset_after // 1)))
-        policies.append(f'"rate";q={result.limit};w={window}')
-        states.append(f'"rate";r={result.remaining};t={reset}')
-        limit_b = str(result.limit).encode()
-        remaining_b = str(result.remaining).encode()
-        reset_b = str(reset).encode()
-        out += [
+        limit_b = b"%d" % rate_q
+        remaining_b = b"%d" % result.remaining
+        reset_b = b"%d" % reset
+        states.append(b'"rate";r=%d;t=%d' % (result.remaining, reset))
+        out = [
             (b"ratelimit-limit", limit_b),
             (b"ratelimit-remaining", remaining_b),
             (b"ratelimit-reset", reset_b),
@@ -250,17 +256,50 @@ def rate_limit_headers(req: AdmissionRequest, result: AdmissionResult) -> Header
             (b"x-ratelimit-remaining", remaining_b),
             (b"x-ratelimit-reset", reset_b),
         ]
-    for name, limit, remaining, reset_at, window in (
-        ("daily", result.daily_limit, result.daily_remaining, result.daily_reset, 86400),
-        ("monthly", result.monthly_limit, result.monthly_remaining, result.monthly_reset, 2592000),
+    else:
+        out = []
+    daily = result.daily_limit
+    if daily is not None and result.daily_remaining is not None and result.daily_reset is not None:
+        left = max(0, int(result.daily_reset - result.now))
+        states.append(b'"daily";r=%d;t=%d' % (result.daily_remaining, left))
+    else:
+        daily = None
+    monthly = result.monthly_limit
+    if (
+        monthly is not None
+        and result.monthly_remaining is not None
+        and result.monthly_reset is not None
     ):
-        if limit is not None and remaining is not None and reset_at is not None:
-            policies.append(f'"{name}";q={limit};w={window}')
-            states.append(f'"{name}";r={remaining};t={max(0, int(reset_at - result.now))}')
-    if policies:
-        out.append((b"ratelimit-policy", ", ".join(policies).encode()))
-        out.append((b"ratelimit", ", ".join(states).encode()))
+        left = max(0, int(result.monthly_reset - result.now))
+        states.append(b'"monthly";r=%d;t=%d' % (result.monthly_remaining, left))
+    else:
+        monthly = None
+    if states:
+        out.append((b"ratelimit-policy", _policy_field(rate_q, window, daily, monthly)))
+        out.append((b"ratelimit", b", ".join(states)))
     return out
+
+
+_POLICY_FIELDS: dict[tuple[int, int, int | None, int | None], bytes] = {}
+
+
+def _policy_field(rate_q: int, window: int, daily: int | None, monthly: int | None) -> bytes:
+    """The RateLimit-Policy value for one set of limits, memoised."""
+    memo_key = (rate_q, window, daily, monthly)
+    found = _POLICY_FIELDS.get(memo_key)
+    if found is None:
+        parts: list[str] = []
+        if rate_q:
+            parts.append(f'"rate";q={rate_q};w={window}')
+        if daily is not None:
+            parts.append(f'"daily";q={daily};w=86400')
+        if monthly is not None:
+            parts.append(f'"monthly";q={monthly};w=2592000')
+        if len(_POLICY_FIELDS) >= 4096:
+            _POLICY_FIELDS.clear()  # bounded: limits are few, but never trust that
+        found = ", ".join(parts).encode()
+        _POLICY_FIELDS[memo_key] = found
+    return found
 
 
 def _iso(epoch: float) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from heliox.core.headers import (
     client_ip,
+    forwarded_as_sent,
     has_conflicting_framing,
     header_value,
     header_values,
@@ -51,6 +52,8 @@ MAX_KEY_LENGTH = 256
 DIGEST_MEMO_SIZE = 4096
 # nginx's default: a request line over 8 KiB is 414 (granian's own limit is 64 KiB).
 MAX_URI_BYTES = 8192
+_NOTHING: frozenset[bytes] = frozenset()
+_CONTENT_LENGTH = frozenset({b"content-length"})
 
 
 class Gateway:
@@ -71,6 +74,7 @@ class Gateway:
         self._seq = 0
         # Raw API key -> SHA-256 digest: hashing every request's key cost more than the lookup.
         self._digests: dict[bytes, str] = {}
+        self._plain_vary: dict[tuple[str, ...], bool] = {}
         # Names this deployment in Via (instances share SECRET_KEY): a request arriving with it
         # has already been through us, so a route pointing back at the gateway is a loop.
         deployment = hashlib.sha256(runtime.settings.secret_key.encode()).hexdigest()[:12]
@@ -284,6 +288,58 @@ class Gateway:
     ) -> None:
         rt = self.runtime
         query: bytes = scope.get("query_string", b"")
+        policy = route.cache_policy
+
+        def prepare() -> tuple[list[tuple[bytes, bytes]], UpstreamTarget]:
+            return self._upstream_side(
+                scope, headers, ex, route, encoded_path, query, peer_host, body_limit
+            )
+
+        req = ProxyRequest(
+            method=ex.method,
+            route=route,
+            path=ex.path,
+            raw_query=query,
+            client_headers=headers,
+            prepare=prepare,
+            lookup_plain=policy is not None
+            and self._vary_plain(policy.vary_headers)
+            and header_value(headers, b"connection") is None,
+            tenant_id=ex.key.tenant_id if ex.key else None,
+            ex=ex,
+            body=body_stream(
+                receive, ex, body_limit, route.timeout_seconds or rt.settings.upstream_read_timeout
+            )
+            if body_limit is not None
+            else None,
+            body_limit=body_limit,
+        )
+        if policy is not None:
+            await self.cache.serve(req, send)
+        else:
+            await pass_through(rt.upstream, rt.metrics, req, send)
+
+    def _vary_plain(self, names: tuple[str, ...]) -> bool:
+        """Whether every vary header of a policy reaches the upstream as the client sent it."""
+        plain = self._plain_vary.get(names)
+        if plain is None:
+            plain = all(forwarded_as_sent(n.encode("latin-1")) for n in names)
+            self._plain_vary[names] = plain
+        return plain
+
+    def _upstream_side(
+        self,
+        scope: Scope,
+        headers: list[tuple[bytes, bytes]],
+        ex: Exchange,
+        route: RouteConfig,
+        encoded_path: str,
+        query: bytes,
+        peer_host: str | None,
+        body_limit: int | None,
+    ) -> tuple[list[tuple[bytes, bytes]], UpstreamTarget]:
+        """The upstream request's headers and target: built only when the upstream is called."""
+        settings = self.runtime.settings
         path_qs = join_upstream_path(route.upstream_base_path, encoded_path)
         if query:
             path_qs += "?" + query.decode("latin-1")
@@ -294,8 +350,8 @@ class Gateway:
         policy = route.cache_policy
         if policy is not None and "host" not in policy.vary_headers:
             host = b""  # not in the cache key, so it must not shape a stored answer either
-        peer_trusted = peer_is_trusted(peer_host, rt.settings.trusted_proxy_networks)
-        drop = frozenset() if body_limit is not None else frozenset({b"content-length"})
+        peer_trusted = peer_is_trusted(peer_host, settings.trusted_proxy_networks)
+        drop = _NOTHING if body_limit is not None else _CONTENT_LENGTH
         up_headers = upstream_request_headers(
             headers,
             client_ip=ex.client_ip,
@@ -307,24 +363,7 @@ class Gateway:
             peer=peer_host if peer_trusted else None,
         )
         up_headers.append((b"x-request-id", ex.request_id.encode()))
-        idle = route.timeout_seconds or rt.settings.upstream_read_timeout
-        req = ProxyRequest(
-            method=ex.method,
-            route=route,
-            path=ex.path,
-            raw_query=query,
-            client_headers=headers,
-            upstream_headers=up_headers,
-            target=target,
-            tenant_id=ex.key.tenant_id if ex.key else None,
-            ex=ex,
-            body=body_stream(receive, ex, body_limit, idle) if body_limit is not None else None,
-            body_limit=body_limit,
-        )
-        if route.cache_policy is not None:
-            await self.cache.serve(req, send)
-        else:
-            await pass_through(rt.upstream, rt.metrics, req, send)
+        return up_headers, target
 
     # --- after the response --------------------------------------------------------------------
     def _after(self, ex: Exchange) -> None:

@@ -65,10 +65,10 @@ def tenant_of(req: ProxyRequest) -> int | None:
 
 
 def entry_key(req: ProxyRequest) -> str:
-    """The cache key of a GET/HEAD request (vary values from the headers the upstream sees)."""
+    """The cache key of a GET/HEAD request (vary values as the upstream sees them)."""
     policy = req.route.cache_policy
     names = policy.vary_headers if policy is not None else ()
-    vary = vary_values(names, req.upstream_headers) if names else []
+    vary = vary_values(names, req.lookup_headers) if names else []
     return cache_key("GET", req.route.name, req.path, req.raw_query, vary, tenant_of(req))
 
 

@@ -106,6 +106,8 @@ class CacheLayer:
         locks = RedisLocks(redis, prefix=prefix + "lock:") if redis is not None else None
         self.notices = FillNotices(redis, prefix + "fill") if redis is not None else None
         self.io = CacheIO(runtime, locks)
+        # With Redis: fresh entries kept in process, checked against the removal generation.
+        self.fresh = runtime.fresh_entries
         self.flights = SingleFlight()
         self.refresher = Refresher(
             self.io, self.flights, self.notices, runtime.metrics, clock, lock_age
@@ -124,14 +126,25 @@ class CacheLayer:
         if not cacheable_request(policy, req.method):
             await self._bypass(req, send, "method")
             return
-        if header_value(req.upstream_headers, b"range") is not None:
+        if header_value(req.lookup_headers, b"range") is not None:
             # A partial answer must never stand in for, or replace, the full entry.
             await self._bypass(req, send, "range")
             return
 
-        request_cc = parse_cache_control(joined(req.upstream_headers, b"cache-control"))
+        request_cc = parse_cache_control(joined(req.lookup_headers, b"cache-control"))
         key = entry_key(req)
-        entry = await self.io.get(key)
+        generation = req.ex.cache_generation
+        kept = self.fresh
+        if kept is not None and generation is not None:
+            entry = kept.get(key, generation, self.clock())
+            if entry is None:
+                entry = await self.io.get(key)
+                if entry is not None:
+                    kept.put(key, entry, generation, self.clock())
+            else:
+                self.runtime.metrics.count("cache_l1_hits")
+        else:
+            entry = await self.io.get(key)
         now = self.clock()
         state = LookupState.EXPIRED if entry is None else lookup_state(entry, now, request_cc)
 
@@ -397,6 +410,9 @@ class CacheLayer:
             new = new_entry(req, resp.status, resp.headers, body, now)
             if store:
                 fill.stored = await self.io.put(key, new, now)
+                generation = req.ex.cache_generation
+                if fill.stored and self.fresh is not None and generation is not None:
+                    self.fresh.put(key, new, generation, now)
             fill.result = FillResult(new)
         if resp.status == 404 and policy.negative_cache:
             await self.io.negative_add(req.route.name, key, now)
@@ -533,6 +549,9 @@ class CacheLayer:
             else:
                 gauges["cache_entries"] = stats.entries
                 gauges["cache_bytes"] = stats.bytes
+            if self.fresh is not None:
+                gauges["cache_l1_entries"] = len(self.fresh)
+                gauges["cache_l1_bytes"] = self.fresh.stored_bytes
             await asyncio.sleep(GAUGE_INTERVAL)
 
     async def close(self) -> None:

@@ -41,7 +41,7 @@ async def send_entry(
 ) -> None:
     """Serve `entry`; a 304 when the request's preconditions match it (RFC 9110 §13.2)."""
     req.ex.cache_status = x_cache
-    if not_modified(entry.headers, req.upstream_headers, status=entry.status):
+    if not_modified(entry.headers, req.lookup_headers, status=entry.status):
         headers = not_modified_headers(entry.headers)
         status = 304
         body = b""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from heliox.gateway.responses import Headers, send_problem
@@ -34,9 +33,9 @@ class Exchange:
     """What one request accumulates for its log row and metrics."""
 
     __slots__ = (
-        "body_error", "body_failed", "bytes_in", "bytes_out", "cache_status", "client_ip", "key",
-        "method", "path", "request_id", "route", "route_name", "start", "status",
-        "upstream_seconds", "user_agent",
+        "body_error", "body_failed", "bytes_in", "bytes_out", "cache_generation", "cache_status",
+        "client_ip", "key", "method", "path", "request_id", "route", "route_name", "start",
+        "status", "upstream_seconds", "user_agent",
     )  # fmt: skip
 
     def __init__(self, method: str, start: float) -> None:
@@ -57,6 +56,8 @@ class Exchange:
         self.body_error: type[Exception] | None = None  # set by the body stream when it gives up
         # Set with body_error, for whoever waits on the upstream meanwhile (see call_upstream).
         self.body_failed: asyncio.Event | None = None
+        # From admission on Redis: what the cache's in-process copies are checked against.
+        self.cache_generation: bytes | None = None
 
 
 class ResponseSink:
@@ -99,22 +100,81 @@ class ResponseSink:
             self.ex.bytes_out += await send_problem(self._send, status, title, detail, hdrs, **ext)
 
 
-@dataclass(slots=True)
-class ProxyRequest:
-    """A request that passed routing, authentication and admission, ready for cache or upstream."""
+Prepare = Callable[[], tuple[list[tuple[bytes, bytes]], UpstreamTarget]]
 
-    method: str
-    route: RouteConfig
-    path: str  # canonical decoded path under the route
-    raw_query: bytes
-    client_headers: list[tuple[bytes, bytes]]  # as the client sent them
-    upstream_headers: list[tuple[bytes, bytes]]  # sanitised, what the upstream will see
-    target: UpstreamTarget
-    tenant_id: int | None
-    ex: Exchange
-    body: AsyncIterator[bytes] | None = None
-    body_limit: int | None = None
-    downstream_extra: Headers = field(default_factory=list)
+
+class ProxyRequest:
+    """A request that passed routing, authentication and admission, ready for cache or upstream.
+
+    The upstream side (sanitised headers and target) is built on first use: a fresh cache HIT
+    never needs it, and building it was a measurable share of a HIT. What the cache reads to look
+    a request up (Range, Cache-Control, preconditions, vary values) comes from `lookup_headers`,
+    which is the client's own list whenever the upstream would see those fields unchanged.
+    """
+
+    __slots__ = (
+        "_prepare", "_target", "_upstream_headers", "body", "body_limit", "client_headers",
+        "ex", "lookup_plain", "method", "path", "raw_query", "route", "tenant_id",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        route: RouteConfig,
+        path: str,  # canonical decoded path under the route
+        raw_query: bytes,
+        client_headers: list[tuple[bytes, bytes]],  # as the client sent them
+        tenant_id: int | None,
+        ex: Exchange,
+        upstream_headers: list[tuple[bytes, bytes]] | None = None,
+        target: UpstreamTarget | None = None,
+        prepare: Prepare | None = None,
+        lookup_plain: bool = False,
+        body: AsyncIterator[bytes] | None = None,
+        body_limit: int | None = None,
+    ) -> None:
+        if prepare is None and (upstream_headers is None or target is None):
+            raise TypeError("give either prepare, or both upstream_headers and target")
+        self.method = method
+        self.route = route
+        self.path = path
+        self.raw_query = raw_query
+        self.client_headers = client_headers
+        self.tenant_id = tenant_id
+        self.ex = ex
+        self._upstream_headers = upstream_headers
+        self._target = target
+        self._prepare = prepare
+        # True when the client's headers may stand in for the upstream's in a cache lookup.
+        self.lookup_plain = lookup_plain
+        self.body = body
+        self.body_limit = body_limit
+
+    def _build(self) -> None:
+        assert self._prepare is not None
+        self._upstream_headers, self._target = self._prepare()
+        self._prepare = None
+
+    @property
+    def upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        """Sanitised: what the upstream will see."""
+        if self._upstream_headers is None:
+            self._build()
+        assert self._upstream_headers is not None
+        return self._upstream_headers
+
+    @property
+    def target(self) -> UpstreamTarget:
+        if self._target is None:
+            self._build()
+        assert self._target is not None
+        return self._target
+
+    @property
+    def lookup_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers a cache lookup reads: the same values the upstream would see."""
+        return self.client_headers if self.lookup_plain else self.upstream_headers
 
     @property
     def policy(self) -> CachePolicyConfig | None:

@@ -111,6 +111,9 @@ class AdmissionResult:
     monthly_remaining: int | None
     monthly_reset: float | None
     now: float  # the backend's clock (Redis TIME on Redis), epoch seconds
+    # Shared backends only, when asked and admitted: the cache's removal generation, read in the
+    # same round trip (see heliox.state.cache_l1). None when unknown.
+    cache_generation: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,7 @@ def build_result(
     monthly: QuotaPeriod | None,
     monthly_used: int | None,
     now: float,
+    cache_generation: bytes | None = None,
 ) -> AdmissionResult:
     """Assemble a result (for backends); quota remaining is None where the counter was not read."""
     dq, mq = req.daily_quota, req.monthly_quota
@@ -209,4 +213,5 @@ def build_result(
         monthly_remaining=None if mq is None or monthly_used is None else max(0, mq - monthly_used),
         monthly_reset=None if monthly is None else monthly.end,
         now=now,
+        cache_generation=cache_generation,
     )

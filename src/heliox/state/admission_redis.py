@@ -136,6 +136,7 @@ class RedisAdmission:
         quota_tz: str | tzinfo = "UTC",
         clock: Callable[[], float] | None = None,
         local_clock: Callable[[], float] = time.time,
+        cache_generation_key: str | None = None,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("prefix must not contain braces (they would become the hash tag)")
@@ -146,6 +147,10 @@ class RedisAdmission:
         self._local_clock = local_clock
         self._skew = 0.0  # Redis time minus local time, learned from replies
         self._index_keys = (prefix + "{blocks}:until", prefix + "{blocks}:info")
+        # Read with every admitted request (RedisCacheStore.generation_key): the cache's
+        # in-process copies are checked against it. Outside the principal's hash tag, like the
+        # cache's own keys: a standalone Redis is assumed.
+        self._generation_key = cache_generation_key
 
     # --- keys ---------------------------------------------------------------------------------
     def _base(self, principal: str) -> str:
@@ -224,6 +229,9 @@ class RedisAdmission:
                 keys.append(self.quota_key(principal, period.id))
                 args += [str(quota), str(to_us(period.start)), str(to_us(period.end))]
         args += [_STATE_MARGIN_MS, _QUOTA_MARGIN_MS]
+        if self._generation_key is not None:
+            keys.append(self._generation_key)
+            args.append("1")
         return keys, args
 
     def _result(
@@ -246,8 +254,11 @@ class RedisAdmission:
         limit, remaining = int(reply[2]), int(reply[3])
         reset_after, retry_after = float(reply[4]), float(reply[5])
         dused, mused = int(reply[6]), int(reply[7])
+        generation = None
         if status == "ok":
             allowed, reason = True, None
+            if len(reply) > 8 and reply[8]:
+                generation = reply[8] if isinstance(reply[8], bytes) else _str(reply[8]).encode()
         else:
             allowed, reason = False, status
             period = {DAILY_QUOTA: daily, MONTHLY_QUOTA: monthly}.get(status)
@@ -255,7 +266,7 @@ class RedisAdmission:
                 retry_after = (to_us(period.end) - now_us) / US
         return build_result(
             req, allowed, reason, limit, remaining, reset_after, retry_after, None,
-            daily, dused, monthly, mused, now,
+            daily, dused, monthly, mused, now, generation,
         )  # fmt: skip
 
     # --- blocks -------------------------------------------------------------------------------

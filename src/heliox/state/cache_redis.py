@@ -172,6 +172,8 @@ class RedisCacheStore:
         self.prefix = prefix
         self.ttl_margin = ttl_margin
         self.purge_batch = purge_batch
+        # Raised by every delete and purge step (cache_common.lua); see heliox.state.cache_l1.
+        self.generation_key = prefix + "gen"
         common = _lua("cache_common.lua")
         self._set_script = client.register_script(common + _lua("cache_set.lua"))
         self._delete_script = client.register_script(common + _lua("cache_delete.lua"))

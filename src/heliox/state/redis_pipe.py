@@ -37,20 +37,16 @@ RECONNECT_PAUSE = 0.5
 
 
 def encode_command(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP, by hiredis's C encoder (a third of the cost of doing it in Python;
+    floats come out as `repr` spells them)."""
     if isinstance(args[0], str) and " " in args[0]:
         args = (*args[0].split(), *args[1:])  # "SCRIPT LOAD" is two words on the wire
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            b = arg
-        elif isinstance(arg, str):
-            b = arg.encode()
-        elif isinstance(arg, int | float):
-            b = repr(arg).encode()
-        else:
-            raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(parts)
+    try:
+        packed: bytes = hiredis.pack_command(args)
+        return packed
+    except TypeError:
+        bad = next(a for a in args if not isinstance(a, str | bytes | int | float))
+        raise TypeError(f"cannot send {type(bad).__name__} to Redis") from None
 
 
 class _Protocol(asyncio.Protocol):

@@ -7,12 +7,16 @@
 --       3 rate, 4 limit (burst, or requests per window), 5 window_us, 6 cost,
 --       7 daily quota, 8 daily period start_us, 9 its end_us,
 --       10 monthly quota, 11 monthly start_us, 12 its end_us,
---       13 rate-state TTL margin ms, 14 quota TTL margin ms.
+--       13 rate-state TTL margin ms, 14 quota TTL margin ms,
+--       15 '1' when the last KEY is the cache's removal generation (cache_common.lua), '' if not.
 -- Returns {status, now_us, ...}:
 --   'period'                       the caller guessed the wrong quota period: recompute, call again
 --   'blocked', until_us
 --   'ok' | 'rate' | 'daily_quota' | 'monthly_quota',
 --        limit, remaining, reset_after, retry_after, daily_used, monthly_used
+--   and after 'ok', with ARGV[15], the cache generation (created if missing): read in the same round
+--   trip, before the request reads the cache, so a copy of an entry kept in process is only
+--   served while no removal has happened since it was read.
 local US = 1000000
 local EPS = 1e-9
 
@@ -186,5 +190,15 @@ end
 if mq then
   mused = redis.call('INCRBY', mkey, cost)
   redis.call('PEXPIRE', mkey, math.ceil((tonumber(ARGV[12]) - now) / 1000) + quota_margin)
+end
+if ARGV[15] == '1' then
+  local generation = redis.call('GET', KEYS[#KEYS])
+  if not generation then
+    -- First use, or Redis lost its data: start above any value it can have held (see
+    -- cache_common.lua's bump_generation), so copies read before the loss never match again.
+    generation = string.format('%d', now)
+    redis.call('SET', KEYS[#KEYS], generation, 'NX')
+  end
+  return {'ok', fmt(now), shown_limit, remaining, fmt(reset), fmt(retry), dused, mused, generation}
 end
 return {'ok', fmt(now), shown_limit, remaining, fmt(reset), fmt(retry), dused, mused}

@@ -9,10 +9,24 @@
 --   P i:r:<route>  P i:u:<uri key>  P i:t:<tenant>  P i:g:<tag>
 --                     zsets of keys per dimension, same scores, TTL >= their latest member
 --   P sz              hash key -> serialised size;  P bytes   the sum of those sizes
+--   P gen             the removal generation: raised after every delete and purge step, read by
+--                     admit.lua, so instances know when entries they keep in process may be gone
 -- Index keys are derived from P and the entry's own index part, so a standalone Redis (not a
 -- cluster) is assumed.
 
 local FIXED = 60
+
+-- After removing entries: any copy an instance read before now is suspect. A missing counter
+-- (first use, or Redis lost its data) starts from Redis's clock in microseconds, above any value
+-- it held before, so an instance's old copies can never match again.
+local function bump_generation(P)
+  local g = P .. 'gen'
+  if redis.call('EXISTS', g) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', g, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+  end
+  redis.call('INCR', g)
+end
 
 local function now_ms()
   local t = redis.call('TIME')

@@ -3,4 +3,5 @@ local P, member = ARGV[1], ARGV[2]
 local entry_key = P .. 'e:' .. member
 local existed = redis.call('EXISTS', entry_key)
 remove_entry(P, member, read_index(entry_key))
+bump_generation(P)
 return existed

@@ -59,4 +59,6 @@ for _, member in ipairs(members) do
     removed = removed + 1
   end
 end
+-- Every step, the last included: raised only after this step's deletions.
+bump_generation(P)
 return {deleted, #members, removed}

@@ -1,0 +1,122 @@
+"""Fresh entries kept in process (the Redis cache's L1): served only while fresh and only under
+the removal generation they were read with; bounded by bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from heliox.state.admission import TOKEN_BUCKET, AdmissionRequest, LimitSpec
+from heliox.state.admission_redis import RedisAdmission
+from heliox.state.cache import CacheEntry
+from heliox.state.cache_l1 import FreshEntries, entry_size
+from heliox.state.cache_redis import RedisCacheStore
+
+NOW = 1_800_000_000.0
+
+
+def entry(i: int = 0, *, fresh_for: float = 60, body: bytes = b"x" * 100) -> CacheEntry:
+    return CacheEntry(
+        status=200,
+        headers=[(b"content-type", b"text/plain")],
+        body=body,
+        stored_at=NOW,
+        fresh_until=NOW + fresh_for,
+        stale_until=NOW + fresh_for + 30,
+        error_until=NOW + fresh_for + 30,
+        uri_key=f"u:{i}",
+        route="demo",
+        tenant_id=1,
+        path=f"/items/{i}",
+    )
+
+
+def test_served_while_fresh_under_the_same_generation() -> None:
+    kept = FreshEntries(1 << 20)
+    e = entry()
+    kept.put("k", e, b"7", NOW)
+    assert kept.get("k", b"7", NOW + 59.9) is e
+    assert kept.hits == 1
+    assert kept.get("k", b"8", NOW + 1) is None  # a removal happened since: dropped
+    assert len(kept) == 0 and kept.stored_bytes == 0
+    kept.put("k", e, b"7", NOW)
+    assert kept.get("k", b"7", NOW + 60) is None  # fresh_until reached
+    assert len(kept) == 0
+
+
+def test_entries_that_are_not_fresh_or_too_big_are_not_kept() -> None:
+    kept = FreshEntries(64 * 1024)
+    kept.put("old", entry(fresh_for=-1), b"1", NOW)
+    kept.put("big", entry(body=b"x" * 10_000), b"1", NOW)  # over an eighth of the budget
+    assert len(kept) == 0
+    kept.put("k", entry(), b"1", NOW)
+    kept.put("k", entry(fresh_for=-1), b"1", NOW)  # a newer, no longer fresh answer replaces it
+    assert kept.get("k", b"1", NOW) is None and kept.stored_bytes == 0
+
+
+def test_bounded_by_bytes_least_recently_used_out_first() -> None:
+    size = entry_size("k00", entry())
+    kept = FreshEntries(size * 10)
+    for i in range(10):
+        kept.put(f"k{i:02d}", entry(i), b"1", NOW)
+    assert kept.get("k00", b"1", NOW) is not None  # now the most recently used
+    kept.put("k10", entry(10), b"1", NOW)
+    assert kept.stored_bytes <= kept.max_bytes
+    assert kept.get("k01", b"1", NOW) is None  # the least recently used went
+    assert kept.get("k00", b"1", NOW) is not None
+    assert kept.evictions == 1
+
+
+def test_a_zero_budget_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        FreshEntries(0)
+
+
+@pytest.mark.redis
+async def test_admission_reads_the_generation_that_removals_raise(
+    redis_client: Any, redis_prefix: str
+) -> None:
+    store = RedisCacheStore(redis_client, prefix=redis_prefix + "cache:")
+    admission = RedisAdmission(
+        redis_client,
+        prefix=redis_prefix,
+        cache_generation_key=store.generation_key,
+    )
+    request = AdmissionRequest(subject="k:1", limit=LimitSpec(TOKEN_BUCKET, 1000, 1000))
+
+    async def generation() -> bytes | None:
+        return (await admission.admit(request)).cache_generation
+
+    first = await generation()
+    assert first is not None and first.isdigit()  # created on first use
+    assert await generation() == first
+    await store.set("k", entry(), NOW)
+    assert await generation() == first  # storing retires nothing
+    await store.delete("k")
+    second = await generation()
+    assert second is not None and int(second) > int(first)
+    await store.purge(route="nothing-matches")
+    third = await generation()
+    assert third is not None and int(third) > int(second)  # every purge counts
+    # Without the key configured, nothing extra is read.
+    plain = RedisAdmission(redis_client, prefix=redis_prefix)
+    assert (await plain.admit(request)).cache_generation is None
+
+
+@pytest.mark.redis
+async def test_a_lost_generation_restarts_above_every_earlier_value(
+    redis_client: Any, redis_prefix: str
+) -> None:
+    store = RedisCacheStore(redis_client, prefix=redis_prefix + "cache:")
+    admission = RedisAdmission(
+        redis_client,
+        prefix=redis_prefix,
+        cache_generation_key=store.generation_key,
+    )
+    request = AdmissionRequest(subject="k:2", limit=LimitSpec(TOKEN_BUCKET, 1000, 1000))
+    before = (await admission.admit(request)).cache_generation
+    assert before is not None
+    await redis_client.delete(store.generation_key)
+    after = (await admission.admit(request)).cache_generation
+    assert after is not None and int(after) > int(before)
