@@ -56,6 +56,14 @@ def test_operations_settings_come_from_the_environment(monkeypatch: pytest.Monke
     assert s.background_jobs is False
 
 
+def test_log_level_is_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", " warning ")
+    assert demo().log_level == "WARNING"
+    monkeypatch.setenv("LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError, match="LOG_LEVEL"):
+        demo()
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="how often the log-retention job runs"
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_any_case(cls, v: object) -> object:
+        # Operators write LOG_LEVEL=info as often as INFO (Python's logging takes either).
+        return v.strip().upper() if isinstance(v, str) else v
+
     @field_validator("database_url")
     @classmethod
     def _database_scheme(cls, v: str) -> str:
