@@ -710,6 +710,29 @@ async def test_swr_refresh_runs_once_across_instances(make_rig: RigFactory) -> N
     assert (await b.get("/respond/swr2?delay=0.3")).x_cache == "HIT"
 
 
+async def test_an_instance_waits_for_anothers_refresh_instead_of_retrying_the_lock(
+    make_rig: RigFactory,
+) -> None:
+    a = await make_rig("redis")
+    b = await make_rig("redis", clock=a.clock)
+    for rig in (a, b):
+        rig.policy = policy_of(ttl_seconds=10, stale_while_revalidate_seconds=60)
+    target = "/respond/swr3?delay=0.5"
+    await a.get(target)
+    await b.get(target)  # B's fill-notice subscription is up
+    a.clock.advance(11)
+    assert (await a.get(target)).x_cache == "STALE"  # A refreshes (0.5 s upstream)
+    redis_b: CountingRedis = b.runtime.redis
+    redis_b.commands.clear()
+    assert (await b.get(target)).x_cache == "STALE"  # B finds A's lock taken
+    later = [await b.get(target) for _ in range(5)]
+    assert [x.x_cache for x in later] == ["UPDATING"] * 5  # B waits for A, holding its slot
+    assert redis_b.commands.count("SET") == 1  # one lock attempt, not one per stale answer
+    await asyncio.gather(a.layer.refresher.drain(), b.layer.refresher.drain())
+    assert a.calls("/respond/swr3") == 2
+    assert (await b.get(target)).x_cache == "HIT"
+
+
 # --- Redis failures ------------------------------------------------------------------------------
 async def test_redis_down_means_misses_not_errors(
     upstream: tuple[int, RequestStats], client: UpstreamClient

@@ -2,7 +2,8 @@
 
 One refresh per key at a time: in this process through the key's single-flight slot (requests
 that arrive meanwhile are told `UPDATING`), across instances through the same Redis fill lock a
-miss takes. A refresh that fails, times out or gets a 5xx keeps the stale copy and stores
+miss takes. An instance that finds the lock taken keeps its own slot until the other instance's
+fill notice (or the lock's age), so it tries the lock once per refresh, not once per stale answer. A refresh that fails, times out or gets a 5xx keeps the stale copy and stores
 nothing; a 304 freshens the entry without a body transfer.
 """
 
@@ -69,10 +70,16 @@ class Refresher:
         result: FillResult | None = None
         stored = False
         token: str | None = ""
+        # Listening before the lock attempt, so another instance's refresh that ends right after
+        # it is heard either way.
+        notice = self.notices.register(key) if self.notices is not None else None
         try:
             token = await self.io.lock(key, self.lock_age)
             if token is None:
-                return  # another instance is refreshing this key
+                # Another instance is refreshing this key. Keep this process's slot until it is
+                # done: otherwise every stale answer served meanwhile would try the lock again.
+                result = await self._their_refresh(key, notice)
+                return
             if token:
                 # It may have finished a refresh between our read and our lock.
                 current = await self.io.get(key)
@@ -87,10 +94,31 @@ class Refresher:
         except Exception:
             log.exception("background refresh of %s failed", req.route.name)
         finally:
+            if notice is not None and self.notices is not None:
+                self.notices.unregister(key, notice)
             self.flights.finish(key, future, result)
             if token:
                 await self._announce(key, stored)
                 await self.io.unlock(key, token)
+
+    async def _their_refresh(
+        self, key: str, notice: asyncio.Future[str] | None
+    ) -> FillResult | None:
+        """Wait (at most as long as their lock may live) for another instance's refresh of
+        `key`; what it stored, if it is fresh."""
+        if notice is None:
+            return None
+        try:
+            async with asyncio.timeout(self.lock_age):
+                outcome = await notice
+        except TimeoutError:
+            return None
+        if outcome != STORED:
+            return None
+        current = await self.io.get(key)
+        if current is None or lookup_state(current, self.clock()) is not LookupState.HIT:
+            return None
+        return FillResult(current)
 
     async def _announce(self, key: str, stored: bool) -> None:
         if self.notices is None:
