@@ -14,7 +14,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from benchkit import nginx, report, stacks, wrk  # noqa: E402
+from benchkit import nginx, report, stacks, swr, wrk  # noqa: E402
 
 WRK_OUTPUT = """\
 Running 3s test @ http://127.0.0.1:29102/g/demo/items
@@ -173,3 +173,35 @@ def test_install_hint_names_the_missing_packages() -> None:
     from benchkit import machine
 
     assert "apt-get install -y wrk util-linux" in machine.install_hint(["wrk", "taskset"])
+
+
+# --- bench/stampede.py's SWR analysis ------------------------------------------------------------
+class _Rec:
+    def __init__(self, sent: float, latency: float, x_cache: str = "HIT", ok: bool = True):
+        self.sent, self.done, self.x_cache, self.ok = sent, sent + latency, x_cache, ok
+
+
+def _steady(duration: int, per_second: int = 100, latency: float = 0.001) -> list[_Rec]:
+    return [_Rec(s + i / per_second, latency) for s in range(duration) for i in range(per_second)]
+
+
+def test_swr_analysis_finds_each_expiry_and_judges_its_seconds() -> None:
+    records = _steady(10)
+    # An expiry at 4.5 s: the answers served stale meanwhile are slow (a refresh that hurts).
+    records += [_Rec(4.5 + i / 100, 0.02, "STALE") for i in range(10)]
+    result = swr.analyse(records, 10, gap=0.5)
+    assert len(result.episodes) == 1
+    assert result.episodes[0].answers == {"STALE": 10}
+    assert result.episodes[0].seconds == [4]
+    assert 4 in [s.index for s in result.seconds if s.expiry]
+    assert result.steady_p99 == pytest.approx(0.001)
+    assert result.worst_ratio is not None and result.worst_ratio > result.limit  # a spike: missed
+    assert result.quiet_over_limit == 0
+
+
+def test_swr_analysis_without_a_spike_meets_the_limit() -> None:
+    records = [*_steady(10), _Rec(6.2, 0.001, "UPDATING"), _Rec(8.9, 0.001, "STALE")]
+    result = swr.analyse(records, 10, gap=0.5)
+    assert len(result.episodes) == 2  # far apart: two expiries
+    assert result.worst_ratio is not None and result.worst_ratio <= result.limit
+    assert result.errors == 0 and result.requests == 1002
