@@ -190,28 +190,38 @@ async def body_stream(
 ) -> AsyncIterator[bytes]:
     """The client's request body, streamed; stops at `limit` bytes with BodyTooLarge, and with
     BodyTimeout when no part of it arrives for `idle_timeout` seconds."""
-    while True:
-        try:
-            async with asyncio.timeout(idle_timeout):
-                message = await receive()
-        except TimeoutError:
-            ex.body_error = BodyTimeout
-            _signal(ex)
-            raise BodyTimeout from None
-        if message["type"] == "http.disconnect":
-            ex.body_error = ClientGone
-            _signal(ex)
-            raise ClientGone
-        chunk: bytes = message.get("body", b"")
-        if chunk:
-            ex.bytes_in += len(chunk)
-            if ex.bytes_in > limit:
-                ex.body_error = BodyTooLarge
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    message = await receive()
+            except TimeoutError:
+                ex.body_error = BodyTimeout
                 _signal(ex)
-                raise BodyTooLarge
-            yield chunk
-        if not message.get("more_body", False):
-            return
+                raise BodyTimeout from None
+            if message["type"] == "http.disconnect":
+                ex.body_error = ClientGone
+                _signal(ex)
+                raise ClientGone
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                ex.bytes_in += len(chunk)
+                if ex.bytes_in > limit:
+                    ex.body_error = BodyTooLarge
+                    _signal(ex)
+                    raise BodyTooLarge
+                yield chunk
+            if not message.get("more_body", False):
+                return
+    except BaseException:
+        # Every failure (stall, excess, disconnect, cancel) leaves this frame in an exception's
+        # traceback, and the upstream client keeps that exception in reference cycles until the
+        # garbage collector runs. `receive` is bound to granian's protocol object, which owns
+        # the unfinished request body; granian reliably closes such a connection only once that
+        # object is gone, so a client could wait for the close our 408 announced until the next
+        # collection.
+        del receive
+        raise
 
 
 def _signal(ex: Exchange) -> None:
