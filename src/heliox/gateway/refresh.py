@@ -3,8 +3,9 @@
 One refresh per key at a time: in this process through the key's single-flight slot (requests
 that arrive meanwhile are told `UPDATING`), across instances through the same Redis fill lock a
 miss takes. An instance that finds the lock taken keeps its own slot until the other instance's
-fill notice (or the lock's age), so it tries the lock once per refresh, not once per stale answer. A refresh that fails, times out or gets a 5xx keeps the stale copy and stores
-nothing; a 304 freshens the entry without a body transfer.
+fill notice (or the lock's age), so it tries the lock once per refresh, not once per stale
+answer. A refresh that fails, times out or gets a 5xx keeps the stale copy and stores nothing; a
+304 freshens the entry without a body transfer.
 """
 
 from __future__ import annotations
