@@ -281,3 +281,34 @@ async def test_routes_read_from_each_policy_row_once(seeded: Factory) -> None:
     async with seeded() as session:
         standard = select(CachePolicy.id).where(CachePolicy.name == "standard")
         assert await session.scalar(standard) == policy.id
+
+
+async def test_many_keys_load_in_batches(seeded: Factory) -> None:
+    from sqlalchemy import insert
+
+    from heliox.db.snapshot_loader import KEY_BATCH
+
+    count = 2 * KEY_BATCH + 7  # three batches, the last one partial
+    async with seeded() as session, session.begin():
+        tenant_id = (await session.scalars(select(Tenant.id).limit(1))).one()
+        await session.execute(
+            insert(ApiKey),
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "name": f"bulk {i}",
+                    "key_hash": hash_key(f"bulk-key-{i}"),
+                    "key_prefix": f"hx_bulk_{i}"[:32],
+                    "rate_limit_rps": float(i % 50 + 1),
+                    "daily_quota": i,
+                }
+                for i in range(count)
+            ],
+        )
+    snap = await load_snapshot(seeded)
+    assert len(snap.keys) == count + 4  # and the seeded four
+    key = snap.keys[hash_key("bulk-key-1234")]
+    assert (key.name, key.rate_limit_rps, key.daily_quota) == ("bulk 1234", 35.0, 1234)
+    assert snap.keys_by_id[key.id] is key
+    algorithms = {id(k.rate_limit_algorithm) for k in snap.keys.values()}
+    assert len(algorithms) == 1  # one shared string, not one per key

@@ -7,6 +7,8 @@ missing it.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -27,6 +29,22 @@ from heliox.snapshot import (
 log = logging.getLogger(__name__)
 
 CONFIG_VERSION_ID = 1
+KEY_BATCH = 5000  # keys per streamed batch; the event loop runs between batches
+# What the hot path needs of a key, and nothing else.
+_KEY_COLUMNS = (
+    ApiKey.id,
+    ApiKey.tenant_id,
+    ApiKey.name,
+    ApiKey.key_prefix,
+    ApiKey.key_hash,
+    ApiKey.rate_limit_rps,
+    ApiKey.rate_limit_burst,
+    ApiKey.rate_limit_algorithm,
+    ApiKey.rate_limit_window_seconds,
+    ApiKey.daily_quota,
+    ApiKey.monthly_quota,
+    ApiKey.expires_at,
+)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -57,7 +75,7 @@ async def load_snapshot(session_factory: async_sessionmaker[AsyncSession]) -> Sn
         keys: dict[str, KeyConfig] = {}
         keys_by_id: dict[int, KeyConfig] = {}
         usable_keys = (
-            select(ApiKey)
+            select(*_KEY_COLUMNS)
             .join(Tenant, Tenant.id == ApiKey.tenant_id)
             .where(
                 ApiKey.is_active.is_(True),
@@ -66,11 +84,38 @@ async def load_snapshot(session_factory: async_sessionmaker[AsyncSession]) -> Sn
                 # Rotated keys in their grace period stay; the hot path checks expires_at.
                 or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
             )
+            .execution_options(yield_per=KEY_BATCH)
         )
-        for api_key in await session.scalars(usable_keys):
-            config = _key_config(api_key)
-            keys[api_key.key_hash] = config
-            keys_by_id[api_key.id] = config
+        # Plain rows, streamed in batches: a million keys as ORM objects took gigabytes and
+        # blocked the event loop for the whole load. Between batches requests are served.
+        algorithms: dict[str, str] = {}  # one string object per algorithm, not one per key
+        collecting = gc.isenabled()
+        gc.disable()  # a million new objects would set off full collections over and over
+        try:
+            result = await session.stream(usable_keys)
+            async for batch in result.partitions(KEY_BATCH):
+                for row in batch:
+                    config = KeyConfig(
+                        id=row.id,
+                        tenant_id=row.tenant_id,
+                        name=row.name,
+                        key_prefix=row.key_prefix,
+                        rate_limit_rps=row.rate_limit_rps,
+                        rate_limit_burst=row.rate_limit_burst,
+                        rate_limit_algorithm=algorithms.setdefault(
+                            row.rate_limit_algorithm, row.rate_limit_algorithm
+                        ),
+                        rate_limit_window_seconds=row.rate_limit_window_seconds,
+                        daily_quota=row.daily_quota,
+                        monthly_quota=row.monthly_quota,
+                        expires_at=row.expires_at,
+                    )
+                    keys[row.key_hash] = config
+                    keys_by_id[row.id] = config
+                await asyncio.sleep(0)
+        finally:
+            if collecting:
+                gc.enable()
     return Snapshot(
         version=version, routes=routes, keys=keys, tenants=tenants, keys_by_id=keys_by_id
     )
@@ -171,19 +216,3 @@ def parse_upstream_url(url: str) -> tuple[str, str, int, str]:
     except ValueError as exc:
         raise UpstreamURLError(f"{url!r}: invalid port") from exc
     return scheme, host, port or DEFAULT_PORTS[scheme], parts.path.rstrip("/")
-
-
-def _key_config(api_key: ApiKey) -> KeyConfig:
-    return KeyConfig(
-        id=api_key.id,
-        tenant_id=api_key.tenant_id,
-        name=api_key.name,
-        key_prefix=api_key.key_prefix,
-        rate_limit_rps=api_key.rate_limit_rps,
-        rate_limit_burst=api_key.rate_limit_burst,
-        rate_limit_algorithm=api_key.rate_limit_algorithm,
-        rate_limit_window_seconds=api_key.rate_limit_window_seconds,
-        daily_quota=api_key.daily_quota,
-        monthly_quota=api_key.monthly_quota,
-        expires_at=api_key.expires_at,
-    )
