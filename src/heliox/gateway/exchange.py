@@ -4,13 +4,15 @@ the request being proxied."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from heliox.gateway.responses import Headers, send_problem
 from heliox.gateway.upstream_client import UpstreamTarget
 from heliox.snapshot import CachePolicyConfig, KeyConfig, RouteConfig
+
+log = logging.getLogger("heliox.gateway")
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -96,8 +98,11 @@ class ResponseSink:
         self.started = True
         hdrs = list(headers) if headers else []
         hdrs.extend(self.extra_headers)
-        with contextlib.suppress(OSError):
+        try:
             self.ex.bytes_out += await send_problem(self._send, status, title, detail, hdrs, **ext)
+        except OSError as exc:
+            # The client is gone: nothing to answer, but say so for whoever debugs a missing reply.
+            log.debug("could not send %d to the client: %r", status, exc)
 
 
 Prepare = Callable[[], tuple[list[tuple[bytes, bytes]], UpstreamTarget]]
