@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     # With Redis: fresh entries each instance keeps in process (0 turns it off); see cache_l1.
     cache_l1_max_bytes: int = Field(16 * 1024 * 1024, ge=0)
+    # Seconds between returns of freed heap memory to the system (glibc malloc_trim); 0 = never.
+    memory_trim_interval: float = Field(30.0, ge=0)
     # Slow heads (slowloris) are dropped after this; a request head over this size is 431.
     http_header_read_timeout: float = Field(30.0, gt=0, le=60)
     max_header_bytes: int = Field(64 * 1024, ge=8192)

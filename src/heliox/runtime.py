@@ -30,6 +30,7 @@ from heliox.db.migrate import upgrade_database
 from heliox.db.snapshot_loader import load_snapshot, read_config_version
 from heliox.gateway.upstream_client import UpstreamClient
 from heliox.jobs import periodic_jobs
+from heliox.memory_trim import trim_periodically
 from heliox.metrics import Metrics, SharedMetrics
 from heliox.seed import seed
 from heliox.snapshot import Snapshot
@@ -154,6 +155,12 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._dump_metrics(), name="heliox-metrics"))
         if self.redis is not None:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="heliox-config-sub"))
+        if s.memory_trim_interval:
+            self._tasks.append(
+                asyncio.create_task(
+                    trim_periodically(s.memory_trim_interval), name="heliox-memory-trim"
+                )
+            )
         self.started = True
         # Everything built at start-up (snapshot, modules) is long-lived: keep it out of every
         # garbage collection, which otherwise shows as latency spikes under load.
