@@ -337,14 +337,18 @@ async def test_hit_on_redis_is_one_get(make_rig: RigFactory) -> None:
     assert redis.commands == ["GET"]
 
 
-async def _with_generation(rig: Rig, target: str) -> Answer:
-    """A request as the pipeline sends it on Redis: admission has read the removal generation."""
+async def _admitted(rig: Rig, target: str) -> ProxyRequest:
+    """A request as the pipeline hands it over on Redis: admission has read the removal
+    generation (admit.lua creates it on first use; so does this)."""
+    key = rig.runtime.cache.generation_key
+    await rig.runtime.redis.set(key, b"1", nx=True)
     req = rig.request(target)
-    req.ex.cache_generation = await rig.runtime.redis.get(rig.runtime.cache.generation_key)
-    if req.ex.cache_generation is None:  # admit.lua creates it on first use; so does this
-        await rig.runtime.redis.set(rig.runtime.cache.generation_key, b"1", nx=True)
-        req.ex.cache_generation = await rig.runtime.redis.get(rig.runtime.cache.generation_key)
-    return await rig.send(req)
+    req.ex.cache_generation = await rig.runtime.redis.get(key)
+    return req
+
+
+async def _with_generation(rig: Rig, target: str) -> Answer:
+    return await rig.send(await _admitted(rig, target))
 
 
 async def test_fresh_entries_kept_in_process_spare_the_cache_round_trip(
@@ -354,9 +358,7 @@ async def test_fresh_entries_kept_in_process_spare_the_cache_round_trip(
     assert (await _with_generation(rig, "/respond/l1")).x_cache == "MISS"
     redis: CountingRedis = rig.runtime.redis
     await asyncio.sleep(0)  # let the background gauge task run its first read
-    redis.commands.clear()
-    req = rig.request("/respond/l1")
-    req.ex.cache_generation = await redis.get(rig.runtime.cache.generation_key)
+    req = await _admitted(rig, "/respond/l1")
     redis.commands.clear()
     assert (await rig.send(req)).x_cache == "HIT"
     assert redis.commands == []  # the fill's own copy: no GET
@@ -389,9 +391,7 @@ async def test_kept_copies_are_served_only_while_fresh(make_rig: RigFactory) -> 
     rig.clock.advance(6)
     # Stale now: looked up in Redis again (another instance may have refreshed it).
     redis: CountingRedis = rig.runtime.redis
-    redis.commands.clear()
-    req = rig.request("/respond/f1")
-    req.ex.cache_generation = await redis.get(rig.runtime.cache.generation_key)
+    req = await _admitted(rig, "/respond/f1")
     redis.commands.clear()
     answer = await rig.send(req)
     assert answer.x_cache != "HIT"

@@ -37,7 +37,6 @@ def test_served_while_fresh_under_the_same_generation() -> None:
     e = entry()
     kept.put("k", e, b"7", NOW)
     assert kept.get("k", b"7", NOW + 59.9) is e
-    assert kept.hits == 1
     assert kept.get("k", b"8", NOW + 1) is None  # a removal happened since: dropped
     assert len(kept) == 0 and kept.stored_bytes == 0
     kept.put("k", e, b"7", NOW)
@@ -73,50 +72,51 @@ def test_a_zero_budget_is_refused() -> None:
         FreshEntries(0)
 
 
-@pytest.mark.redis
-async def test_admission_reads_the_generation_that_removals_raise(
-    redis_client: Any, redis_prefix: str
-) -> None:
+@pytest.fixture
+def shared(redis_client: Any, redis_prefix: str) -> tuple[RedisCacheStore, RedisAdmission]:
+    """A Redis cache store and an admission backend reading its removal generation."""
     store = RedisCacheStore(redis_client, prefix=redis_prefix + "cache:")
     admission = RedisAdmission(
-        redis_client,
-        prefix=redis_prefix,
-        cache_generation_key=store.generation_key,
+        redis_client, prefix=redis_prefix, cache_generation_key=store.generation_key
     )
-    request = AdmissionRequest(subject="k:1", limit=LimitSpec(TOKEN_BUCKET, 1000, 1000))
+    return store, admission
 
-    async def generation() -> bytes | None:
-        return (await admission.admit(request)).cache_generation
 
-    first = await generation()
+REQUEST = AdmissionRequest(subject="k:1", limit=LimitSpec(TOKEN_BUCKET, 1000, 1000))
+
+
+async def generation(admission: RedisAdmission) -> bytes | None:
+    return (await admission.admit(REQUEST)).cache_generation
+
+
+@pytest.mark.redis
+async def test_admission_reads_the_generation_that_removals_raise(
+    shared: tuple[RedisCacheStore, RedisAdmission], redis_client: Any, redis_prefix: str
+) -> None:
+    store, admission = shared
+    first = await generation(admission)
     assert first is not None and first.isdigit()  # created on first use
-    assert await generation() == first
+    assert await generation(admission) == first
     await store.set("k", entry(), NOW)
-    assert await generation() == first  # storing retires nothing
+    assert await generation(admission) == first  # storing retires nothing
     await store.delete("k")
-    second = await generation()
+    second = await generation(admission)
     assert second is not None and int(second) > int(first)
     await store.purge(route="nothing-matches")
-    third = await generation()
+    third = await generation(admission)
     assert third is not None and int(third) > int(second)  # every purge counts
     # Without the key configured, nothing extra is read.
     plain = RedisAdmission(redis_client, prefix=redis_prefix)
-    assert (await plain.admit(request)).cache_generation is None
+    assert (await plain.admit(REQUEST)).cache_generation is None
 
 
 @pytest.mark.redis
 async def test_a_lost_generation_restarts_above_every_earlier_value(
-    redis_client: Any, redis_prefix: str
+    shared: tuple[RedisCacheStore, RedisAdmission], redis_client: Any
 ) -> None:
-    store = RedisCacheStore(redis_client, prefix=redis_prefix + "cache:")
-    admission = RedisAdmission(
-        redis_client,
-        prefix=redis_prefix,
-        cache_generation_key=store.generation_key,
-    )
-    request = AdmissionRequest(subject="k:2", limit=LimitSpec(TOKEN_BUCKET, 1000, 1000))
-    before = (await admission.admit(request)).cache_generation
+    store, admission = shared
+    before = await generation(admission)
     assert before is not None
     await redis_client.delete(store.generation_key)
-    after = (await admission.admit(request)).cache_generation
+    after = await generation(admission)
     assert after is not None and int(after) > int(before)

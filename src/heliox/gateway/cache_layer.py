@@ -552,6 +552,7 @@ class CacheLayer:
             if self.fresh is not None:
                 gauges["cache_l1_entries"] = len(self.fresh)
                 gauges["cache_l1_bytes"] = self.fresh.stored_bytes
+                gauges["cache_l1_evictions"] = self.fresh.evictions
             await asyncio.sleep(GAUGE_INTERVAL)
 
     async def close(self) -> None:

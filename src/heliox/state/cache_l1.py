@@ -48,7 +48,7 @@ def entry_size(key: str, entry: CacheEntry) -> int:
 class FreshEntries:
     """At most `max_bytes` of fresh entries, each tagged with the generation it was read under."""
 
-    __slots__ = ("_bytes", "_entries", "evictions", "hits", "max_bytes")
+    __slots__ = ("_bytes", "_entries", "evictions", "max_bytes")
 
     def __init__(self, max_bytes: int) -> None:
         if max_bytes <= 0:
@@ -56,7 +56,6 @@ class FreshEntries:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[CacheEntry, bytes, int]] = OrderedDict()
         self._bytes = 0
-        self.hits = 0
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -77,7 +76,6 @@ class FreshEntries:
             self._bytes -= size
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         return entry
 
     def put(self, key: str, entry: CacheEntry, generation: bytes, now: float) -> None:
