@@ -101,9 +101,7 @@ def profile_mode(
         return text
     finally:
         procs.stop_all()
-        if backends is not None:
-            for problem in backends.drop():
-                say(f"cleanup: {problem}")
+        services.drop(backends, say)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -285,15 +285,11 @@ def run(args: argparse.Namespace, tools: machine.Tools, report: Report, workdir:
                 )
             gw.proc.check_alive()
             procs.stop(gw.proc)
-            if backends is not None:
-                for problem in backends.drop():
-                    say(f"cleanup: {problem}")
-                backends = None
+            services.drop(backends, say)
+            backends = None
     finally:
         procs.stop_all()
-        if backends is not None:
-            for problem in backends.drop():
-                say(f"cleanup: {problem}")
+        services.drop(backends, say)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -525,15 +525,11 @@ def run(args: argparse.Namespace, results: Results, workdir: Path) -> None:
             for gw in gws:
                 gw.proc.check_alive()
                 procs.stop(gw.proc)
-            if backends is not None:
-                for problem in backends.drop():
-                    say(f"cleanup: {problem}")
-                backends = None
+            services.drop(backends, say)
+            backends = None
     finally:
         procs.stop_all()
-        if backends is not None:
-            for problem in backends.drop():
-                say(f"cleanup: {problem}")
+        services.drop(backends, say)
 
 
 # --- the report ---------------------------------------------------------------------------------

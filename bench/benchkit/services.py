@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -103,3 +104,10 @@ def create(pg_admin_dsn: str, redis_url: str) -> ProductionBackends:
     )
     asyncio.run(_pg(pg_admin_dsn, f'CREATE DATABASE "{backends.db_name}"'))
     return backends
+
+
+def drop(backends: ProductionBackends | None, say: Callable[[str], None]) -> None:
+    """Remove a run's database and Redis keys, if it made any, saying what could not be removed."""
+    if backends is not None:
+        for problem in backends.drop():
+            say(f"cleanup: {problem}")
