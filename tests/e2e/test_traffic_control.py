@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -209,22 +210,22 @@ def _baseline_then_burst(gw: Gateway, key: str) -> None:
         asyncio.run(_fire([gw.url], key, 80, 40))
 
 
+def _listed(gw: Gateway, key_id: int, action: str) -> dict[str, Any] | None:
+    """The key's entry in /admin/abuse/blocked with that action, if it is listed."""
+    with gw.admin() as admin:
+        items = admin.get("/admin/abuse/blocked").json()["items"]
+    return next((b for b in items if b["key_id"] == key_id and b["action"] == action), None)
+
+
 def test_steady_baseline_then_burst_gets_the_key_blocked(abuse_gateway: Gateway) -> None:
     gw = abuse_gateway
     key_id, key = _create_key(gw, rate_limit_rps=1000, rate_limit_burst=2000)
     _wait_key_live(gw, key)
     _baseline_then_burst(gw, key)
-
-    def is_listed() -> bool:
-        with gw.admin() as admin:
-            items = admin.get("/admin/abuse/blocked").json()["items"]
-        return key_id in {b["key_id"] for b in items}
-
-    wait_until(is_listed, timeout=10)
+    wait_until(lambda: _listed(gw, key_id, "block") is not None, timeout=10)
+    entry = _listed(gw, key_id, "block")
+    assert entry is not None and entry["score"] > 3.0
     with gw.admin() as admin:
-        entry = next(b for b in admin.get("/admin/abuse/blocked").json()["items"]
-                     if b["key_id"] == key_id)  # fmt: skip
-        assert entry["score"] > 3.0
         assert entry["observed_rate"] > entry["baseline_rate"]
         events = admin.get("/admin/abuse/events", params={"key_id": key_id}).json()["items"]
         assert events and events[0]["action"] == "block"
@@ -252,13 +253,7 @@ def test_multiplier_action_slows_the_key_down_instead(slowdown_gateway: Gateway)
     key_id, key = _create_key(gw, rate_limit_rps=1000, rate_limit_burst=2000)
     _wait_key_live(gw, key)
     _baseline_then_burst(gw, key)
-
-    def slowed() -> bool:
-        with gw.admin() as admin:
-            items = admin.get("/admin/abuse/blocked").json()["items"]
-        return any(b["key_id"] == key_id and b["action"] == "multiplier" for b in items)
-
-    wait_until(slowed, timeout=10)
+    wait_until(lambda: _listed(gw, key_id, "multiplier") is not None, timeout=10)
 
     def limit_now() -> str:
         r = httpx.get(gw.url + "/g/demo/items", headers={"X-API-Key": key}, timeout=10)
