@@ -283,7 +283,9 @@ async def test_routes_read_from_each_policy_row_once(seeded: Factory) -> None:
         assert await session.scalar(standard) == policy.id
 
 
-async def test_many_keys_load_in_batches(seeded: Factory) -> None:
+async def test_keys_across_several_load_batches_all_arrive_sharing_their_strings(
+    seeded: Factory,
+) -> None:
     from sqlalchemy import insert
 
     from heliox.db.snapshot_loader import KEY_BATCH
