@@ -717,11 +717,11 @@ async def test_an_instance_waits_for_anothers_refresh_instead_of_retrying_the_lo
     b = await make_rig("redis", clock=a.clock)
     for rig in (a, b):
         rig.policy = policy_of(ttl_seconds=10, stale_while_revalidate_seconds=60)
-    target = "/respond/swr3?delay=0.5"
+    target = "/respond/swr3?delay=2"  # a refresh outlasting the requests below, however slow
     await a.get(target)
     await b.get(target)  # B's fill-notice subscription is up
     a.clock.advance(11)
-    assert (await a.get(target)).x_cache == "STALE"  # A refreshes (0.5 s upstream)
+    assert (await a.get(target)).x_cache == "STALE"  # A refreshes (2 s upstream)
     redis_b: CountingRedis = b.runtime.redis
     redis_b.commands.clear()
     assert (await b.get(target)).x_cache == "STALE"  # B finds A's lock taken
