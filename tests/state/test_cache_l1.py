@@ -10,7 +10,8 @@ import pytest
 from heliox.state.admission import TOKEN_BUCKET, AdmissionRequest, LimitSpec
 from heliox.state.admission_redis import RedisAdmission
 from heliox.state.cache import CacheEntry
-from heliox.state.cache_l1 import FreshEntries, entry_size
+from heliox.state.cache_l1 import FreshEntries
+from heliox.state.cache_memory import entry_size
 from heliox.state.cache_redis import RedisCacheStore
 
 NOW = 1_800_000_000.0
@@ -55,15 +56,16 @@ def test_entries_that_are_not_fresh_or_too_big_are_not_kept() -> None:
 
 
 def test_bounded_by_bytes_least_recently_used_out_first() -> None:
-    size = entry_size("k00", entry())
+    # Entries 10..20 all have the same size (two-digit numbers in every field).
+    size = entry_size("k10", entry(10))
     kept = FreshEntries(size * 10)
-    for i in range(10):
-        kept.put(f"k{i:02d}", entry(i), b"1", NOW)
-    assert kept.get("k00", b"1", NOW) is not None  # now the most recently used
-    kept.put("k10", entry(10), b"1", NOW)
+    for i in range(10, 20):
+        kept.put(f"k{i}", entry(i), b"1", NOW)
+    assert kept.get("k10", b"1", NOW) is not None  # now the most recently used
+    kept.put("k20", entry(20), b"1", NOW)
     assert kept.stored_bytes <= kept.max_bytes
-    assert kept.get("k01", b"1", NOW) is None  # the least recently used went
-    assert kept.get("k00", b"1", NOW) is not None
+    assert kept.get("k11", b"1", NOW) is None  # the least recently used went
+    assert kept.get("k10", b"1", NOW) is not None
     assert kept.evictions == 1
 
 

@@ -27,22 +27,13 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from heliox.state.cache import CacheEntry
+from heliox.state.cache_memory import entry_size  # the same estimate as the embedded store
 
-__all__ = ["FreshEntries", "entry_size"]
+__all__ = ["FreshEntries"]
 
-# Per-entry overhead beyond the body and header bytes: the dict slot, tuples, the entry object.
-_OVERHEAD = 400
 # No single entry may take more than this share of the budget (a few big bodies would evict
 # every small hot one).
 _MAX_SHARE = 8
-
-
-def entry_size(key: str, entry: CacheEntry) -> int:
-    """Roughly what keeping `entry` costs in memory, in bytes."""
-    size = _OVERHEAD + len(key) + len(entry.body)
-    for name, value in entry.headers:
-        size += len(name) + len(value) + 64
-    return size
 
 
 class FreshEntries:
