@@ -3,7 +3,7 @@
 Starts the example upstream, nginx (one worker: proxy_cache on one port, plain proxy_pass on
 another), and Heliox (one worker) in embedded mode and then on Redis + PostgreSQL; drives each with
 wrk pinned to another core; prints requests/s, p50 and p99 with every Heliox figure as a ratio to
-nginx's, and the targets of the performance issue marked met or missed.
+nginx's, and the performance targets (bench/README.md) marked met or missed.
 
     .venv/bin/python bench/run.py                  # 10 s per measured run (about 5 minutes)
     .venv/bin/python bench/run.py --quick          # 3 s per run

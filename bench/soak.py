@@ -1,6 +1,6 @@
 """Soak: mixed traffic over many API keys and paths, checking that memory stays bounded.
 
-Checks item 4 of the performance issue: with a 64 MiB cache cap and 10^5 distinct entries cached,
+Checks the memory targets: with a 64 MiB cache cap and 10^5 distinct entries cached,
 resident memory stays under cap + 150 MB and does not grow; with 10^6 API keys hitting the
 limiter on Redis, every Redis key has a TTL.
 
@@ -108,7 +108,7 @@ DEFAULT_PG = os.environ.get(
 )
 REDIS_PREFIX = "heliox-soak:"
 MIB = 2**20
-MB = 10**6  # the issue's "150 MB"
+MB = 10**6  # the memory target's "150 MB" is decimal megabytes
 # Request-log queue length taken as a backlog: 5 % of LOG_QUEUE_SIZE's default (50,000).
 LOG_BACKLOG = 2_500
 

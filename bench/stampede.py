@@ -1,6 +1,6 @@
 """Stampede and stale-while-revalidate under load, in one run, on this machine.
 
-Checks two targets of the performance issue:
+Checks two performance targets (bench/README.md, docs/performance.md):
 
   A. stampede: 1000 concurrent requests for one cold cache key, split over two gateway
      instances that share Redis and PostgreSQL, make 1 upstream call (while a steady load runs

@@ -82,7 +82,7 @@ def test_installed_demo_serves_the_verify_setup_commands(tmp_path: Path, wheels:
             return httpx.get(base + "/health", timeout=2).status_code == 200
 
         wait_until(up, 60)
-        # The product brief's "Verify Setup".
+        # The README's quick-start checks.
         assert httpx.get(base + "/health", timeout=10).json()["status"] == "ok"
         items = httpx.get(base + "/g/demo/items", headers={"X-API-Key": ACME}, timeout=10)
         assert items.status_code == 200

@@ -1,4 +1,4 @@
-"""The benchmark's table: figures, ratios to nginx, and the issue's targets marked met or missed."""
+"""The benchmark's table: figures, ratios to nginx, and the performance targets, met or missed."""
 
 from __future__ import annotations
 

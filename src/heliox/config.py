@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         env_file=None, case_sensitive=False, extra="ignore", validate_default=True
     )
 
-    # --- the brief's variables -------------------------------------------------------------
+    # --- backends, admin, default limits, abuse detection -----------------------------------
     database_url: str = Field(
         "", description="SQLAlchemy async URL; empty = SQLite file ./heliox.db"
     )
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         300.0, gt=0, description="a remembered 404 ages out after 1-2 of these"
     )
 
-    # --- ours ----------------------------------------------------------------------------------
+    # --- request path, cache, quotas, logs, configuration -------------------------------------
     example_upstream_url: str = Field(
         "http://127.0.0.1:8001", description="Upstream the seeded routes point at"
     )

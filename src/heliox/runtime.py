@@ -294,8 +294,8 @@ class Runtime:
 def _redis_client(settings: Settings) -> Any:
     """The Redis client for REDIS_URL (db index and rediss:// TLS options come from the URL)."""
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry  # redis-py warns when handed the synchronous one
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     # Bounded pool that waits (not fails) when busy; no retries, so an outage is seen in one
     # timeout and the hot path can fail open at once.

@@ -1,4 +1,4 @@
-"""Sample tenants, keys, cache policies and routes from the product brief ("Auto-Seeded Data").
+"""The sample tenants, keys, cache policies and routes of demo mode (README, "Seeded data").
 
 Idempotent: rows are matched by name (tenants, policies, routes) or key hash (keys) and only the
 missing ones are created; existing rows are never changed, so an operator's edits survive.

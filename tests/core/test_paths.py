@@ -1,4 +1,4 @@
-"""The canonical data-plane path: table cases from HARDENING.md, then properties."""
+"""The canonical data-plane path: table cases from docs/hardening.md, then properties."""
 
 from __future__ import annotations
 

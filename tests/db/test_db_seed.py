@@ -1,4 +1,5 @@
-"""Seeding the brief's sample data: exact keys, limits, routes and policies; idempotent."""
+"""Seeding the sample data (README, "Seeded data"): exact keys, limits, routes and policies;
+idempotent."""
 
 from __future__ import annotations
 

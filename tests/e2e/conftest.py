@@ -23,7 +23,7 @@ def embedded_gateway(workdir: Path, upstream: Upstream) -> Iterator[Gateway]:
     gw_dir = workdir / "embedded"
     gw_dir.mkdir()
     env = gateway_env(upstream)
-    env.pop("ADMIN_API_KEY")  # demo mode: the brief's default admin key
+    env.pop("ADMIN_API_KEY")  # demo mode: the documented default admin key
     env.pop("SECRET_KEY")
     env["ADMIN_API_KEY"] = "admin-secret-key"
     gw = start_gateway(gw_dir, env)

@@ -1,5 +1,6 @@
-"""The response cache end to end, in both modes: the brief's demos and issue 3's semantics,
-through real gateway and upstream processes. Every test works on paths of its own."""
+"""The response cache end to end, in both modes: the demo commands (MISS then HIT, stale
+answers, remembered 404s), then keys, conditional requests, invalidation and purge, through real
+gateway and upstream processes. Every test works on paths of its own."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def make_route(gw: Gateway, upstream_url: str, **policy: Any) -> tuple[str, int]
     return name, int(route.json()["id"])
 
 
-# --- the brief's demos ---------------------------------------------------------------------------
+# --- the demo commands ---------------------------------------------------------------------------
 def test_cache_miss_then_hit(gateway: Gateway, upstream: Upstream) -> None:
     path = f"/g/demo/slow?delay=0.3&run={unique('hit')}"
     before = calls(upstream, "/slow")

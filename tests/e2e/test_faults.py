@@ -1,7 +1,7 @@
 """Dependency outages with real processes: Redis killed under traffic, PostgreSQL cut off.
 
-Expected (HARDENING.md): keep serving, /health says degraded, nothing lost, recovery without a
-restart.
+Expected (docs/hardening.md, "Faults"): keep serving, /health says degraded, nothing lost,
+recovery without a restart.
 """
 
 from __future__ import annotations

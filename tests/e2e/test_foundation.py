@@ -1,4 +1,4 @@
-"""The brief's gateway end to end: real gateway and upstream processes, both modes."""
+"""The gateway end to end: real gateway and upstream processes, both modes."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""HTTP/1.1 message framing against the running gateway, over raw sockets (HARDENING.md, "Bad
-input": framing, NUL/CR/LF, oversize heads, TRACE, slow heads and bodies).
+"""HTTP/1.1 message framing against the running gateway, over raw sockets (docs/hardening.md,
+"Bad input": framing, NUL/CR/LF, oversize heads, TRACE, slow heads and bodies).
 
-Every bad message must get the 4xx HARDENING.md names, must not reach the upstream (checked with
-the example upstream's per-path counters), and the gateway must answer a normal request right
+Every bad message must get the 4xx docs/hardening.md names, must not reach the upstream (checked
+with the example upstream's per-path counters), and the gateway must answer a normal request right
 after. Some messages never reach the gateway's code: granian's parser (hyper) answers them itself,
 usually with an empty 400 and `Connection: close`; those tests pin down what it does.
 

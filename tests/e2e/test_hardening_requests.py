@@ -1,5 +1,6 @@
-"""Hostile requests against the running gateway (HARDENING.md, "Bad input"): paths, headers,
-the API key's secrecy, authentication, rate-limit bypass, cache poisoning and deception, admin.
+"""Hostile requests against the running gateway (docs/hardening.md, "Bad input"): paths,
+headers, the API key's secrecy, authentication, rate-limit bypass, cache poisoning and deception,
+admin.
 
 The example upstream's `/respond` answers carry a per-call counter `n`, so a response served from
 the cache is told apart from a fresh one; `/echo` shows exactly what the upstream received.

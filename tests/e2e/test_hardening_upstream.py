@@ -1,5 +1,5 @@
-"""Upstream faults against the running gateway (HARDENING.md, "Faults"): refused, timing out,
-resetting or cutting a body short, sending a huge or trickling body, or malformed headers.
+"""Upstream faults against the running gateway (docs/hardening.md, "Faults"): refused, timing
+out, resetting or cutting a body short, sending a huge or trickling body, or malformed headers.
 
 Expected: 502 / 504 (or stale-if-error inside its window), the client connection aborted when
 the headers are already out, nothing stored from an unfinished or refused answer, bodies

@@ -39,7 +39,7 @@ def _wait_key_live(gw: Gateway, key: str) -> None:
 
 
 def test_staging_key_sequential_demo_answers_200_or_a_clean_429(gateway: Gateway) -> None:
-    """The brief's bash demo: 200 sequential requests with the 100 RPS staging key. Sequential
+    """The sequential demo: 200 requests one at a time with the 100 RPS staging key. Sequential
     requests may stay under the limit (README); refusals, when they come, are well-formed.
     Refusals under load are proven by the concurrent tests below."""
     codes: Counter[int] = Counter()

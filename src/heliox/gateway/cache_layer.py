@@ -14,7 +14,7 @@ how waiting works within and across instances, `refresh` for the background refr
 `cache_fill` for what a fill sends and builds. On a HIT nothing but the one store read happens;
 bookkeeping (negative-cache adds, gauges) is done after the response or in the background.
 
-`X-Cache` carries the brief's vocabulary: HIT, MISS, STALE, UPDATING (stale while this process
+`X-Cache` carries the documented vocabulary: HIT, MISS, STALE, UPDATING (stale while this process
 already refreshes it), REVALIDATED (a 304 from upstream freshened the entry), NEGATIVE (a
 remembered 404) and BYPASS. Requests that waited on another's fill answer HIT, with
 `Cache-Status: heliox; fwd=miss; collapsed`. `Cache-Status` (RFC 9211) gives the detail.
