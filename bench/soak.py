@@ -517,7 +517,9 @@ def run_traffic(
         out.worker_hwm = sum(proc_status(p, "VmHWM") for p in children(gw.proc.pid)) / 1024
         if client is not None:
             client.close()
-    out.metrics = http.get(gw.url + "/metrics", timeout=30).json()
+    out.metrics = http.get(
+        gw.url + "/metrics", headers={"X-Admin-Key": gateway.ADMIN_KEY}, timeout=30
+    ).json()
     return out, mix
 
 

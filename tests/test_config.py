@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -269,12 +270,64 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
             assert value == shown(fields[name].default), name
 
 
-def test_env_example_as_given_is_a_valid_production_configuration(
+def test_env_example_is_a_valid_production_configuration_once_its_secrets_are_generated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     active, _ = env_example()
     for name, value in active.items():
         monkeypatch.setenv(name, value)
+    # As given, its two placeholders are refused, each named.
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "ADMIN_API_KEY: is a placeholder" in str(refused.value)
+    assert "SECRET_KEY: is a placeholder" in str(refused.value)
+    monkeypatch.setenv("ADMIN_API_KEY", secrets.token_urlsafe(32))
+    monkeypatch.setenv("SECRET_KEY", secrets.token_hex(32))
     settings = load_settings()
     assert settings.deployment_mode == "production"
     assert settings.database_url.startswith("postgresql+asyncpg://")
+
+
+# --- upstream bulkheads and address checks ----------------------------------------------------
+def test_upstream_bulkhead_and_deny_defaults() -> None:
+    s = demo()
+    assert (s.upstream_pool_size, s.upstream_pool_timeout) == (256, 5.0)
+    assert s.upstream_max_requests_per_key == 128
+    assert [str(n) for n in s.upstream_deny_network_list] == [
+        "169.254.0.0/16",
+        "fe80::/10",
+        "fd00:ec2::254/128",
+        "100.100.100.200/32",
+        "168.63.129.16/32",
+    ]
+
+
+def test_upstream_deny_networks_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSTREAM_DENY_NETWORKS", "")
+    assert demo().upstream_deny_network_list == ()
+    monkeypatch.setenv("UPSTREAM_DENY_NETWORKS", "10.0.0.0/8, 169.254.169.254")
+    assert [str(n) for n in demo().upstream_deny_network_list] == [
+        "10.0.0.0/8",
+        "169.254.169.254/32",
+    ]
+
+
+def test_bad_upstream_bulkhead_and_deny_settings_are_named() -> None:
+    message = config_error(upstream_deny_networks="169.254.0.0/16,metadata")
+    assert "UPSTREAM_DENY_NETWORKS: 'metadata' is not an IP address or CIDR" in message
+    assert "UPSTREAM_POOL_TIMEOUT" in config_error(upstream_pool_timeout=0)
+    assert "UPSTREAM_MAX_REQUESTS_PER_KEY" in config_error(upstream_max_requests_per_key=0)
+
+
+# --- abuse detection bounds -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("ABUSE_BLOCK_DURATION_SECONDS", "1000000000000"), ("ABUSE_WINDOW_SECONDS", "86400")],
+)
+def test_abuse_durations_past_their_bounds_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A block ending past every valid date would turn each refusal of the key into a 500."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable):
+        demo()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchkit import http
+from benchkit.gateway import ADMIN_KEY
 from benchkit.procs import children
 
 # The response cache's bookkeeping (heliox/state/lua/cache_common.lua): one sorted set of every
@@ -128,7 +129,8 @@ class RedisSample:
 
 
 def gateway_metrics(url: str) -> dict[str, Any]:
-    reply = http.get(url + "/metrics", timeout=30)
+    # Production mode keeps the metrics behind the admin key; demo mode accepts it too.
+    reply = http.get(url + "/metrics", headers={"X-Admin-Key": ADMIN_KEY}, timeout=30)
     if reply.status != 200:
         raise RuntimeError(f"GET /metrics -> {reply.status}")
     data: dict[str, Any] = reply.json()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from heliox.config import Settings
+    from heliox.connection_guard import ConnectionGuard
 
 log = logging.getLogger("heliox.cli")
 
@@ -58,6 +59,11 @@ environment:
                       false: leave them to `heliox worker`
   DATABASE_POOL_SIZE, DATABASE_TIMEOUT, REDIS_POOL_SIZE, REDIS_TIMEOUT   per-process pools
   REDIS_KEY_PREFIX    separates deployments that share one Redis (default heliox:)
+  HTTP_HEADER_READ_TIMEOUT, CLIENT_IDLE_TIMEOUT   a request head within 30 s of accept; idle
+                      connections closed 75 s after their last request (defaults)
+  CLIENT_MAX_CONNECTIONS   per worker; idle ones above it are closed (0: from `ulimit -n`)
+  METRICS_PUBLIC      /metrics without X-Admin-Key (default: demo yes, production no)
+  METRICS_PORT, METRICS_HOST   Prometheus text at /metrics on its own port, no key (0 = off)
 """
 WORKER_ENV_HELP = """\
 environment:
@@ -151,9 +157,18 @@ class GracefulShutdown:
     when the flush starts.
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], timeout: float):
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        timeout: float,
+        guard: ConnectionGuard | None = None,
+    ):
         self.app = app
         self.timeout = timeout
+        # Closes silent, idle and surplus client connections; learns from here which
+        # connections have a request in progress.
+        self.guard = guard
+        self.tracker = guard.tracker if guard is not None else None
         self.inflight: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.deadline_passed = False
@@ -169,6 +184,8 @@ class GracefulShutdown:
             await self.app(scope, receive, send)
             return
         self.inflight.add(task)
+        tracker = self.tracker
+        record = tracker.begin(scope.get("client")) if tracker is not None else None
         try:
             await self.app(scope, receive, send)
         except asyncio.CancelledError:
@@ -178,11 +195,18 @@ class GracefulShutdown:
             await _refuse_during_shutdown(send)
         finally:
             self.inflight.discard(task)
+            if record is not None:
+                record[0] -= 1
+                record[1] = time.monotonic()
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> MutableMapping[str, Any]:
             message = await receive()
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup" and self.guard is not None:
+                self.guard.start()
+            elif message["type"] == "lifespan.shutdown":
+                if self.guard is not None:
+                    self.guard.stop()
                 await self.settle()
             return message
 
@@ -281,7 +305,21 @@ def create_served_app() -> GracefulShutdown:
     from heliox.main import create_app
 
     settings = load_settings()
-    return GracefulShutdown(create_app(settings), settings.shutdown_timeout)
+    return GracefulShutdown(create_app(settings), settings.shutdown_timeout, _guard(settings))
+
+
+def _guard(settings: Settings) -> ConnectionGuard | None:
+    from heliox import connection_guard
+    from heliox.core.connections import ConnectionPolicy
+
+    if not connection_guard.supported():
+        return None
+    policy = ConnectionPolicy(
+        header_timeout=settings.http_header_read_timeout,
+        idle_timeout=settings.client_idle_timeout,
+        max_connections=connection_guard.limits_for(settings).cap,
+    )
+    return connection_guard.ConnectionGuard(policy, connection_guard.ConnectionTracker())
 
 
 def _migrate_and_seed(settings: Settings) -> None:
@@ -315,10 +353,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if not settings.database_url and args.workers > 1:
         return _fail("--workers > 1 needs DATABASE_URL (PostgreSQL); SQLite serves one process")
+    if settings.metrics_port and settings.metrics_port == args.port:
+        return _fail(f"METRICS_PORT: {args.port} is the gateway's own port; pick another")
     try:
         _migrate_and_seed(settings)
     except Exception as exc:
         return _fail(f"could not prepare the database: {exc}", 1)
+    if settings.metrics_port:
+        failed = _start_metrics_port(settings.metrics_host or args.host, settings.metrics_port)
+        if failed is not None:
+            return failed
     if args.reload:
         import uvicorn
 
@@ -341,6 +385,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         os.environ["HELIOX_METRICS_DIR"] = tempfile.mkdtemp(prefix="heliox-metrics-")
 
+    from heliox import connection_guard
+
+    limits = connection_guard.limits_for(settings)
+    if settings.client_max_connections > limits.cap:
+        _progress(
+            f"CLIENT_MAX_CONNECTIONS={settings.client_max_connections} needs more descriptors "
+            f"than the open-file limit ({connection_guard.open_file_limit()}) leaves after the "
+            f"pools: using {limits.cap} per worker (raise `ulimit -n`)"
+        )
+    header_timeout = settings.http_header_read_timeout
+    if connection_guard.supported():
+        # granian times the idle gap before a request head with the head's own timer; the
+        # connection guard applies both timeouts, granian's is the backstop.
+        header_timeout = max(header_timeout, settings.client_idle_timeout)
     _progress(
         f"gateway listening on http://{args.host}:{args.port} ({settings.deployment_mode} mode)"
     )
@@ -354,14 +412,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
         log_access=False,
         backlog=2048,
+        # Above this many connections a worker stops accepting; below it, the connection guard
+        # closes idle ones over CLIENT_MAX_CONNECTIONS. It leaves the pools their descriptors.
+        backpressure=limits.ceiling,
         http1_settings=HTTP1Settings(
-            header_read_timeout=math.ceil(settings.http_header_read_timeout * 1000),
+            header_read_timeout=math.ceil(header_timeout * 1000),
             max_buffer_size=settings.max_header_bytes,
         ),
         # Last resort for a worker that neither drains nor flushes in time (it is killed).
         workers_kill_timeout=math.ceil(settings.shutdown_timeout) + STOP_GRACE_SECONDS,
     ).serve()
     return 0
+
+
+def _start_metrics_port(host: str, port: int) -> int | None:
+    """Serve the Prometheus text on its own port from this (the main) process, for every
+    worker; the workers share their counters through HELIOX_METRICS_DIR."""
+    import tempfile
+
+    from heliox.metrics_port import MetricsPort
+
+    if "HELIOX_METRICS_DIR" not in os.environ:
+        os.environ["HELIOX_METRICS_DIR"] = tempfile.mkdtemp(prefix="heliox-metrics-")
+    folder = os.environ["HELIOX_METRICS_DIR"]
+    try:
+        listener = MetricsPort(host, port, folder)
+    except OSError as exc:
+        return _fail(f"METRICS_PORT: cannot listen on {host}:{port}: {exc.strerror or exc}")
+    listener.start()
+    _progress(f"metrics (Prometheus, no key) on http://{host}:{port}/metrics")
+    return None
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:

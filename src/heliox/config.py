@@ -15,6 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from heliox.core.bounds import MAX_BURST, MAX_RATE, MIN_RATE
+from heliox.core.netdeny import DEFAULT_DENY_NETWORKS, Network, parse_networks
+from heliox.core.secret_strength import GENERATE_HINT, weakness
+
 DEFAULT_ADMIN_API_KEY = "admin-secret-key"
 DEFAULT_SECRET_KEY = "heliox-demo-secret-key-change-me"
 MIN_SECRET_LENGTH = 16
@@ -48,12 +52,15 @@ class Settings(BaseSettings):
     deployment_mode: Literal["demo", "production"] | None = Field(
         None, description="demo when neither DATABASE_URL nor REDIS_URL is set, else production"
     )
-    default_rate_limit_rps: float = Field(100.0, gt=0)
-    default_rate_limit_burst: int = Field(200, ge=1)
+    default_rate_limit_rps: float = Field(
+        100.0, ge=MIN_RATE, le=MAX_RATE, description="0.001 to 1e9 requests per second"
+    )
+    default_rate_limit_burst: int = Field(200, ge=1, le=MAX_BURST)
     abuse_ewma_alpha: float = Field(0.3, gt=0, le=1)
     abuse_zscore_threshold: float = Field(3.0, gt=0)
-    abuse_block_duration_seconds: int = Field(300, ge=1)
-    abuse_window_seconds: int = Field(10, ge=1)
+    # Bounded so that a block's end is always a valid date and a finite Redis TTL (30 days).
+    abuse_block_duration_seconds: int = Field(300, ge=1, le=30 * 86400)
+    abuse_window_seconds: int = Field(10, ge=1, le=3600)
     abuse_min_samples: int = Field(6, ge=1)
     abuse_min_rate: float = Field(
         5.0, ge=0, description="requests per window below which no verdict"
@@ -73,7 +80,9 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(10 * 1024 * 1024, ge=0)
     upstream_connect_timeout: float = Field(5.0, gt=0)
     upstream_read_timeout: float = Field(30.0, gt=0)
-    upstream_pool_size: int = Field(256, ge=1)
+    upstream_pool_size: int = Field(
+        256, ge=1, description="upstream connections per process and route (routes may override)"
+    )
     trusted_proxies: str = Field(
         "", description="Comma-separated CIDRs whose X-Forwarded-For is trusted"
     )
@@ -112,6 +121,121 @@ class Settings(BaseSettings):
     )
     log_retention_interval_seconds: float = Field(
         3600.0, gt=0, description="how often the log-retention job runs"
+    )
+
+    # --- metrics exposure ------------------------------------------------------------------------
+    metrics_public: bool | None = Field(
+        None,
+        description="serve /metrics and /metrics/prometheus without the admin key; default: on "
+        "in demo mode, off in production (then they need X-Admin-Key or the UI's session)",
+    )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="also serve the Prometheus text, without a key, on this port (0 = off); "
+        "`heliox serve` binds it once, in its main process, for all workers",
+    )
+    metrics_host: str = Field(
+        "", description="address the metrics port listens on; empty = the gateway's --host"
+    )
+
+    # --- upstream bulkheads and address checks (gateway/bulkhead.py, core/netdeny.py) ----------
+    upstream_pool_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="seconds a request waits for one of its route's upstream connections "
+        "before a 503 (as HAProxy's timeout queue, which defaults to its connect timeout)",
+    )
+    upstream_max_requests_per_key: int = Field(
+        128,
+        ge=1,
+        le=1_000_000,
+        description="upstream requests one API key may have in flight per process; more get 503",
+    )
+    upstream_deny_networks: str = Field(
+        DEFAULT_DENY_NETWORKS,
+        description="comma-separated CIDRs no upstream connection may go to, checked on the "
+        "resolved address (empty = none); routes with allow_private_upstream are exempt",
+    )
+
+    # --- refused authentication: bad API keys, admin-key guessing (gateway/refusals.py,
+    # admin/throttle.py) ---------------------------------------------------------------------------
+    auth_failure_rate: float = Field(
+        10.0,
+        ge=0.001,
+        le=1_000_000,
+        description="requests/s with a missing or unknown API key one client address may make "
+        "before they get 429 instead of 401 (a token bucket per address, per process)",
+    )
+    auth_failure_burst: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="how many such requests an address may make at once; also how many log rows "
+        "of its refused requests are kept at once (AUTH_FAILURE_RATE more per second)",
+    )
+    refused_log_rate: float = Field(
+        100.0,
+        ge=0,
+        le=1_000_000,
+        description="log rows per second, per process, for requests refused before a key was "
+        "known (bad key, unknown route, malformed request); the rest are counted in /metrics",
+    )
+    admin_auth_max_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="failed admin authentications in a row from one client address before it "
+        "is locked out",
+    )
+    admin_auth_lockout_seconds: float = Field(
+        1.0, ge=0.001, le=3600, description="the first lock-out; each further failure doubles it"
+    )
+    admin_auth_max_lockout_seconds: float = Field(
+        900.0,
+        ge=0.001,
+        le=86_400,
+        description="the longest lock-out; a streak is forgotten this long after it ended",
+    )
+
+    # --- slow and silent clients: connections and request bodies (connection_guard.py,
+    # gateway/exchange.py) ----------------------------------------------------------------------
+    client_idle_timeout: float = Field(
+        75.0,
+        gt=0,
+        le=3600,
+        description="seconds a client connection with no request in progress stays open after "
+        "its last request (nginx keepalive_timeout); the next request's head must arrive "
+        "within it",
+    )
+    client_max_connections: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="client connections per worker above which idle ones are closed at once, "
+        "newest first (0 = derived from the open-file limit, `ulimit -n`, less the pools)",
+    )
+    request_body_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="seconds a request body may take to arrive in all, counting only the time "
+        "the gateway waits for the client (routes may override; 408 after)",
+    )
+    request_body_min_rate: int = Field(
+        1024,
+        ge=0,
+        le=2**31 - 1,
+        description="bytes/s a request body must average once REQUEST_BODY_MIN_RATE_GRACE has "
+        "passed (routes may override; 0 = no minimum; 408 below it)",
+    )
+    request_body_min_rate_grace: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="seconds of a request body before REQUEST_BODY_MIN_RATE applies",
     )
 
     @field_validator("log_level", mode="before")
@@ -167,6 +291,12 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {v!r} (use an IANA name such as UTC)") from exc
         return v
 
+    @field_validator("upstream_deny_networks")
+    @classmethod
+    def _deny_networks(cls, v: str) -> str:
+        parse_networks(v)  # raises naming the bad entry
+        return v
+
     @field_validator("trusted_proxies")
     @classmethod
     def _cidrs(cls, v: str) -> str:
@@ -187,22 +317,32 @@ class Settings(BaseSettings):
             self.admin_api_key = self.admin_api_key or DEFAULT_ADMIN_API_KEY
             self.secret_key = self.secret_key or DEFAULT_SECRET_KEY
             return self
-        if not self.admin_api_key:
-            raise ValueError(
-                "ADMIN_API_KEY: is empty; production mode needs an admin key of 16+ characters"
+        # Both secrets are checked before anything is reported, so one start tells the operator
+        # everything to fix.
+        problems = [
+            f"{name}: {why}; {GENERATE_HINT}"
+            for name, value, default in (
+                ("ADMIN_API_KEY", self.admin_api_key, DEFAULT_ADMIN_API_KEY),
+                ("SECRET_KEY", self.secret_key, DEFAULT_SECRET_KEY),
             )
-        if self.admin_api_key == DEFAULT_ADMIN_API_KEY:
-            raise ValueError(
-                "ADMIN_API_KEY: is the demo default; set your own key of 16+ characters"
-            )
-        if len(self.admin_api_key) < MIN_SECRET_LENGTH:
-            raise ValueError(f"ADMIN_API_KEY: is shorter than {MIN_SECRET_LENGTH} characters")
-        if not self.secret_key or self.secret_key == DEFAULT_SECRET_KEY:
-            raise ValueError(
-                "SECRET_KEY: production mode needs your own random secret of 16+ characters"
-            )
-        if len(self.secret_key) < MIN_SECRET_LENGTH:
-            raise ValueError(f"SECRET_KEY: is shorter than {MIN_SECRET_LENGTH} characters")
+            if (why := _secret_problem(value, default)) is not None
+        ]
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+    @field_validator("metrics_public", mode="before")
+    @classmethod
+    def _metrics_public_empty(cls, v: object) -> object:
+        # `METRICS_PUBLIC=` as copied from .env.example means the mode's default.
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _metrics_default(self) -> Settings:
+        # After _mode_and_secrets, which settles the mode. The demo's own instructions read
+        # the metrics with a plain curl; a production deployment keeps them behind the key.
+        if self.metrics_public is None:
+            self.metrics_public = self.deployment_mode != "production"
         return self
 
     # --- derived -------------------------------------------------------------------------------
@@ -223,8 +363,23 @@ class Settings(BaseSettings):
         return _split(self.cors_origins)
 
     @cached_property
+    def upstream_deny_network_list(self) -> tuple[Network, ...]:
+        return parse_networks(self.upstream_deny_networks)
+
+    @cached_property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(p, strict=False) for p in _split(self.trusted_proxies)]
+
+
+def _secret_problem(value: str, demo_default: str) -> str | None:
+    """Why production mode refuses `value` as a secret, or None."""
+    if not value:
+        return f"is empty; production mode needs a random value of {MIN_SECRET_LENGTH}+ characters"
+    if value == demo_default:
+        return "is the demo default"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"is shorter than {MIN_SECRET_LENGTH} characters"
+    return weakness(value)
 
 
 # --- connection URLs -------------------------------------------------------------------------

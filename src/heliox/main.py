@@ -8,48 +8,73 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 
 from heliox import __version__
 from heliox.config import Settings, load_settings
 from heliox.gateway.app import Gateway
+from heliox.metrics import PROMETHEUS_CONTENT_TYPE
 from heliox.runtime import Runtime
+
+DOCS_URL = "/admin/docs"
+OPENAPI_URL = "/admin/openapi.json"
 
 
 def create_app(settings: Settings | None = None) -> Gateway:
     settings = settings or load_settings()
     runtime = Runtime(settings)
+    # The admin API's description is open in demo mode only, whose admin key is public anyway;
+    # in production it needs the admin key (or the UI's session) like the API it describes.
+    docs_open = settings.is_demo
     api = FastAPI(
         title="Heliox",
         version=__version__,
         description="API gateway and caching proxy: admin API, health and metrics.",
-        docs_url="/admin/docs",
+        docs_url=DOCS_URL if docs_open else None,
         redoc_url=None,
-        openapi_url="/admin/openapi.json",
+        openapi_url=OPENAPI_URL if docs_open else None,
     )
     api.state.runtime = runtime
+    metrics_open = bool(settings.metrics_public)
 
     @api.get("/health", tags=["ops"])
     async def health() -> JSONResponse:
         return JSONResponse(await runtime.health(), headers={"cache-control": "no-store"})
 
     @api.get("/metrics", tags=["ops"])
-    async def metrics_json() -> JSONResponse:
-        data: dict[str, Any] = runtime.metrics_view().as_json()
+    async def metrics_json(request: Request) -> Response:
+        if not metrics_open and (refused := await _admin_only(request)) is not None:
+            return refused
+        data: dict[str, Any] = dict(await runtime.render_metrics("json"))
         data["instance"] = runtime.instance_id
         data["log_queue_length"] = runtime.logs.pending
         data["process"] = runtime.process_stats()  # this worker: for soak tests and leak hunts
         return JSONResponse(data, headers={"cache-control": "no-store"})
 
     @api.get("/metrics/prometheus", tags=["ops"])
-    async def metrics_prometheus() -> Response:
+    async def metrics_prometheus(request: Request) -> Response:
+        if not metrics_open and (refused := await _admin_only(request)) is not None:
+            return refused
         return Response(
-            runtime.metrics_view().prometheus_text(),
-            media_type="text/plain; version=0.0.4; charset=utf-8",
+            await runtime.render_metrics("prometheus"),
+            media_type=PROMETHEUS_CONTENT_TYPE,
             headers={"cache-control": "no-store"},
         )
+
+    if not docs_open:
+
+        @api.get(OPENAPI_URL, include_in_schema=False)
+        async def openapi_document(request: Request) -> Response:
+            return await _admin_only(request) or JSONResponse(api.openapi())
+
+        @api.get(DOCS_URL, include_in_schema=False)
+        async def openapi_docs(request: Request) -> Response:
+            return await _admin_only(request) or get_swagger_ui_html(
+                openapi_url=OPENAPI_URL, title=f"{api.title} - Swagger UI"
+            )
 
     if settings.cors_origin_list:
         # Browsers on these origins may call the admin API with the X-Admin-Key header.
@@ -65,15 +90,32 @@ def create_app(settings: Settings | None = None) -> Gateway:
     return Gateway(runtime, api)
 
 
+async def _admin_only(request: Request) -> Response | None:
+    """None for a request with the admin key (or the UI's session), else the 401 to send."""
+    from heliox.admin.auth import authenticate
+    from heliox.admin.errors import AdminError, problem_for_exception
+
+    try:
+        await authenticate(request)
+    except AdminError as exc:
+        return problem_for_exception(exc)
+    return None
+
+
 def _mount_optional(api: FastAPI) -> None:
     from heliox.admin.router import admin_router, install_admin_error_handlers
 
     install_admin_error_handlers(api)
     api.include_router(admin_router())
 
+    from heliox.admin.throttle import AdminAuthGuard
     from heliox.ui.auth import session_actor_hook
     from heliox.ui.views import mount_ui
 
+    rt = api.state.runtime
+    # Failed admin authentications per client address (X-Admin-Key and the UI's sign-in form);
+    # shared by every instance through Redis when there is one.
+    rt.admin_guard = AdminAuthGuard(rt.settings, rt.metrics, rt.session_factory, redis=rt.redis)
     # The UI's session cookie (with its CSRF token) authenticates admin API calls too.
     api.state.runtime.session_actor = session_actor_hook(api.state.runtime.settings)
     mount_ui(api)

@@ -1,27 +1,30 @@
 """Process-local counters and latency histograms, exposed as JSON (/metrics) and Prometheus text.
 
-The hot path only bumps plain dict counters after the response has been sent; the Prometheus
-families are built from them at scrape time by a custom collector, so prometheus-client's own
-locking never runs per request.
+The hot path only bumps plain dict counters after the response has been sent; the exposition text
+is written from them at scrape time, so no metrics library runs per request.
+
+Every label takes its values from configuration or from a fixed set: the route label is the name
+of a configured route (`UNKNOWN_ROUTE` for a request that matched none) and series of routes that
+are removed from the configuration are dropped (`keep_routes`). So the maps, and the text, stay
+as small as the configuration whatever clients send.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from math import inf, isnan
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The route label of a request that matched no configured route (no route name can contain
+# parentheses, so it never stands for a real one).
+UNKNOWN_ROUTE = "(unknown)"
 
 # Seconds; chosen around what a cache hit (sub-ms) and a slow upstream (seconds) cost.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -108,14 +111,36 @@ class Metrics:
     def count(self, event: str, n: int = 1) -> None:
         self.events[event] += n
 
+    def keep_routes(self, names: Collection[str]) -> None:
+        """Drop the series of every route not in `names` (the configured ones): route labels come
+        from configuration, and this keeps each map as small as the configuration too."""
+        keep = {*names, UNKNOWN_ROUTE}
+        counters: tuple[dict[Any, int], ...] = (
+            self.requests,
+            self.cache,
+            self.upstream_errors,
+            self.admission,
+        )
+        for series in counters:
+            for k in [k for k in series if k[0] not in keep]:
+                del series[k]
+        for hists in (self.latency, self.upstream_latency):
+            for r in [r for r in hists if r not in keep]:
+                del hists[r]
+
     # --- several worker processes behind one port ---------------------------------------------
     def dump(self) -> dict[str, Any]:
-        """Every counter, JSON-serialisable, for another process of the same server to merge."""
+        """Every counter, JSON-serialisable, for another process of the same server to merge.
+
+        A copy that shares nothing with the live counters: it can be read in another thread
+        while requests keep counting."""
         return {
             "started_at": self.started_at,
             "requests": [[r, s, n] for (r, s), n in self.requests.items()],
-            "latency": {r: [h.counts, h.sum] for r, h in self.latency.items()},
-            "upstream_latency": {r: [h.counts, h.sum] for r, h in self.upstream_latency.items()},
+            "latency": {r: [list(h.counts), h.sum] for r, h in self.latency.items()},
+            "upstream_latency": {
+                r: [list(h.counts), h.sum] for r, h in self.upstream_latency.items()
+            },
             "cache": [[r, c, n] for (r, c), n in self.cache.items()],
             "upstream_errors": [[r, s, n] for (r, s), n in self.upstream_errors.items()],
             "admission": [[r, o, why, n] for (r, o, why), n in self.admission.items()],
@@ -198,9 +223,54 @@ class Metrics:
         }
 
     def prometheus_text(self) -> bytes:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self))
-        return generate_latest(registry)
+        """The Prometheus text exposition format (0.0.4) of every counter, histogram and gauge."""
+        out: list[str] = []
+        _family(
+            out, "heliox_requests_total", "counter", "Data-plane requests answered",
+            ((("route", r), ("status", str(s)), n) for (r, s), n in sorted(self.requests.items())),
+        )  # fmt: skip
+        _histograms(
+            out,
+            "heliox_request_duration_seconds",
+            "Time to answer a data-plane request",
+            self.latency,
+        )
+        _histograms(
+            out,
+            "heliox_upstream_duration_seconds",
+            "Time to the upstream's response headers",
+            self.upstream_latency,
+        )
+        _family(
+            out, "heliox_cache_lookups_total", "counter", "Cache outcomes (X-Cache)",
+            ((("result", c), ("route", r), n) for (r, c), n in sorted(self.cache.items())),
+        )  # fmt: skip
+        _family(
+            out, "heliox_admission_total", "counter", "Admission decisions",
+            (
+                (("outcome", o), ("reason", why), ("route", r), n)
+                for (r, o, why), n in sorted(self.admission.items())
+            ),
+        )  # fmt: skip
+        _family(
+            out, "heliox_events_total", "counter", "Named gateway events",
+            ((("event", name), n) for name, n in sorted(self.events.items())),
+        )  # fmt: skip
+        for name, value in sorted(self.gauges.items()):
+            _family(out, f"heliox_{name}", "gauge", name.replace("_", " "), [(value,)])
+        return "".join(out).encode("utf-8")
+
+    @classmethod
+    def merged(cls, dumps: Iterable[Mapping[str, Any]]) -> Metrics:
+        """The sum of several dumps (processes of one server)."""
+        total = cls()
+        first = True
+        for d in dumps:
+            if first:
+                total.started_at = float(d.get("started_at", total.started_at))
+                first = False
+            total.absorb(dict(d))
+        return total
 
 
 def _quantiles_ms(hist: Histogram) -> dict[str, float | None]:
@@ -224,78 +294,85 @@ class SharedMetrics:
         self.folder = folder
         self.path = os.path.join(folder, f"{os.getpid()}.json")
 
-    def write(self) -> None:
-        tmp = self.path + ".tmp"
+    def write(self, dump: dict[str, Any] | None = None) -> None:
+        """Write this process's dump (`dump`, else one taken now from the live counters)."""
+        # One temporary file per thread: the periodic dump and a scrape may write at once.
+        tmp = f"{self.path}.{threading.get_ident()}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.metrics.dump(), fh, separators=(",", ":"))
+            json.dump(self.metrics.dump() if dump is None else dump, fh, separators=(",", ":"))
         os.replace(tmp, self.path)
 
-    def merged(self) -> Metrics:
-        self.write()
-        total = Metrics()
-        total.started_at = self.metrics.started_at
-        for name in sorted(os.listdir(self.folder)):
-            if not name.endswith(".json"):
-                continue
-            try:
-                with open(os.path.join(self.folder, name), encoding="utf-8") as fh:
-                    total.absorb(json.load(fh))
-            except (OSError, ValueError):
-                continue  # a worker mid-write or gone: its next dump counts
+    def merged(self, dump: dict[str, Any] | None = None) -> Metrics:
+        """Every worker's counters summed; `dump` (taken on the event loop) lets this run in
+        another thread without touching the live counters."""
+        own = self.metrics.dump() if dump is None else dump
+        self.write(own)
+        total = Metrics.merged(read_dumps(self.folder))
+        total.started_at = float(own["started_at"])
         return total
 
 
-class _Collector:
-    def __init__(self, metrics: Metrics) -> None:
-        self._m = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        m = self._m
-        req = CounterMetricFamily(
-            "heliox_requests", "Data-plane requests answered", labels=["route", "status"]
-        )
-        for (route, status), n in sorted(m.requests.items()):
-            req.add_metric([route, str(status)], n)
-        yield req
-        yield from _histograms(
-            "heliox_request_duration_seconds", "Time to answer a data-plane request", m.latency
-        )
-        yield from _histograms(
-            "heliox_upstream_duration_seconds",
-            "Time to the upstream's response headers",
-            m.upstream_latency,
-        )
-        cache = CounterMetricFamily(
-            "heliox_cache_lookups", "Cache outcomes (X-Cache)", labels=["route", "result"]
-        )
-        for (route, result), n in sorted(m.cache.items()):
-            cache.add_metric([route, result], n)
-        yield cache
-        adm = CounterMetricFamily(
-            "heliox_admission", "Admission decisions", labels=["route", "outcome", "reason"]
-        )
-        for (route, outcome, reason), n in sorted(m.admission.items()):
-            adm.add_metric([route, outcome, reason], n)
-        yield adm
-        ev = CounterMetricFamily("heliox_events", "Named gateway events", labels=["event"])
-        for name, n in sorted(m.events.items()):
-            ev.add_metric([name], n)
-        yield ev
-        for name, value in sorted(m.gauges.items()):
-            g = GaugeMetricFamily(f"heliox_{name}", name.replace("_", " "))
-            g.add_metric([], value)
-            yield g
+def read_dumps(folder: str) -> Iterator[dict[str, Any]]:
+    """The dumps the worker processes left in `folder`."""
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as fh:
+                yield json.load(fh)
+        except (OSError, ValueError):
+            continue  # a worker mid-write or gone: its next dump counts
 
 
-def _histograms(name: str, doc: str, hists: dict[str, Histogram]) -> Iterator[Metric]:
-    fam = HistogramMetricFamily(name, doc, labels=["route"])
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    """A sample value as prometheus-client (and Go) writes it: 3.0, 1.5e+07, +Inf, NaN."""
+    d = float(value)
+    if d == inf:
+        return "+Inf"
+    if d == -inf:
+        return "-Inf"
+    if isnan(d):
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    # Go switches to exponents sooner than Python.
+    if d > 0 and dot > 6:
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
+
+
+def _family(
+    out: list[str], name: str, kind: str, doc: str, samples: Iterable[tuple[Any, ...]]
+) -> None:
+    """One metric family; each sample is (label, value) pairs, sorted by label name, followed
+    by the value. Written as prometheus-client writes it, byte for byte."""
+    out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+    for sample in samples:
+        *labels, value = sample
+        if labels:
+            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            out.append(f"{name}{{{text}}} {_number(value)}\n")
+        else:
+            out.append(f"{name} {_number(value)}\n")
+
+
+_BOUNDS = tuple(repr(b) for b in LATENCY_BUCKETS)
+
+
+def _histograms(out: list[str], name: str, doc: str, hists: Mapping[str, Histogram]) -> None:
+    out.append(f"# HELP {name} {doc}\n# TYPE {name} histogram\n")
     for route, hist in sorted(hists.items()):
+        label = f'route="{_escape(route)}"'
         cumulative = 0
-        buckets: list[tuple[str, float]] = []
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            cumulative += hist.counts[i]
-            buckets.append((repr(bound), cumulative))
+        for bound, n in zip(_BOUNDS, hist.counts, strict=False):
+            cumulative += n
+            out.append(f'{name}_bucket{{le="{bound}",{label}}} {cumulative}.0\n')
         cumulative += hist.counts[-1]
-        buckets.append(("+Inf", cumulative))
-        fam.add_metric([route], buckets, sum_value=hist.sum)
-    yield fam
+        out.append(f'{name}_bucket{{le="+Inf",{label}}} {cumulative}.0\n')
+        out.append(f"{name}_count{{{label}}} {cumulative}.0\n")
+        out.append(f"{name}_sum{{{label}}} {_number(hist.sum)}\n")

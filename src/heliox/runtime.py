@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -67,6 +67,9 @@ class Runtime:
             pool_size=settings.upstream_pool_size,
             connect_timeout=settings.upstream_connect_timeout,
             read_timeout=settings.upstream_read_timeout,
+            pool_timeout=settings.upstream_pool_timeout,
+            max_requests_per_key=settings.upstream_max_requests_per_key,
+            deny_networks=settings.upstream_deny_network_list,
         )
         self.logs = LogWriter(
             self.engine,
@@ -125,6 +128,7 @@ class Runtime:
             )
         folder = os.environ.get("HELIOX_METRICS_DIR")
         self.shared_metrics = SharedMetrics(self.metrics, folder) if folder else None
+        self._metric_renders: dict[str, asyncio.Future[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.jobs: JobScheduler | None = None  # periodic jobs, when BACKGROUND_JOBS is on
         self._reload_lock = asyncio.Lock()
@@ -197,6 +201,8 @@ class Runtime:
     async def reload_config(self) -> None:
         async with self._reload_lock:
             self.snapshot = await load_snapshot(self.session_factory)
+            # Route labels name configured routes only: a removed route's series go with it.
+            self.metrics.keep_routes(self.snapshot.routes)
             self.metrics.count("config_reloads")
             self.metrics.gauges["config_version"] = self.snapshot.version
 
@@ -224,18 +230,36 @@ class Runtime:
         """A background task that stop() cancels."""
         self._tasks.append(task)
 
-    def metrics_view(self) -> Metrics:
-        """This process's metrics, or all workers' merged when the server runs several."""
-        if self.shared_metrics is None:
-            return self.metrics
-        return self.shared_metrics.merged()
+    async def render_metrics(self, kind: Literal["json", "prometheus"]) -> Any:
+        """`as_json()` or `prometheus_text()` of this process's metrics, or of all workers'
+        merged when the server runs several, without stalling requests.
+
+        Only a copy of the counters is taken on the event loop; merging the workers' files and
+        rendering run in a thread. Scrapes that arrive while one is rendering share its result.
+        """
+        pending = self._metric_renders.get(kind)
+        if pending is None:
+            dump = self.metrics.dump()
+            pending = asyncio.ensure_future(asyncio.to_thread(self._render_metrics, kind, dump))
+            self._metric_renders[kind] = pending
+            pending.add_done_callback(lambda _: self._metric_renders.pop(kind, None))
+        # Shielded: a scraper that goes away must not cancel the render the others wait for.
+        return await asyncio.shield(pending)
+
+    def _render_metrics(self, kind: str, dump: dict[str, Any]) -> Any:
+        if self.shared_metrics is not None:
+            view = self.shared_metrics.merged(dump)
+        else:
+            view = Metrics.merged([dump])
+        return view.as_json() if kind == "json" else view.prometheus_text()
 
     async def _dump_metrics(self) -> None:
         assert self.shared_metrics is not None
         while True:
             await asyncio.sleep(0.5)
+            dump = self.metrics.dump()  # the copy on the loop; JSON and the file in a thread
             with contextlib.suppress(OSError):
-                self.shared_metrics.write()
+                await asyncio.to_thread(self.shared_metrics.write, dump)
 
     async def _poll_config(self) -> None:
         while True:

@@ -32,6 +32,9 @@ class CachePolicyConfig:
     max_object_bytes: int = 1024 * 1024
     shared: bool = False
     negative_cache: bool = True
+    # Requests carrying Cookie are looked up and stored (the cookie is then not forwarded on a
+    # fill); by default they bypass the cache unless Cookie is a vary header.
+    cache_with_cookies: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,15 @@ class RouteConfig:
     fail_mode: str = "open"  # "open" | "closed"
     max_request_body_bytes: int | None = None
     timeout_seconds: float | None = None
+    # The request body's deadline in all and its minimum rate in bytes/s (None: the settings'
+    # REQUEST_BODY_TIMEOUT and REQUEST_BODY_MIN_RATE; a rate of 0: no minimum).
+    request_body_timeout_seconds: float | None = None
+    request_body_min_rate: int | None = None
     hide_ratelimit_headers: bool = False
+    # Upstream connections this route may hold at once (None: UPSTREAM_POOL_SIZE), and whether
+    # it may connect to addresses in UPSTREAM_DENY_NETWORKS (the admin's explicit opt-in).
+    max_upstream_connections: int | None = None
+    allow_private_upstream: bool = False
     # Parsed pieces of upstream_url, filled by the loader so the hot path never re-parses.
     upstream_scheme: str = "http"
     upstream_host: str = ""

@@ -412,6 +412,7 @@ async def test_logs_rows_carry_no_key_material(
         "bytes_out",
         "client_ip",
         "user_agent",
+        "error",
     }
     assert item["id"] == len(ROWS)
 

@@ -55,6 +55,33 @@ async def test_defaults(client: httpx.AsyncClient) -> None:
     )
     assert policy["cacheable_methods"] == ["GET", "HEAD"]
     assert policy["cacheable_statuses"] == [200, 203, 204, 300, 301, 308, 404, 410]
+    assert policy["cache_with_cookies"] is False
+
+
+async def test_cache_with_cookies_reaches_the_snapshot(
+    client: httpx.AsyncClient, runtime: FakeRuntime
+) -> None:
+    policy = (
+        await client.post("/admin/policies", json={"name": "cookies", "cache_with_cookies": True})
+    ).json()
+    assert policy["cache_with_cookies"] is True
+    route = await client.post(
+        "/admin/routes",
+        json={"name": "c", "upstream_url": "http://127.0.0.1:9", "cache_policy_id": policy["id"]},
+    )
+    assert route.status_code == 201, route.text
+    loaded = (await load_snapshot(runtime.session_factory)).routes["c"].cache_policy
+    assert loaded is not None and loaded.cache_with_cookies is True
+    patched = await client.patch(
+        f"/admin/policies/{policy['id']}", json={"cache_with_cookies": False}
+    )
+    assert patched.json()["cache_with_cookies"] is False
+    loaded = (await load_snapshot(runtime.session_factory)).routes["c"].cache_policy
+    assert loaded is not None and loaded.cache_with_cookies is False
+    assert_problem(
+        await client.patch(f"/admin/policies/{policy['id']}", json={"cache_with_cookies": None}),
+        422,
+    )
 
 
 async def test_duplicates_and_unknown_ids(client: httpx.AsyncClient) -> None:

@@ -94,6 +94,23 @@ async def test_full_create_get_patch_delete(
     assert_problem(await client.delete(f"/admin/routes/{route['id']}"), 404)
 
 
+async def test_request_body_limits_are_stored_loaded_and_cleared(
+    client: httpx.AsyncClient, runtime: FakeRuntime
+) -> None:
+    route = await make_route(client, request_body_timeout_seconds=12.5, request_body_min_rate=0)
+    assert (route["request_body_timeout_seconds"], route["request_body_min_rate"]) == (12.5, 0)
+    loaded = (await load_snapshot(runtime.session_factory)).routes["demo"]
+    assert (loaded.request_body_timeout_seconds, loaded.request_body_min_rate) == (12.5, 0)
+    patched = await client.patch(
+        f"/admin/routes/{route['id']}",
+        json={"request_body_timeout_seconds": None, "request_body_min_rate": 2048},
+    )
+    body = patched.json()
+    assert (body["request_body_timeout_seconds"], body["request_body_min_rate"]) == (None, 2048)
+    loaded = (await load_snapshot(runtime.session_factory)).routes["demo"]
+    assert (loaded.request_body_timeout_seconds, loaded.request_body_min_rate) == (None, 2048)
+
+
 async def test_duplicate_names_are_409(client: httpx.AsyncClient) -> None:
     await make_route(client)
     other = await make_route(client, name="other")
@@ -121,6 +138,8 @@ async def test_duplicate_names_are_409(client: httpx.AsyncClient) -> None:
         ({"rate_limit_rps": 0}, "rate_limit_rps"),
         ({"timeout_seconds": 0}, "timeout_seconds"),
         ({"max_request_body_bytes": -1}, "max_request_body_bytes"),
+        ({"request_body_timeout_seconds": 0}, "request_body_timeout_seconds"),
+        ({"request_body_min_rate": -1}, "request_body_min_rate"),
         ({"cache_policy": "missing"}, "cache_policy"),
         ({"cache_policy_id": 12345}, "cache_policy_id"),
         ({"cache_policy_id": 2**40}, "cache_policy_id"),

@@ -20,6 +20,7 @@ from heliox.core.freshness import (
     freshen_headers,
     headers_to_store,
     initial_age,
+    lookup_bypass,
     lookup_state,
     not_modified,
     not_modified_headers,
@@ -53,6 +54,31 @@ def store(
 ) -> tuple[bool, str]:
     decision = storable(policy, method, status, response or [], body_len, request or [], now=now)
     return decision.ok, decision.reason
+
+
+# --- lookup_bypass --------------------------------------------------------------------------
+COOKIES_OPT_IN = replace(POLICY, cache_with_cookies=True)
+COOKIE_KEYED = replace(POLICY, vary_headers=("accept", "cookie"))
+
+
+@pytest.mark.parametrize(
+    ("policy", "headers", "reason"),
+    [
+        (POLICY, [], None),
+        (POLICY, [(b"accept", b"*/*"), (b"authorization", b"Bearer x")], None),
+        (POLICY, [(b"cookie", b"session=a")], "cookie"),
+        (POLICY, [(b"cookie", b"")], "cookie"),
+        (POLICY, [(b"set-cookie", b"a=1"), (b"cookies", b"a=1")], None),
+        (COOKIES_OPT_IN, [(b"cookie", b"session=a")], None),
+        (COOKIE_KEYED, [(b"cookie", b"session=a")], None),
+        (POLICY, [(b"range", b"bytes=0-1")], "range"),
+        (COOKIES_OPT_IN, [(b"range", b"bytes=0-1")], "range"),
+        (POLICY, [(b"cookie", b"a=1"), (b"range", b"bytes=0-1")], "range"),
+        (POLICY, [(b"range", b"bytes=0-1"), (b"cookie", b"a=1")], "range"),
+    ],
+)
+def test_lookup_bypass(policy: CachePolicyConfig, headers: H, reason: str | None) -> None:
+    assert lookup_bypass(policy, headers) == reason
 
 
 # --- storable -------------------------------------------------------------------------------

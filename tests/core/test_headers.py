@@ -10,11 +10,15 @@ from hypothesis import strategies as st
 
 from heliox.core import headers as headers_module
 from heliox.core.headers import (
+    CACHE_FILL_FORWARDED,
+    GATEWAY_REQUEST_HEADERS,
     HOP_BY_HOP,
     MAX_FORWARDED_HOPS,
     UNKNOWN_CLIENT,
+    cache_fill_forwarded,
     client_ip,
     downstream_response_headers,
+    forwarded_as_sent,
     has_conflicting_framing,
     header_value,
     header_values,
@@ -240,6 +244,94 @@ def test_drop_removes_only_client_headers() -> None:
     assert header_values(out, b"x-real-ip") == [b"203.0.113.7"]
 
 
+@pytest.mark.parametrize(
+    "name", [b"x_forwarded_for", b"x_real_ip", b"transfer_encoding", b"x_api_key", b"_", b"a_b"]
+)
+@pytest.mark.parametrize("trusted", [False, True])
+def test_names_with_underscores_never_go_upstream(name: bytes, trusted: bool) -> None:
+    """CGI-style upstreams read X_Real_IP as X-Real-IP; nginx drops such names by default."""
+    out = upstream([(name, b"6.6.6.6"), (b"accept", b"*/*")], trusted=trusted, peer="10.0.0.2")
+    assert name not in names(out)
+    assert b"6.6.6.6" not in b"".join(value for _, value in out)
+    assert header_values(out, b"accept") == [b"*/*"]
+    assert not forwarded_as_sent(name)
+
+
+# ---- cache fills: what may reach an upstream whose answer is stored ---------------------------
+@pytest.mark.parametrize(
+    ("vary", "expected"),
+    [
+        ((), {b"authorization"}),
+        (("accept-language",), {b"authorization", b"accept-language"}),
+        (("Cookie", "X-Variant"), {b"authorization", b"cookie", b"x-variant"}),
+        (("authorization",), {b"authorization"}),
+    ],
+)
+def test_cache_fill_forwards_the_keyed_headers_and_the_documented_list(
+    vary: tuple[str, ...], expected: set[bytes]
+) -> None:
+    assert cache_fill_forwarded(vary) == expected
+    assert cache_fill_forwarded(vary) is cache_fill_forwarded(vary)  # one answer per policy
+    assert cache_fill_forwarded(vary) >= CACHE_FILL_FORWARDED
+
+
+# (client header, vary headers of the policy, reaches the upstream on a fill)
+FILL_CASES = [
+    (b"authorization", (), True),
+    (b"cookie", (), False),
+    (b"cookie", ("cookie",), True),
+    (b"accept", (), False),
+    (b"accept", ("accept",), True),
+    (b"accept-encoding", (), False),
+    (b"accept-language", (), False),
+    (b"user-agent", (), False),
+    (b"origin", (), False),
+    (b"referer", (), False),
+    (b"x-host", (), False),
+    (b"x-original-host", (), False),
+    (b"cache-control", (), False),
+    (b"if-none-match", (), False),
+    (b"range", (), False),
+    (b"content-type", (), False),
+    (b"x-custom", ("x-custom",), True),
+]
+
+
+@pytest.mark.parametrize(("name", "vary", "forwarded"), FILL_CASES)
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_cache_fill_forwards_only_what_the_key_holds_or_the_list_names(
+    name: bytes, vary: tuple[str, ...], forwarded: bool, trusted: bool
+) -> None:
+    out = upstream([(name, b"v")], keep=cache_fill_forwarded(vary), trusted=trusted)
+    assert (name in names(out)) is forwarded
+    # The gateway's own forwarding headers go whatever the list says.
+    assert GATEWAY_REQUEST_HEADERS - {b"x-request-id"} <= set(names(out))
+
+
+def test_a_cache_fill_drops_what_a_trusted_proxy_passed_on_unless_keyed() -> None:
+    passed_on = [
+        (b"x-forwarded-port", b"8443"),
+        (b"x-forwarded-prefix", b"/evil"),
+        (b"forwarded", b"for=192.0.2.1"),
+        (b"x-forwarded-for", b"192.0.2.1"),
+    ]
+    out = upstream(passed_on, trusted=True, peer="10.0.0.2", keep=cache_fill_forwarded(()))
+    assert names(out) == [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                          b"x-real-ip", b"via"]  # fmt: skip
+    assert header_values(out, b"x-forwarded-for") == [b"192.0.2.1, 10.0.0.2"]
+    keyed = upstream(
+        passed_on, trusted=True, peer="10.0.0.2", keep=cache_fill_forwarded(("x-forwarded-port",))
+    )
+    assert header_values(keyed, b"x-forwarded-port") == [b"8443"]
+    assert b"forwarded" not in names(keyed)
+
+
+def test_keep_still_honours_connection_and_drop() -> None:
+    headers = [(b"connection", b"x-variant"), (b"x-variant", b"1"), (b"accept", b"a")]
+    out = upstream(headers, keep=frozenset({b"x-variant", b"accept"}), drop=frozenset({b"accept"}))
+    assert b"x-variant" not in names(out) and b"accept" not in names(out)
+
+
 @pytest.mark.parametrize("host", [b"", b"gw\r\nx-injected: 1"])
 def test_unusable_host_is_not_forwarded(host: bytes) -> None:
     out = upstream([], host=host)
@@ -439,13 +531,21 @@ _NEVER_UPSTREAM = HOP_BY_HOP | {b"x-api-key", b"x-admin-key", b"host"}
 _GATEWAY_SET = [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"via"]
 
 
-@given(_HEADERS, st.booleans(), st.frozensets(_NAMES, max_size=3))
+@given(
+    _HEADERS,
+    st.booleans(),
+    st.frozensets(_NAMES, max_size=3),
+    st.none() | st.frozensets(_NAMES, max_size=4),
+)
 def test_upstream_never_carries_hop_by_hop_or_keys(
-    headers: H, trusted: bool, drop: frozenset[bytes]
+    headers: H, trusted: bool, drop: frozenset[bytes], keep: frozenset[bytes] | None
 ) -> None:
-    out = upstream(headers, trusted=trusted, peer="10.0.0.2", drop=drop)
+    out = upstream(headers, trusted=trusted, peer="10.0.0.2", drop=drop, keep=keep)
     sent = names(out)
     assert not _NEVER_UPSTREAM.intersection(sent)
+    assert not [n for n in sent if b"_" in n]
+    if keep is not None:
+        assert set(sent) <= keep | GATEWAY_REQUEST_HEADERS
     assert not [n for n in sent if n.startswith(b"x-heliox-")]
     for name in _GATEWAY_SET:
         assert sent.count(name) == 1

@@ -31,6 +31,7 @@ from heliox.db.models import Base
 from heliox.seed import seed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+HEAD = "0005"
 TABLES = {
     "tenants",
     "api_keys",
@@ -73,8 +74,8 @@ async def test_upgrade_matches_models_and_downgrade_removes_everything(db_url: s
     tables, diff, revision = await _inspect(db_url)
     assert tables == TABLES | {"alembic_version"}
     assert diff == []
-    assert revision == head_revision() == "0001"
-    assert messages == ["migrating database …", "database at revision 0001"]
+    assert revision == head_revision() == HEAD
+    assert messages == ["migrating database …", f"database at revision {HEAD}"]
 
     await asyncio.to_thread(command.downgrade, alembic_config(db_url), "base")
     tables, _, revision = await _inspect(db_url)
@@ -87,7 +88,58 @@ async def test_upgrade_matches_models_and_downgrade_removes_everything(db_url: s
     tables, diff, revision = await _inspect(db_url)
     assert tables == TABLES | {"alembic_version"}
     assert diff == []
-    assert revision == "0001"
+    assert revision == HEAD
+
+
+async def test_cache_with_cookies_is_added_off_to_existing_policies(db_url: str) -> None:
+    """0002 on a database with policies: each gets cache_with_cookies off, and a row written
+    without the column (an instance still on 0001 during a rolling upgrade) gets it off too."""
+    cfg = alembic_config(db_url)
+    await asyncio.to_thread(command.upgrade, cfg, "0001")
+    engine = make_engine(db_url, pool_size=1)
+    try:
+        settings = load_settings(deployment_mode="demo", database_url="", redis_url="")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO cache_policies (name, mode, ttl_seconds,"
+                    " stale_while_revalidate_seconds, stale_if_error_seconds, vary_headers,"
+                    " cacheable_methods, cacheable_statuses, max_object_bytes, shared,"
+                    " negative_cache, created_at, updated_at) VALUES ('before', 'policy', 60,"
+                    " 0, 0, '[]', '[]', '[]', 1, false, true, CURRENT_TIMESTAMP,"
+                    " CURRENT_TIMESTAMP)"
+                )
+            )
+        await upgrade_database(db_url)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO cache_policies (name, mode, ttl_seconds,"
+                    " stale_while_revalidate_seconds, stale_if_error_seconds, vary_headers,"
+                    " cacheable_methods, cacheable_statuses, max_object_bytes, shared,"
+                    " negative_cache, created_at, updated_at) VALUES ('during', 'policy', 60,"
+                    " 0, 0, '[]', '[]', '[]', 1, false, true, CURRENT_TIMESTAMP,"
+                    " CURRENT_TIMESTAMP)"
+                )
+            )
+            rows = await conn.execute(
+                text("SELECT name, cache_with_cookies FROM cache_policies ORDER BY id")
+            )
+            assert [(name, bool(value)) for name, value in rows] == [
+                ("before", False),
+                ("during", False),
+            ]
+        await seed(make_session_factory(engine), settings)  # the models write the column
+        await asyncio.to_thread(command.downgrade, cfg, "0001")
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("cache_policies")}
+            )
+            policies = await conn.scalar(text("SELECT count(*) FROM cache_policies"))
+    finally:
+        await engine.dispose()
+    assert "cache_with_cookies" not in columns
+    assert policies == 2 + 3  # the downgrade keeps the rows, seeded ones included
 
 
 async def test_compare_detects_drift(db_url: str) -> None:
@@ -134,7 +186,7 @@ def test_alembic_cli_upgrade_head_reads_database_url(tmp_path: Path) -> None:
     _run_alembic("upgrade", "head", cwd=REPO_ROOT, env=env)
     current = _run_alembic("current", cwd=REPO_ROOT, env=env)
 
-    assert "0001 (head)" in current
+    assert f"{HEAD} (head)" in current
     tables, diff, _ = asyncio.run(_inspect(f"sqlite+aiosqlite:///{db_file}"))
     assert tables == TABLES | {"alembic_version"}
     assert diff == []
@@ -146,7 +198,7 @@ def test_alembic_cli_defaults_to_heliox_db_in_working_directory(tmp_path: Path) 
     )
 
     tables, _, revision = asyncio.run(_inspect(f"sqlite+aiosqlite:///{tmp_path / 'heliox.db'}"))
-    assert revision == "0001"
+    assert revision == HEAD
     assert tables >= TABLES
 
 
@@ -167,7 +219,7 @@ def test_sync_upgrade_from_another_directory(
     upgrade_database_sync(f"sqlite+aiosqlite:///{db_file}", progress=messages.append)
 
     assert db_file.is_file()
-    assert messages[-1] == "database at revision 0001"
+    assert messages[-1] == f"database at revision {HEAD}"
     # The URL given wins over the environment's default file.
     assert not (tmp_path / "heliox.db").exists()
 
@@ -181,9 +233,9 @@ async def test_concurrent_upgrades_on_postgres_all_succeed(pg_url: str) -> None:
     tables, diff, revision = await _inspect(pg_url)
     assert tables == TABLES | {"alembic_version"}
     assert diff == []
-    assert revision == "0001"
+    assert revision == HEAD
     for log in logs:
-        assert log[-1] == "database at revision 0001"
+        assert log[-1] == f"database at revision {HEAD}"
 
 
 @pytest.mark.postgres
@@ -206,11 +258,11 @@ def test_concurrent_upgrades_from_separate_processes(pg_url: str) -> None:
     outputs = [p.communicate(timeout=60)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     for out in outputs:
-        assert out.splitlines()[-1] == "database at revision 0001"
+        assert out.splitlines()[-1] == f"database at revision {HEAD}"
     tables, diff, revision = asyncio.run(_inspect(pg_url))
     assert tables == TABLES | {"alembic_version"}
     assert diff == []
-    assert revision == "0001"
+    assert revision == HEAD
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -248,17 +300,17 @@ async def test_upgrade_waits_for_the_migration_lock(pg_url: str) -> None:
 
         await holder.execute("SELECT pg_advisory_unlock($1)", PG_MIGRATION_LOCK_KEY)
         await asyncio.wait_for(task, timeout=30)
-        assert messages[-1] == "database at revision 0001"
+        assert messages[-1] == f"database at revision {HEAD}"
     finally:
         await holder.close()
-    assert (await _inspect(pg_url))[2] == "0001"
+    assert (await _inspect(pg_url))[2] == HEAD
 
 
-RECREATE_TENANTS = """
+RECREATE_TENANTS = f"""
 from alembic import op
 
 revision = "9999"
-down_revision = "0001"
+down_revision = "{HEAD}"
 branch_labels = None
 depends_on = None
 

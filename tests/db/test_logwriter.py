@@ -21,7 +21,7 @@ from heliox.metrics import Metrics
 
 def _row(i: int, ts: float) -> tuple[object, ...]:
     return (ts, f"r-{i}", 1, 2, 3, "demo", "GET", f"/items/{i}", 200, "HIT", 1.5, None, 0, 10,
-            "127.0.0.1", "ua <script>")  # fmt: skip
+            "127.0.0.1", "ua <script>", None)  # fmt: skip
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -122,6 +122,37 @@ async def test_replaying_a_batch_that_did_commit_writes_it_once(
     async with make_session_factory(engine)() as session:
         ids = (await session.scalars(select(RequestLog.request_id))).all()
     assert sorted(ids) == sorted(f"r-{i}" for i in range(15))
+
+
+async def test_replay_tells_apart_rows_that_share_a_client_request_id(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Clients choose their X-Request-Id and some send the same one every time: a spilled row
+    is known by its id and its time, so one never written is not taken for one that was."""
+    writer = _writer(engine, tmp_path)
+    now = time.time()
+    rows = [(now + i / 1000, "same-id", *_row(i, 0)[2:]) for i in range(10)]
+    for row in rows[:4]:
+        writer.enqueue(row)
+    await writer.flush()
+    writer._spill(rows)  # the first four did commit, the other six did not
+    await writer.flush()
+    assert not (tmp_path / "spill.jsonl").exists()
+    async with make_session_factory(engine)() as session:
+        paths = (await session.scalars(select(RequestLog.path))).all()
+    assert sorted(paths) == sorted(f"/items/{i}" for i in range(10))
+
+
+async def test_rows_spilled_before_the_error_column_are_replayed(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    writer = _writer(engine, tmp_path)
+    writer._spill([_row(1, time.time())[:-1]])  # as written by a version without `error`
+    writer.enqueue((*_row(2, time.time())[:-1], "upstream 10.0.0.1:80 timed out"))
+    await writer.flush()
+    async with make_session_factory(engine)() as session:
+        rows = (await session.execute(select(RequestLog.request_id, RequestLog.error))).all()
+    assert sorted(rows) == [("r-1", None), ("r-2", "upstream 10.0.0.1:80 timed out")]
 
 
 def test_sqlite_timestamps_match_the_datetime_format() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import drop_pg_database, make_pg_database
+from tests.e2e.faults import OwnRedis
 from tests.e2e.harness import (
     Gateway,
     Upstream,
@@ -55,6 +56,17 @@ def redis_module_prefix(redis_server: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def own_redis(workdir: Path, redis_server: str) -> Iterator[OwnRedis]:
+    """A Redis server of the module's own, which its tests may stop, pause or flush."""
+    r = OwnRedis(workdir)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
 
 
 @pytest.fixture(scope="module")

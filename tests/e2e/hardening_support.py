@@ -39,8 +39,11 @@ class RawConnection:
     """One TCP connection; `read_reply` parses one response (Content-Length, chunked or
     close-delimited), leaving what follows in the buffer."""
 
-    def __init__(self, port: int, timeout: float = IO_TIMEOUT) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = IO_TIMEOUT, *, source: str = "") -> None:
+        # `source`: another loopback address (127.0.0.2, ...) for a client of its own.
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.buf = b""
 
     def __enter__(self) -> RawConnection:
@@ -113,8 +116,8 @@ class RawConnection:
         return not self.buf and not self._fill()
 
 
-def exchange(port: int, data: bytes) -> Reply:
-    with RawConnection(port) as conn:
+def exchange(port: int, data: bytes, *, source: str = "") -> Reply:
+    with RawConnection(port, source=source) as conn:
         conn.send(data)
         return conn.read_reply(head_request=data.startswith(b"HEAD "))
 

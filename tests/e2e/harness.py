@@ -180,6 +180,20 @@ def start_gateway(workdir: Path, env: Mapping[str, str], args: list[str] | None 
     return gw
 
 
+@contextmanager
+def gateway_in(
+    workdir: Path, name: str, env: Mapping[str, str], args: list[str] | None = None
+) -> Iterator[Gateway]:
+    """A gateway of its own in `workdir/name` for a fixture's lifetime, stopped afterwards."""
+    folder = workdir / name
+    folder.mkdir()
+    gw = start_gateway(folder, env, args)
+    try:
+        yield gw
+    finally:
+        gw.proc.stop()
+
+
 def _ready(gw: Gateway) -> bool:
     if gw.proc.popen.poll() is not None:
         raise RuntimeError("gateway exited:\n" + gw.proc.output())

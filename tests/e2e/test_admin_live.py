@@ -84,7 +84,7 @@ def test_metrics_are_right_with_two_workers(
     d.mkdir()
     gw = start_gateway(d, production_env, ["--workers", "2"])
     try:
-        with gw.client() as c:
+        with gw.admin() as c:  # production: the metrics need the admin key
             before = c.get("/metrics").json()["routes"].get("inventory", {}).get("requests", 0)
             for _ in range(40):  # new connections: spread over both workers
                 assert (
@@ -96,11 +96,11 @@ def test_metrics_are_right_with_two_workers(
 
             # Each worker publishes its counters every 0.5 s: the merged view catches up at once.
             def counted() -> int:
-                return int(httpx.get(gw.url + "/metrics").json()["routes"]["inventory"]["requests"])
+                return int(c.get("/metrics").json()["routes"]["inventory"]["requests"])
 
             wait_until(lambda: counted() - before == 40, timeout=5)
             assert all(counted() - before == 40 for _ in range(5))
-            prom = httpx.get(gw.url + "/metrics/prometheus").text
+            prom = c.get("/metrics/prometheus").text
             assert 'heliox_requests_total{route="inventory",status="200"} 40.0' in prom
     finally:
         gw.proc.stop()

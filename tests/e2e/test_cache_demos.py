@@ -111,7 +111,8 @@ def test_gateway_requests_outnumber_upstream_calls(gateway: Gateway, upstream: U
     for _ in range(5):
         assert get(gateway, "/g/demo" + path).status_code == 200
     assert calls(upstream, path) == 1
-    metrics = httpx.get(gateway.url + "/metrics", timeout=5).json()
+    admin = {"X-Admin-Key": gateway.env["ADMIN_API_KEY"]}  # production: metrics need the key
+    metrics = httpx.get(gateway.url + "/metrics", headers=admin, timeout=5).json()
     assert metrics["cache"]["HIT"] >= 4
     assert metrics["routes"]["demo"]["cache"]["MISS"] >= 1
     assert metrics["gauges"]["cache_entries"] >= 0

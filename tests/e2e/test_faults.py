@@ -28,16 +28,6 @@ def _health(gw: Gateway) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def own_redis(workdir: Path, redis_server: str) -> Iterator[OwnRedis]:
-    r = OwnRedis(workdir)
-    r.start()
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
-@pytest.fixture(scope="module")
 def redis_fault_gateway(
     workdir: Path, upstream: Upstream, pg_database: str, own_redis: OwnRedis
 ) -> Iterator[Gateway]:

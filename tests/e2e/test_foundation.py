@@ -244,11 +244,12 @@ def test_large_download_is_streamed_intact(gateway: Gateway) -> None:
 
 
 def test_metrics_count_real_requests(gateway: Gateway) -> None:
-    before = httpx.get(gateway.url + "/metrics", timeout=5).json()
+    admin = {"X-Admin-Key": gateway.env["ADMIN_API_KEY"]}  # production: metrics need the key
+    before = httpx.get(gateway.url + "/metrics", headers=admin, timeout=5).json()
     for _ in range(3):
         httpx.get(gateway.url + "/g/products/items", headers={"X-API-Key": ACME}, timeout=10)
-    after = httpx.get(gateway.url + "/metrics", timeout=5).json()
+    after = httpx.get(gateway.url + "/metrics", headers=admin, timeout=5).json()
     assert after["requests_total"] - before["requests_total"] == 3
-    prom = httpx.get(gateway.url + "/metrics/prometheus", timeout=5).text
+    prom = httpx.get(gateway.url + "/metrics/prometheus", headers=admin, timeout=5).text
     assert 'heliox_requests_total{route="products",status="200"}' in prom
     assert "heliox_request_duration_seconds_bucket" in prom

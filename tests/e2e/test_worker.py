@@ -77,7 +77,8 @@ def periods(proc: Proc) -> list[int]:
 
 
 def job_runs(gw: Gateway) -> int:
-    events = httpx.get(gw.url + "/metrics", timeout=5).json()["events"]
+    admin = {"X-Admin-Key": gw.env["ADMIN_API_KEY"]}  # production: metrics need the key
+    events = httpx.get(gw.url + "/metrics", headers=admin, timeout=5).json()["events"]
     return int(events.get("jobs_run", 0))
 
 

@@ -464,7 +464,7 @@ async def test_range_requests_bypass_and_never_poison(rig: Rig) -> None:
 
 
 # --- invalidation --------------------------------------------------------------------------------
-async def test_successful_unsafe_method_invalidates_the_uri(rig: Rig) -> None:
+async def test_successful_unsafe_method_invalidates_the_uri_for_the_writer(rig: Rig) -> None:
     await rig.get("/echo/inv?x=1")
     await rig.get("/echo/inv?x=1", tenant=TECHFLOW)
     await rig.runtime.negative.add("r", rig.key("/echo/gone"), rig.clock())
@@ -472,8 +472,17 @@ async def test_successful_unsafe_method_invalidates_the_uri(rig: Rig) -> None:
     assert (post.status, post.x_cache) == (200, "BYPASS")
     assert "fwd=method" in post.headers["cache-status"]
     assert (await rig.get("/echo/inv?x=1")).x_cache == "MISS"
-    assert (await rig.get("/echo/inv?x=1", tenant=TECHFLOW)).x_cache == "MISS"
+    # Another tenant's entry of the same URL is none of this write's business.
+    assert (await rig.get("/echo/inv?x=1", tenant=TECHFLOW)).x_cache == "HIT"
     assert not await rig.runtime.negative.might_contain("r", rig.key("/echo/gone"), rig.clock())
+
+
+async def test_unsafe_method_invalidates_the_shared_entry_every_tenant_reads(rig: Rig) -> None:
+    rig.policy = policy_of(shared=True)
+    await rig.get("/echo/shared-inv")
+    assert (await rig.get("/echo/shared-inv", tenant=TECHFLOW)).x_cache == "HIT"
+    assert (await rig.get("/echo/shared-inv", method="DELETE", tenant=TECHFLOW)).status == 200
+    assert (await rig.get("/echo/shared-inv")).x_cache == "MISS"
 
 
 async def test_failed_unsafe_method_invalidates_nothing(

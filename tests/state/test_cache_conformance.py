@@ -218,6 +218,33 @@ async def test_purge_by_uri_key_removes_every_variant_and_tenant(h: Harness) -> 
     assert await h.store.get(other) is not None
 
 
+async def test_invalidate_removes_what_the_writer_is_served_only(h: Harness) -> None:
+    """After a write: the writer tenant's entries of the URL and the shared ones go, another
+    tenant's stay; a writer without a tenant reaches only the shared ones."""
+    now = h.now()
+    entry = make_entry(now, path="/items/8")
+    keys = {
+        tenant: await put(h, replace(entry, tenant_id=tenant), vary=vary)
+        for tenant, vary in ((1, b"a"), (2, b"a"), (None, b"a"), (12, b"a"))
+    }
+    second_variant = await put(h, replace(entry, tenant_id=1), vary=b"b")
+    elsewhere = await put(h, make_entry(now, path="/items/9", tenant=None))
+    target = uri_key("demo", "/items/8", b"")
+
+    assert await h.store.invalidate(target, 1) == 3  # both of tenant 1's variants, the shared
+    assert await h.store.get(keys[1]) is None and await h.store.get(second_variant) is None
+    assert await h.store.get(keys[None]) is None
+    for kept in (keys[2], keys[12], elsewhere):
+        assert await h.store.get(kept) is not None
+
+    await put(h, replace(entry, tenant_id=None), vary=b"a")
+    assert await h.store.invalidate(target, None) == 1  # the shared entry only
+    assert await h.store.get(keys[2]) is not None and await h.store.get(keys[12]) is not None
+    assert await h.store.invalidate(target, 2) == 1
+    assert await h.store.invalidate(target, 99) == 0
+    assert await h.store.get(keys[12]) is not None
+
+
 async def test_purge_needs_criteria(h: Harness) -> None:
     with pytest.raises(ValueError):
         await h.store.purge()

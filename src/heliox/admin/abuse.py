@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 
 from heliox.admin.audit import record_audit
-from heliox.admin.deps import AdminDep, AdminRoute, get_or_404
+from heliox.admin.deps import MAX_INT32, AdminDep, AdminRoute, get_or_404
 from heliox.db.models import AbuseEvent, ApiKey
 from heliox.gateway.admission_step import key_subject, parse_key_subject, slowdown_subject
 
@@ -115,7 +115,7 @@ async def block_key(
 @router.get("/abuse/events")
 async def abuse_events(
     admin: AdminDep,
-    key_id: Annotated[int | None, Query(ge=1)] = None,
+    key_id: Annotated[int | None, Query(ge=1, le=MAX_INT32)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     query = select(AbuseEvent).order_by(AbuseEvent.id.desc()).limit(limit)

@@ -264,6 +264,9 @@ class LogOut(BaseModel):
     bytes_out: int
     client_ip: str
     user_agent: str
+    error: str | None = Field(
+        None, description="why the upstream failed (its address and the cause), if it did"
+    )
 
 
 class LogPage(BaseModel):

@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from heliox.admin.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from heliox.admin.throttle import AdminAuthGuard
 
 ADMIN_KEY_HEADER = b"x-admin-key"
 ACTOR_PREFIX = "admin-key:"
@@ -56,10 +60,16 @@ async def authenticate(request: Request) -> str:
 async def _actor(request: Request) -> str:
     runtime = request.app.state.runtime
     presented = _header_values(request, ADMIN_KEY_HEADER)
+    # A presented key is an attempt: refused outright (429) while its address is locked out after
+    # too many failures, and counted when wrong (admin.throttle). Requests without one are not.
+    guard: AdminAuthGuard | None = getattr(runtime, "admin_guard", None) if presented else None
+    attempt = await guard.attempt(request) if guard is not None else None
     # Two copies of the header are refused rather than guessing which one a proxy meant.
     if len(presented) == 1:
         expected: str = runtime.settings.admin_api_key
         if admin_key_matches(presented[0], expected):
+            if guard is not None and attempt is not None:
+                await guard.succeeded(attempt)
             return admin_key_actor(expected)
     hook = getattr(runtime, "session_actor", None)
     if hook is not None:
@@ -68,4 +78,6 @@ async def _actor(request: Request) -> str:
             actor = await actor
         if isinstance(actor, str) and actor:
             return actor
+    if guard is not None and attempt is not None:
+        await guard.failed(attempt, "x-admin-key")
     raise Unauthorized()

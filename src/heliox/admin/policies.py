@@ -42,6 +42,7 @@ def _out(policy: CachePolicy, route_counts: dict[int, int]) -> PolicyOut:
         max_object_bytes=policy.max_object_bytes,
         shared=policy.shared,
         negative_cache=policy.negative_cache,
+        cache_with_cookies=policy.cache_with_cookies,
         route_count=route_counts.get(policy.id, 0),
         created_at=policy.created_at,
         updated_at=policy.updated_at,

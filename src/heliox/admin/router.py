@@ -26,6 +26,11 @@ _PROBLEM: dict[str, Any] = {"model": ProblemDetail, "content": {PROBLEM_CONTENT_
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {**_PROBLEM, "description": "missing or wrong X-Admin-Key"},
     422: {**_PROBLEM, "description": "invalid request; field errors in `errors`"},
+    429: {
+        **_PROBLEM,
+        "description": "too many failed admin authentications from this client address; "
+        "retry after `Retry-After` seconds",
+    },
     500: {**_PROBLEM, "description": "unexpected error (details only in the gateway's log)"},
     503: {**_PROBLEM, "description": "database unavailable, retry"},
 }

@@ -21,6 +21,8 @@ from pydantic import (
     field_validator,
 )
 
+from heliox.core.bounds import MAX_BURST, MAX_RATE, MAX_WINDOW_SECONDS, MIN_RATE
+
 MAX_INT32 = 2**31 - 1
 MAX_INT64 = 2**63 - 1
 MAX_DAYS_SECONDS = 365 * 86400
@@ -92,10 +94,60 @@ PathPattern = Annotated[
 ]
 UpstreamUrl = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
 Status = Annotated[int, Field(ge=100, le=599)]
-Rps = Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]
-Burst = Annotated[int, Field(ge=1, le=MAX_INT32)]
-Quota = Annotated[int, Field(ge=1, le=MAX_INT64)]
-NonNegInt32 = Annotated[int, Field(ge=0, le=MAX_INT32)]
+# Every number the API takes has bounds (in the OpenAPI document as minimum/maximum); a value
+# outside them is a 422. The rate-limit bounds are what the limiter's arithmetic and its Redis
+# counters are proven to handle (heliox.core.bounds).
+Rps = Annotated[
+    float,
+    Field(
+        ge=MIN_RATE,
+        le=MAX_RATE,
+        allow_inf_nan=False,
+        description="requests per second, 0.001 (one per 1000 s) to 1e9",
+    ),
+]
+Burst = Annotated[
+    int, Field(ge=1, le=MAX_BURST, description="token-bucket capacity, 1 to 2147483647")
+]
+WindowSeconds = Annotated[
+    int,
+    Field(ge=1, le=MAX_WINDOW_SECONDS, description="sliding-window length, 1 to 86400 seconds"),
+]
+Quota = Annotated[int, Field(ge=1, le=MAX_INT64, description="requests, 1 to 2^63-1")]
+NonNegInt32 = Annotated[int, Field(ge=0, le=MAX_INT32, description="0 to 2147483647")]
+Id = Annotated[int, Field(ge=1, le=MAX_INT32, description="an id, 1 to 2147483647")]
+BodyBytes = Annotated[int, Field(ge=0, le=MAX_INT64, description="bytes, 0 to 2^63-1")]
+TimeoutSeconds = Annotated[
+    float,
+    Field(ge=0.001, le=3600, allow_inf_nan=False, description="seconds, 0.001 to 3600"),
+]
+BodyTimeoutSeconds = Annotated[
+    float,
+    Field(
+        ge=0.001,
+        le=86_400,
+        allow_inf_nan=False,
+        description="seconds the whole request body may take, 0.001 to 86400; "
+        "null: REQUEST_BODY_TIMEOUT",
+    ),
+]
+BodyMinRate = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=MAX_INT32,
+        description="bytes/s a request body must average after REQUEST_BODY_MIN_RATE_GRACE, "
+        "0 (no minimum) to 2147483647; null: REQUEST_BODY_MIN_RATE",
+    ),
+]
+UpstreamConnections = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=100_000,
+        description="upstream connections per process, 1 to 100000; null: UPSTREAM_POOL_SIZE",
+    ),
+]
 Algorithm = Literal["token_bucket", "sliding_window"]
 
 
@@ -159,13 +211,13 @@ class KeyLimits(Input):
     rate_limit_rps: Rps | None = None
     rate_limit_burst: Burst | None = None
     rate_limit_algorithm: Algorithm = "token_bucket"
-    rate_limit_window_seconds: Annotated[int, Field(ge=1, le=86400)] = 1
+    rate_limit_window_seconds: WindowSeconds = 1
     daily_quota: Quota | None = None
     monthly_quota: Quota | None = None
 
 
 class KeyCreate(KeyLimits):
-    tenant_id: int
+    tenant_id: Id
     name: DisplayName
 
 
@@ -176,7 +228,7 @@ class KeyUpdate(Patch):
     rate_limit_rps: Rps | None = None
     rate_limit_burst: Burst | None = None
     rate_limit_algorithm: Algorithm | None = None
-    rate_limit_window_seconds: Annotated[int, Field(ge=1, le=86400)] | None = None
+    rate_limit_window_seconds: WindowSeconds | None = None
     daily_quota: Quota | None = None
     monthly_quota: Quota | None = None
 
@@ -255,6 +307,11 @@ class PolicyCreate(PolicyFields):
     max_object_bytes: NonNegInt32 = 1024 * 1024
     shared: bool = False
     negative_cache: bool = True
+    cache_with_cookies: bool = Field(
+        False,
+        description="use the cache for requests that carry a Cookie, without forwarding it on "
+        "a fill; off, they bypass the cache unless Cookie is a vary header",
+    )
 
 
 class PolicyUpdate(PolicyFields, Patch):
@@ -271,6 +328,7 @@ class PolicyUpdate(PolicyFields, Patch):
     max_object_bytes: NonNegInt32 | None = None
     shared: bool | None = None
     negative_cache: bool | None = None
+    cache_with_cookies: bool | None = None
 
 
 class PolicyOut(BaseModel):
@@ -286,6 +344,7 @@ class PolicyOut(BaseModel):
     max_object_bytes: int
     shared: bool
     negative_cache: bool
+    cache_with_cookies: bool
     route_count: int = Field(description="routes using this policy")
     created_at: datetime
     updated_at: datetime
@@ -308,18 +367,23 @@ class RouteCreate(RouteFields):
     path_pattern: PathPattern = "/*"
     upstream_url: UpstreamUrl
     methods: Methods = ALL_METHODS
-    cache_policy_id: int | None = None
+    cache_policy_id: Id | None = None
     cache_policy: Slug | None = Field(None, description="the cache policy by name, or give its id")
     is_public: bool = False
     rate_limit_rps: Rps | None = None
     rate_limit_burst: Burst | None = None
     rate_limit_algorithm: Algorithm | None = None
     fail_mode: Literal["open", "closed"] = "open"
-    max_request_body_bytes: Annotated[int, Field(ge=0, le=MAX_INT64)] | None = None
-    timeout_seconds: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
+    max_request_body_bytes: BodyBytes | None = None
+    timeout_seconds: TimeoutSeconds | None = None
+    request_body_timeout_seconds: BodyTimeoutSeconds | None = None
+    request_body_min_rate: BodyMinRate | None = None
+    max_upstream_connections: UpstreamConnections | None = None
     hide_ratelimit_headers: bool = False
     allow_private_upstream: bool = Field(
-        False, description="permit link-local and cloud metadata upstream addresses"
+        False,
+        description="permit link-local and cloud metadata upstream addresses (and, when "
+        "connecting, any address in UPSTREAM_DENY_NETWORKS)",
     )
     is_active: bool = True
 
@@ -342,15 +406,18 @@ class RouteUpdate(RouteFields, Patch):
     path_pattern: PathPattern | None = None
     upstream_url: UpstreamUrl | None = None
     methods: Methods | None = None
-    cache_policy_id: int | None = None
+    cache_policy_id: Id | None = None
     cache_policy: Slug | None = None
     is_public: bool | None = None
     rate_limit_rps: Rps | None = None
     rate_limit_burst: Burst | None = None
     rate_limit_algorithm: Algorithm | None = None
     fail_mode: Literal["open", "closed"] | None = None
-    max_request_body_bytes: Annotated[int, Field(ge=0, le=MAX_INT64)] | None = None
-    timeout_seconds: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
+    max_request_body_bytes: BodyBytes | None = None
+    timeout_seconds: TimeoutSeconds | None = None
+    request_body_timeout_seconds: BodyTimeoutSeconds | None = None
+    request_body_min_rate: BodyMinRate | None = None
+    max_upstream_connections: UpstreamConnections | None = None
     hide_ratelimit_headers: bool | None = None
     allow_private_upstream: bool | None = None
     is_active: bool | None = None
@@ -371,6 +438,16 @@ class RouteOut(BaseModel):
     fail_mode: str
     max_request_body_bytes: int | None
     timeout_seconds: float | None
+    request_body_timeout_seconds: float | None = Field(
+        description="seconds the whole request body may take; null: REQUEST_BODY_TIMEOUT"
+    )
+    request_body_min_rate: int | None = Field(
+        description="bytes/s a request body must average (0: no minimum); "
+        "null: REQUEST_BODY_MIN_RATE"
+    )
+    max_upstream_connections: int | None = Field(
+        description="upstream connections per process; null: UPSTREAM_POOL_SIZE"
+    )
     hide_ratelimit_headers: bool
     allow_private_upstream: bool
     is_active: bool

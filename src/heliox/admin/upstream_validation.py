@@ -1,10 +1,11 @@
 """Which upstream URLs a route may point at: checked when an admin writes a route.
 
-Pure: no DNS. A hostname is judged by its spelling only, so a name that resolves to a link-local
-or metadata address at request time is not caught here (the upstream client is the place for
-that). Loopback and private ranges are allowed by default because the gateway commonly fronts
-services on the same host or network (the seeded routes point at 127.0.0.1); link-local and cloud
-metadata endpoints, the classic SSRF targets, need the route's explicit opt-in.
+Pure: no DNS. A hostname is judged by its spelling only; a name that resolves to a link-local
+or metadata address is refused when the gateway connects, by the upstream client's check of every
+resolved address against UPSTREAM_DENY_NETWORKS (`heliox.core.netdeny`). Loopback and private
+ranges are allowed by default because the gateway commonly fronts services on the same host or
+network (the seeded routes point at 127.0.0.1); link-local and cloud metadata endpoints, the
+classic SSRF targets, need the route's explicit opt-in.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from heliox.core.netdeny import embedded_v4
+
 MAX_UPSTREAM_URL_LENGTH = 2000
 
 _LINK_LOCAL_V4 = ipaddress.IPv4Network("169.254.0.0/16")
 _LINK_LOCAL_V6 = ipaddress.IPv6Network("fe80::/10")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _METADATA_ADDRESSES = frozenset(
     {
         ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack, Oracle
@@ -126,7 +128,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _check_address(addr: IPAddress, *, allow_link_local: bool) -> None:
-    embedded = _embedded_v4(addr) if isinstance(addr, ipaddress.IPv6Address) else None
+    embedded = embedded_v4(addr) if isinstance(addr, ipaddress.IPv6Address) else None
     for candidate in (addr, embedded):
         if candidate is None:
             continue
@@ -144,18 +146,6 @@ def _check_address(addr: IPAddress, *, allow_link_local: bool) -> None:
             raise UpstreamUrlError(
                 f"{addr} is a link-local address (set allow_private_upstream to permit it)"
             )
-
-
-def _embedded_v4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries to the same host (mapped, compatible, NAT64)."""
-    if addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    low32 = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    if addr in _NAT64:
-        return low32
-    if int(addr) >> 32 == 0 and int(addr) > 1:  # deprecated IPv4-compatible ::a.b.c.d
-        return low32
-    return None
 
 
 def _is_link_local(addr: IPAddress) -> bool:

@@ -52,6 +52,7 @@ __all__ = [
     "freshen_headers",
     "headers_to_store",
     "initial_age",
+    "lookup_bypass",
     "lookup_state",
     "not_modified",
     "not_modified_headers",
@@ -90,6 +91,7 @@ _NOT_MODIFIED_FIELDS = (
     b"last-modified",
     b"vary",
 )
+_BYPASS_FIELDS = frozenset({b"range", b"cookie"})
 _CACHE_STATUS_FWD = frozenset(
     {"bypass", "method", "uri-miss", "vary-miss", "miss", "request", "stale", "partial"}
 )
@@ -141,6 +143,27 @@ def cacheable_request(policy: CachePolicyConfig, method: str) -> bool:
     """Whether a request may be looked up in the cache at all."""
     # §4: only GET and HEAD are answered from the cache; the key holds no request body.
     return method in policy.cacheable_methods and method in ("GET", "HEAD")
+
+
+def lookup_bypass(policy: CachePolicyConfig, request_headers: Headers) -> str | None:
+    """Why a GET or HEAD must go past the cache (answered by the upstream, nothing stored), or
+    None; `request_headers` as the upstream would see them.
+
+    "range": a partial answer must never stand in for, or replace, the full entry.
+    "cookie": a request with a cookie asks for the answer of one session, which a cache keyed
+    without it could hand to someone else, or answer with someone else's. Unless the policy
+    keys on Cookie (each session its own entry) or opts in with `cache_with_cookies` (the
+    answer does not depend on it: the cookie is then not forwarded on a fill).
+    """
+    cookie = False
+    for name, _ in request_headers:
+        if name in _BYPASS_FIELDS:  # one set probe per header: this runs on every HIT
+            if name == b"range":
+                return "range"
+            cookie = True
+    if cookie and not (policy.cache_with_cookies or "cookie" in policy.vary_headers):
+        return "cookie"
+    return None
 
 
 def storable(

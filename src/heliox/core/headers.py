@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 __all__ = [
+    "CACHE_FILL_FORWARDED",
+    "GATEWAY_REQUEST_HEADERS",
     "HOP_BY_HOP",
     "MAX_FORWARDED_HOPS",
     "UNKNOWN_CLIENT",
+    "cache_fill_forwarded",
     "client_ip",
     "downstream_response_headers",
     "has_conflicting_framing",
@@ -91,6 +95,22 @@ _UNNAMEABLE = frozenset(
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
+
+# What the gateway itself sets on every upstream request (`upstream_request_headers`, then the
+# pipeline's X-Request-Id): never subject to a `keep` list.
+GATEWAY_REQUEST_HEADERS: frozenset[bytes] = frozenset(
+    {_XFF, _XFP, _XFH, b"x-real-ip", b"via", b"x-request-id"}
+)
+
+# The client request headers a cache fill forwards although the cache key does not hold them.
+# Only headers whose effect on a stored answer the cache already accounts for belong here:
+# `Authorization` makes a response storable only when the upstream marks it shareable (RFC 9111
+# §3.5, `heliox.core.freshness.storable`). Everything else that could select or shape the answer
+# (Accept*, User-Agent, Origin, Cookie, X-Host, ...) reaches the upstream only when the policy
+# lists it among its vary headers, which puts it in the key: CloudFront's rule, where a viewer
+# header goes to the origin only through the cache policy (keyed) or an origin request policy.
+# The client's preconditions and Range never go either: the cache sends its own validators.
+CACHE_FILL_FORWARDED: frozenset[bytes] = frozenset({b"authorization"})
 
 
 def header_value(headers: Headers, name: bytes) -> bytes | None:
@@ -224,11 +244,23 @@ def client_ip(peer: str | None, x_forwarded_for: bytes | None, trusted: Sequence
     return current[1]
 
 
+@lru_cache(maxsize=1024)
+def cache_fill_forwarded(vary_headers: tuple[str, ...]) -> frozenset[bytes]:
+    """The client request headers (lower-case) a cache fill under a policy keyed on
+    `vary_headers` may send upstream: the keyed ones and `CACHE_FILL_FORWARDED`.
+
+    The `keep` argument of `upstream_request_headers` for fills; memoised, as there is one
+    answer per policy.
+    """
+    return CACHE_FILL_FORWARDED | {name.lower().encode("latin-1") for name in vary_headers}
+
+
 def forwarded_as_sent(name: bytes) -> bool:
     """Whether `upstream_request_headers` passes the client's values of `name` (lower-case) on
     unchanged, as long as no Connection header names it."""
     return not (
-        name in _REQUEST_STRIP
+        0x5F in name  # "_"
+        or name in _REQUEST_STRIP
         or name in _ADDRESS_CLAIMS
         or name == b"via"
         or name == b"content-length"
@@ -246,12 +278,15 @@ def upstream_request_headers(
     via: bytes,
     drop: frozenset[bytes] = frozenset(),
     peer: str | None = None,
+    keep: frozenset[bytes] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The client's headers as they may be sent upstream, plus the gateway's forwarding headers.
 
     Removed: hop-by-hop headers and those the client's Connection header names, Host, the API
     and admin keys, internal X-Heliox-*, Expect, path and method overrides (X-Original-URL,
-    X-HTTP-Method-Override, ...) and anything in `drop`. Client-sent X-Forwarded-*, Forwarded,
+    X-HTTP-Method-Override, ...), any name with an underscore, and anything in `drop`. With
+    `keep`, of the client's own headers only those it names go at all (a cache fill: see
+    `cache_fill_forwarded`). Client-sent X-Forwarded-*, Forwarded,
     X-Real-IP and other client-address claims are removed unless the peer is a trusted proxy;
     then X-Forwarded-For is extended with `peer` (default: `client_ip`) and the rest kept. The
     gateway then sets X-Forwarded-For/-Proto/-Host, X-Real-IP and appends `via` to Via; `drop`
@@ -267,20 +302,24 @@ def upstream_request_headers(
             if name == b"connection":
                 connection.append(value)
             continue
-        if name in drop or name.startswith(b"x-heliox-"):
+        # Underscores: CGI-style upstreams (PHP, WSGI, Rack, ...) read `X_Real_IP` as the
+        # X-Real-IP the gateway vouches for, and `X_API_KEY` as the key; nginx drops such
+        # names by default (`underscores_in_headers off`). 0x5F is "_": an int is a plain
+        # memchr, several times cheaper than a bytes needle.
+        if name in drop or name.startswith(b"x-heliox-") or 0x5F in name:
             continue
         if name.startswith(b"x-forwarded-"):
             if peer_is_trusted:
                 if name == _XFF:
                     prior_xff.append(value)
-                elif name != _XFP and name != _XFH:
+                elif name != _XFP and name != _XFH and (keep is None or name in keep):
                     out.append((name, value))
         elif name in _ADDRESS_CLAIMS:
-            if peer_is_trusted:
+            if peer_is_trusted and (keep is None or name in keep):
                 out.append((name, value))
         elif name == b"via":
             prior_via.append(value)
-        else:
+        elif keep is None or name in keep:
             out.append((name, value))
     if connection:
         named = _connection_named(connection)

@@ -44,6 +44,7 @@ COLUMNS: tuple[str, ...] = (
     "bytes_out",
     "client_ip",
     "user_agent",
+    "error",
 )
 # One row, in COLUMNS order; `ts` is a UTC epoch float until written.
 LogRow = tuple[Any, ...]
@@ -160,19 +161,23 @@ class LogWriter:
         """Rows of a spilled batch the database does not hold yet.
 
         A batch is spilled when its write fails, but a connection cut just after the commit
-        fails it too: replaying that blindly would write it twice. Request ids are unique, and
-        the time range bounds the lookup to the `ts` index.
+        fails it too: replaying that blindly would write it twice. A row is known by its request
+        id and its timestamp (to the microsecond): a client may send the same X-Request-Id with
+        every request, so the id alone could take a row never written for one that was. The
+        time range bounds the lookup to the `ts` index.
         """
-        ids = [row[1] for row in rows]
+        ids = list({row[1] for row in rows})
         times = [_as_record(row)[0] for row in rows]
-        query = select(RequestLog.request_id).where(
+        query = select(RequestLog.request_id, RequestLog.ts).where(
             RequestLog.ts >= min(times),
             RequestLog.ts <= max(times),
             RequestLog.request_id.in_(ids),
         )
         async with self._engine.connect() as conn:
-            present = set((await conn.execute(query)).scalars())
-        return [row for row in rows if row[1] not in present] if present else rows
+            present = {(rid, ts) for rid, ts in await conn.execute(query)}
+        if not present:
+            return rows
+        return [row for row, ts in zip(rows, times, strict=True) if (row[1], ts) not in present]
 
     def _spill(self, rows: list[LogRow]) -> None:
         self._spill_path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +194,9 @@ class LogWriter:
             lines = self._spill_path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return True
-        rows = [tuple(json.loads(line)) for line in lines if line.strip()]
+        # Rows spilled by an earlier version lack the columns added since (all nullable).
+        width = len(COLUMNS)
+        rows = [_widen(tuple(json.loads(line)), width) for line in lines if line.strip()]
         try:
             for i in range(0, len(rows), BATCH_SIZE):
                 await self._write(await self._not_yet_written(rows[i : i + BATCH_SIZE]))
@@ -229,6 +236,10 @@ def _sqlite_ts(ts: Any) -> str:
 
 
 _ts_memo: tuple[int, str] = (-1, "")
+
+
+def _widen(row: LogRow, width: int) -> LogRow:
+    return row + (None,) * (width - len(row)) if len(row) < width else row
 
 
 def _as_record(row: LogRow) -> tuple[Any, ...]:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -116,6 +117,10 @@ class CachePolicy(Timestamps, Base):
     # Shared entries are served to every tenant (public data); default is per-tenant isolation.
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
     negative_cache: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Requests with a Cookie use the cache (the cookie is then not forwarded on a fill); off,
+    # they bypass it unless Cookie is a vary header. Added by 0002: the server default fills
+    # existing rows and those an instance still on 0001 inserts during a rolling upgrade.
+    cache_with_cookies: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Route(Timestamps, Base):
@@ -140,8 +145,15 @@ class Route(Timestamps, Base):
     fail_mode: Mapped[str] = mapped_column(String(8), default="open")
     max_request_body_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     timeout_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    # The request body's deadline in all and its minimum rate (bytes/s, 0: none); NULL: the
+    # settings' REQUEST_BODY_TIMEOUT / REQUEST_BODY_MIN_RATE (added by 0005).
+    request_body_timeout_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    request_body_min_rate: Mapped[int | None] = mapped_column(Integer, default=None)
     hide_ratelimit_headers: Mapped[bool] = mapped_column(Boolean, default=False)
     allow_private_upstream: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Upstream connections the route may hold at once per process; NULL: UPSTREAM_POOL_SIZE
+    # (added by 0004).
+    max_upstream_connections: Mapped[int | None] = mapped_column(Integer, default=None)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
@@ -166,7 +178,8 @@ class RequestLog(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     ts: Mapped[datetime] = mapped_column()
-    request_id: Mapped[str] = mapped_column(String(40), default="")
+    # The gateway's id, or the client's X-Request-Id when it is a plain token (0003: 40 -> 128).
+    request_id: Mapped[str] = mapped_column(String(128), default="")
     tenant_id: Mapped[int | None] = mapped_column(Integer, default=None)
     key_id: Mapped[int | None] = mapped_column(Integer, default=None)
     route_id: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -181,6 +194,9 @@ class RequestLog(Base):
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     client_ip: Mapped[str] = mapped_column(String(64), default="")
     user_agent: Mapped[str] = mapped_column(String(500), default="")
+    # Why the upstream failed (its address and the cause), kept here rather than shown to the
+    # client (added by 0003).
+    error: Mapped[str | None] = mapped_column(String(500), default=None)
 
 
 class AbuseEvent(Base):

@@ -167,6 +167,7 @@ def _policy_config(policy: CachePolicy) -> CachePolicyConfig:
         max_object_bytes=policy.max_object_bytes,
         shared=policy.shared,
         negative_cache=policy.negative_cache,
+        cache_with_cookies=policy.cache_with_cookies,
     )
 
 
@@ -191,7 +192,11 @@ def _route_config(route: Route, policies: dict[int, CachePolicyConfig]) -> Route
         fail_mode=route.fail_mode,
         max_request_body_bytes=route.max_request_body_bytes,
         timeout_seconds=route.timeout_seconds,
+        request_body_timeout_seconds=route.request_body_timeout_seconds,
+        request_body_min_rate=route.request_body_min_rate,
         hide_ratelimit_headers=route.hide_ratelimit_headers,
+        max_upstream_connections=route.max_upstream_connections,
+        allow_private_upstream=route.allow_private_upstream,
         upstream_scheme=scheme,
         upstream_host=host,
         upstream_port=port,

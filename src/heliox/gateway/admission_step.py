@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 
 from heliox.config import Settings
+from heliox.core.bounds import MAX_BURST, MAX_WINDOW_SECONDS, clamp_rate
 from heliox.gateway.exchange import ResponseSink
 from heliox.gateway.responses import Headers
 from heliox.metrics import Metrics
@@ -86,9 +87,17 @@ class AdmissionStep:
             if rps is None:
                 spec = self._default
             else:
+                # Rows stored before the admin API bounded these are brought within the bounds
+                # the arithmetic handles (once per distinct limit: this is memoised).
+                rate = clamp_rate(rps)
                 if burst is None:
-                    burst = max(1, round(rps * 2))
-                spec = LimitSpec(algorithm or TOKEN_BUCKET, rps, burst, max(1, window))
+                    burst = max(1, round(rate * 2))
+                spec = LimitSpec(
+                    algorithm or TOKEN_BUCKET,
+                    rate,
+                    min(max(1, burst), MAX_BURST),
+                    min(max(1, window), MAX_WINDOW_SECONDS),
+                )
             if len(self._specs) > 4096:
                 self._specs.clear()
             self._specs[cache_key] = spec
@@ -121,7 +130,7 @@ class AdmissionStep:
                 m = slowed[1]
                 spec = LimitSpec(
                     spec.algorithm,
-                    spec.rate * m,
+                    clamp_rate(spec.rate * m),
                     max(1, round(spec.burst * m)),
                     spec.window_seconds,
                 )

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -28,13 +29,14 @@ from heliox.core.headers import (
     peer_is_trusted,
     upstream_request_headers,
 )
-from heliox.core.paths import BadPath, join_upstream_path, parse_gateway_path
+from heliox.core.paths import BadPath, parse_gateway_path
 from heliox.gateway.abuse import AbuseMonitor
 from heliox.gateway.admission_step import AdmissionStep
 from heliox.gateway.cache_layer import CacheLayer
 from heliox.gateway.exchange import ClientGone, Exchange, ProxyRequest, ResponseSink, body_stream
 from heliox.gateway.proxy import pass_through
-from heliox.gateway.upstream_client import UpstreamTarget
+from heliox.gateway.refusals import RefusalGuard
+from heliox.metrics import UNKNOWN_ROUTE
 from heliox.runtime import Runtime
 from heliox.snapshot import KeyConfig, RouteConfig, hash_key
 
@@ -52,8 +54,13 @@ MAX_KEY_LENGTH = 256
 DIGEST_MEMO_SIZE = 4096
 # nginx's default: a request line over 8 KiB is 414 (granian's own limit is 64 KiB).
 MAX_URI_BYTES = 8192
-_NOTHING: frozenset[bytes] = frozenset()
-_CONTENT_LENGTH = frozenset({b"content-length"})
+ERROR_LOG_INTERVAL = 5.0  # seconds between two log lines about failed upstream calls of a route
+# The client's own X-Request-Id never reaches the upstream: the gateway sends exactly one.
+_CLIENT_ONLY = frozenset({b"x-request-id"})
+_CLIENT_ONLY_AND_LENGTH = frozenset({b"x-request-id", b"content-length"})
+# A client's X-Request-Id is adopted when it is one plain token (a UUID, a trace id, ...), as
+# Envoy and Kong's correlation-id plugin do; anything else gets the gateway's own id.
+_REQUEST_ID_TOKEN = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class Gateway:
@@ -67,11 +74,13 @@ class Gateway:
         )
         self.admission = AdmissionStep(runtime.admission, runtime.settings, runtime.metrics)
         self.abuse = AbuseMonitor(runtime)
+        self.refusals = RefusalGuard(runtime.settings, runtime.metrics)
         self.abuse.on_slowdown = lambda key_id, until, m: self.admission.slowed.__setitem__(
             key_id, (until, m)
         )
         runtime.inflight_fills = lambda: len(self.cache.flights)
         self._seq = 0
+        self._error_logged: dict[str, tuple[float, int]] = {}
         # Raw API key -> SHA-256 digest: hashing every request's key cost more than the lookup.
         self._digests: dict[bytes, str] = {}
         self._plain_vary: dict[tuple[str, ...], bool] = {}
@@ -113,15 +122,23 @@ class Gateway:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt = self.runtime
         ex = Exchange(scope["method"], time.perf_counter())
-        self._seq += 1
-        ex.request_id = f"{rt.instance_id}-{self._seq:x}"
         headers: list[tuple[bytes, bytes]] = scope["headers"]
+        given = header_values(headers, b"x-request-id")
+        if len(given) == 1 and _REQUEST_ID_TOKEN.fullmatch(given[0]):
+            request_id = given[0]
+            ex.request_id = request_id.decode("ascii")
+        else:
+            self._seq += 1
+            ex.request_id = f"{rt.instance_id}-{self._seq:x}"
+            request_id = ex.request_id.encode("ascii")
         peer = scope.get("client")
         peer_host = peer[0] if peer else None
         settings = rt.settings
         trusted = settings.trusted_proxy_networks
         ex.client_ip = client_ip(peer_host, header_value(headers, b"x-forwarded-for"), trusted)
         sender = ResponseSink(send, ex)
+        # On every answer, errors included: the id the upstream saw and the log row holds.
+        sender.extra_headers.append((b"x-request-id", request_id))
         try:
             await self._serve(scope, receive, sender, headers, ex, peer_host)
         except ClientGone:
@@ -212,6 +229,16 @@ class Gateway:
         if not route.is_public:
             key = self._authenticate(headers)
             if key is None:
+                retry = self.refusals.bad_key(ex.client_ip)
+                if retry is not None:
+                    await send.problem(
+                        429,
+                        "Too many requests without a valid API key",
+                        f"this address sent too many requests without a valid API key; retry in "
+                        f"{retry} s",
+                        [(b"retry-after", b"%d" % retry)],
+                    )
+                    return
                 await send.problem(
                     401,
                     "Unauthorized",
@@ -290,10 +317,8 @@ class Gateway:
         query: bytes = scope.get("query_string", b"")
         policy = route.cache_policy
 
-        def prepare() -> tuple[list[tuple[bytes, bytes]], UpstreamTarget]:
-            return self._upstream_side(
-                scope, headers, ex, route, encoded_path, query, peer_host, body_limit
-            )
+        def prepare(keep: frozenset[bytes] | None) -> list[tuple[bytes, bytes]]:
+            return self._upstream_headers(scope, headers, ex, route, peer_host, body_limit, keep)
 
         req = ProxyRequest(
             method=ex.method,
@@ -302,22 +327,35 @@ class Gateway:
             raw_query=query,
             client_headers=headers,
             prepare=prepare,
+            encoded_path=encoded_path,
             lookup_plain=policy is not None
             and self._vary_plain(policy.vary_headers)
             and header_value(headers, b"connection") is None,
             tenant_id=ex.key.tenant_id if ex.key else None,
             ex=ex,
-            body=body_stream(
-                receive, ex, body_limit, route.timeout_seconds or rt.settings.upstream_read_timeout
-            )
-            if body_limit is not None
-            else None,
+            body=self._body(receive, ex, route, body_limit) if body_limit is not None else None,
             body_limit=body_limit,
         )
         if policy is not None:
             await self.cache.serve(req, send)
         else:
             await pass_through(rt.upstream, rt.metrics, req, send)
+
+    def _body(
+        self, receive: Receive, ex: Exchange, route: RouteConfig, limit: int
+    ) -> AsyncIterator[bytes]:
+        """The request body, under the route's timeouts, else the settings'."""
+        settings = self.runtime.settings
+        min_rate = route.request_body_min_rate
+        return body_stream(
+            receive,
+            ex,
+            limit,
+            route.timeout_seconds or settings.upstream_read_timeout,
+            deadline=route.request_body_timeout_seconds or settings.request_body_timeout,
+            min_rate=settings.request_body_min_rate if min_rate is None else min_rate,
+            grace=settings.request_body_min_rate_grace,
+        )
 
     def _vary_plain(self, names: tuple[str, ...]) -> bool:
         """Whether every vary header of a policy reaches the upstream as the client sent it."""
@@ -327,31 +365,25 @@ class Gateway:
             self._plain_vary[names] = plain
         return plain
 
-    def _upstream_side(
+    def _upstream_headers(
         self,
         scope: Scope,
         headers: list[tuple[bytes, bytes]],
         ex: Exchange,
         route: RouteConfig,
-        encoded_path: str,
-        query: bytes,
         peer_host: str | None,
         body_limit: int | None,
-    ) -> tuple[list[tuple[bytes, bytes]], UpstreamTarget]:
-        """The upstream request's headers and target: built only when the upstream is called."""
+        keep: frozenset[bytes] | None,
+    ) -> list[tuple[bytes, bytes]]:
+        """The upstream request's headers (only the client's named in `keep`, when given):
+        built only when the upstream is called."""
         settings = self.runtime.settings
-        path_qs = join_upstream_path(route.upstream_base_path, encoded_path)
-        if query:
-            path_qs += "?" + query.decode("latin-1")
-        target = UpstreamTarget(
-            route.upstream_scheme, route.upstream_host, route.upstream_port, path_qs
-        )
         host = header_value(headers, b"host") or b""
         policy = route.cache_policy
         if policy is not None and "host" not in policy.vary_headers:
             host = b""  # not in the cache key, so it must not shape a stored answer either
         peer_trusted = peer_is_trusted(peer_host, settings.trusted_proxy_networks)
-        drop = _NOTHING if body_limit is not None else _CONTENT_LENGTH
+        drop = _CLIENT_ONLY if body_limit is not None else _CLIENT_ONLY_AND_LENGTH
         up_headers = upstream_request_headers(
             headers,
             client_ip=ex.client_ip,
@@ -361,21 +393,55 @@ class Gateway:
             via=self.via,
             drop=drop,
             peer=peer_host if peer_trusted else None,
+            keep=keep,
         )
         up_headers.append((b"x-request-id", ex.request_id.encode()))
-        return up_headers, target
+        return up_headers
 
     # --- after the response --------------------------------------------------------------------
+    def _warn_upstream_error(self, ex: Exchange) -> None:
+        """One log line per route every ERROR_LOG_INTERVAL seconds: during an upstream outage
+        every request fails, and each already has its cause in its request-log row."""
+        name = ex.route.name if ex.route is not None else UNKNOWN_ROUTE
+        now = time.monotonic()
+        last, suppressed = self._error_logged.get(name, (-ERROR_LOG_INTERVAL, 0))
+        if now - last < ERROR_LOG_INTERVAL:
+            self._error_logged[name] = (last, suppressed + 1)
+            return
+        self._error_logged[name] = (now, 0)  # bounded: route names come from configuration
+        log.warning(
+            "request %s (%s %r, route %r) answered %d: %s%s",
+            ex.request_id,
+            ex.method,
+            ex.path[:200],
+            ex.route_name[:100],
+            ex.status,
+            ex.error,
+            f" ({suppressed} more on this route since the last line; see the request log)"
+            if suppressed
+            else "",
+        )
+
     def _after(self, ex: Exchange) -> None:
         rt = self.runtime
         elapsed = time.perf_counter() - ex.start
-        rt.metrics.observe_request(
-            ex.route_name or "-", ex.status, elapsed, ex.cache_status, ex.upstream_seconds
-        )
         key = ex.key
         route = ex.route
+        # Labelled by the configured route only: a name taken from the URL would let clients
+        # create a series per request.
+        rt.metrics.observe_request(
+            route.name if route is not None else UNKNOWN_ROUTE,
+            ex.status,
+            elapsed,
+            ex.cache_status,
+            ex.upstream_seconds,
+        )
+        if ex.error is not None:
+            self._warn_upstream_error(ex)
         if key is not None and ex.status != 429:
             self.abuse.observe(key, time.time())
+        elif key is None and not self.refusals.keep_row(ex):
+            return  # a refusal over its address's log budget: counted, not written
         rt.logs.enqueue(
             (
                 time.time(),
@@ -394,5 +460,6 @@ class Gateway:
                 ex.bytes_out,
                 ex.client_ip,
                 ex.user_agent,
+                ex.error[:500] if ex.error is not None else None,
             )
         )

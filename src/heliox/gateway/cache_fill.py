@@ -25,6 +25,7 @@ from heliox.core.freshness import (
     headers_to_store,
     initial_age,
 )
+from heliox.core.headers import cache_fill_forwarded
 from heliox.gateway.cache_responses import gateway_owned
 from heliox.gateway.exchange import ProxyRequest
 from heliox.gateway.upstream_client import UpstreamResponse
@@ -73,11 +74,15 @@ def entry_key(req: ProxyRequest) -> str:
 
 
 def fill_headers(req: ProxyRequest, entry: CacheEntry | None) -> list[tuple[bytes, bytes]]:
-    """The upstream request headers of a fill: the client's minus its preconditions and Range,
-    plus the entry's validators when revalidating it (RFC 9111 §4.3.1)."""
+    """The upstream request headers of a fill: of the client's, only those the cache key holds
+    or that cannot shape a stored answer unnoticed (`cache_fill_forwarded`), never its
+    preconditions or Range; plus the gateway's own, and the entry's validators when
+    revalidating it (RFC 9111 §4.3.1)."""
+    policy = req.route.cache_policy
+    keep = cache_fill_forwarded(policy.vary_headers if policy is not None else ())
     out = [
         (name, value)
-        for name, value in req.upstream_headers
+        for name, value in req.kept_headers(keep)
         if name not in _CLIENT_PRECONDITIONS and name != b"range"
     ]
     if entry is not None:
@@ -154,11 +159,13 @@ class CacheIO:
         return True
 
     async def invalidate(self, req: ProxyRequest) -> int:
-        """Drop every entry of the request's URI and the route's remembered 404s (§4.4)."""
+        """Drop the entries of the request's URI that its tenant is served (its own and the
+        shared ones: another tenant's entries are none of its writes' business), and the
+        route's remembered 404s (§4.4)."""
         purged = 0
         try:
-            purged = await self.runtime.cache.purge(
-                uri_key=uri_key(req.route.name, req.path, req.raw_query)
+            purged = await self.runtime.cache.invalidate(
+                uri_key(req.route.name, req.path, req.raw_query), req.tenant_id
             )
         except _REDIS_FAILURES as exc:
             self.failed("invalidation", exc)
@@ -213,8 +220,16 @@ class CacheIO:
     ) -> UpstreamResponse:
         """Ask the upstream for the request's target (raises UpstreamError); times the call."""
         t0 = time.perf_counter()
+        key = req.ex.key
+        # A fill that others wait on counts against the key of the request that started it.
         resp: UpstreamResponse = await self.runtime.upstream.request(
-            method, req.target, headers, None, timeout=req.timeout
+            method,
+            req.target,
+            headers,
+            None,
+            timeout=req.timeout,
+            route=req.route,
+            key_id=key.id if key is not None else None,
         )
         seconds = time.perf_counter() - t0
         if background:

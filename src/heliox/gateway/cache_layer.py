@@ -2,8 +2,8 @@
 
 One request, top to bottom:
 
-  unsafe method → write through, then invalidate the URI (RFC 9111 §4.4)
-  uncacheable method or Range → bypass
+  unsafe method → write through, then invalidate the URI for the writer (RFC 9111 §4.4)
+  uncacheable method, Range, or a Cookie the policy does not allow → bypass
   key → one store read → HIT: serve (or 304)
                        → STALE: serve, refresh once in the background (RFC 5861 §3)
                        → no usable entry: negative cache (remembered 404s) → coalesced fill
@@ -36,13 +36,13 @@ from heliox.core.freshness import (
     cacheable_request,
     can_serve_stale_on_error,
     conditional_headers,
+    lookup_bypass,
     lookup_state,
     not_modified,
     not_modified_headers,
     storable,
     ttl_seconds,
 )
-from heliox.core.headers import header_value
 from heliox.gateway.cache_fill import CacheIO, entry_key, fill_headers, freshened, new_entry
 from heliox.gateway.cache_responses import (
     from_upstream,
@@ -61,7 +61,7 @@ from heliox.gateway.coalescing import (
     SingleFlight,
 )
 from heliox.gateway.exchange import ClientGone, ProxyRequest, ResponseSink
-from heliox.gateway.proxy import VIA, call_upstream
+from heliox.gateway.proxy import VIA, call_upstream, send_upstream_error
 from heliox.gateway.refresh import Refresher
 from heliox.gateway.upstream_client import UpstreamError, UpstreamResponse
 from heliox.runtime import Runtime
@@ -126,9 +126,9 @@ class CacheLayer:
         if not cacheable_request(policy, req.method):
             await self._bypass(req, send, "method")
             return
-        if header_value(req.lookup_headers, b"range") is not None:
-            # A partial answer must never stand in for, or replace, the full entry.
-            await self._bypass(req, send, "range")
+        bypass = lookup_bypass(policy, req.lookup_headers)
+        if bypass is not None:
+            await self._bypass(req, send, bypass)
             return
 
         request_cc = parse_cache_control(joined(req.lookup_headers, b"cache-control"))
@@ -365,12 +365,12 @@ class CacheLayer:
             self.runtime.metrics.upstream_errors[(req.route.name, exc.status)] += 1
             now = self.clock()
             if entry is not None and can_serve_stale_on_error(entry, now):
+                req.ex.error = exc.detail  # answered from the stale copy, but still logged
                 await self._stale_on_error(req, send, entry, now, None, fill)
                 return
             req.ex.cache_status = "MISS"
-            title = "Bad gateway" if exc.status == 502 else "Gateway timeout"
             status = cache_status(fwd="miss", detail="upstream-error")
-            await send.problem(exc.status, title, exc.detail, status_headers("MISS", status))
+            await send_upstream_error(send, exc, status_headers("MISS", status))
             return
 
         now = self.clock()
@@ -396,7 +396,7 @@ class CacheLayer:
             resp.status,
             resp.headers,
             resp.content_length or 0,
-            req.upstream_headers,
+            req.lookup_headers,
             now=now,
         )
         status = cache_status(
@@ -435,7 +435,7 @@ class CacheLayer:
         With `preconditions`, a client whose own validators match gets a 304."""
         req.ex.cache_status = x_cache
         conditional = preconditions and not_modified(
-            resp.headers, req.upstream_headers, status=resp.status
+            resp.headers, req.lookup_headers, status=resp.status
         )
         out = from_upstream(resp.headers)
         if conditional:
@@ -472,7 +472,8 @@ class CacheLayer:
                 if parts is None and not to_client:
                     resp.close()
                     return None
-        except UpstreamError:
+        except UpstreamError as exc:
+            req.ex.error = exc.detail
             resp.close()
             if to_client:
                 raise  # headers are out: aborting the connection is the only honest signal

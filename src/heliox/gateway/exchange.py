@@ -8,6 +8,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
+from heliox.core.headers import GATEWAY_REQUEST_HEADERS
+from heliox.core.paths import join_upstream_path
 from heliox.gateway.responses import Headers, send_problem
 from heliox.gateway.upstream_client import UpstreamTarget
 from heliox.snapshot import CachePolicyConfig, KeyConfig, RouteConfig
@@ -31,13 +33,21 @@ class BodyTimeout(Exception):
     """The client stopped sending its request body for longer than the route's timeout."""
 
 
+class BodyDeadline(BodyTimeout):
+    """The request body took longer in all than its deadline (REQUEST_BODY_TIMEOUT)."""
+
+
+class BodyTooSlow(BodyTimeout):
+    """The request body arrived slower than its minimum rate (REQUEST_BODY_MIN_RATE)."""
+
+
 class Exchange:
     """What one request accumulates for its log row and metrics."""
 
     __slots__ = (
-        "body_error", "body_failed", "bytes_in", "bytes_out", "cache_generation", "cache_status",
-        "client_ip", "key", "method", "path", "request_id", "route", "route_name", "start",
-        "status", "upstream_seconds", "user_agent",
+        "body_detail", "body_error", "body_failed", "bytes_in", "bytes_out", "cache_generation",
+        "cache_status", "client_ip", "error", "key", "method", "path", "request_id", "route",
+        "route_name", "start", "status", "upstream_seconds", "user_agent",
     )  # fmt: skip
 
     def __init__(self, method: str, start: float) -> None:
@@ -55,7 +65,10 @@ class Exchange:
         self.client_ip = ""
         self.user_agent = ""
         self.request_id = ""
+        # Why the upstream failed (its address and the cause): for the log, never the client.
+        self.error: str | None = None
         self.body_error: type[Exception] | None = None  # set by the body stream when it gives up
+        self.body_detail = ""  # with a BodyTimeout: which limit, for the client
         # Set with body_error, for whoever waits on the upstream meanwhile (see call_upstream).
         self.body_failed: asyncio.Event | None = None
         # From admission on Redis: what the cache's in-process copies are checked against.
@@ -105,7 +118,9 @@ class ResponseSink:
             log.debug("could not send %d to the client: %r", status, exc)
 
 
-Prepare = Callable[[], tuple[list[tuple[bytes, bytes]], UpstreamTarget]]
+# The upstream request's headers; given a `keep` set, only the client headers it names go, besides
+# the gateway's own (see heliox.core.headers.upstream_request_headers).
+Prepare = Callable[[frozenset[bytes] | None], list[tuple[bytes, bytes]]]
 
 
 class ProxyRequest:
@@ -114,12 +129,14 @@ class ProxyRequest:
     The upstream side (sanitised headers and target) is built on first use: a fresh cache HIT
     never needs it, and building it was a measurable share of a HIT. What the cache reads to look
     a request up (Range, Cache-Control, preconditions, vary values) comes from `lookup_headers`,
-    which is the client's own list whenever the upstream would see those fields unchanged.
+    which is the client's own list whenever the upstream would see those fields unchanged. A
+    cache fill sends `kept_headers(...)`: only what the cache key holds or what cannot shape a
+    stored answer, so a miss builds that list and usually no other.
     """
 
     __slots__ = (
         "_prepare", "_target", "_upstream_headers", "body", "body_limit", "client_headers",
-        "ex", "lookup_plain", "method", "path", "raw_query", "route", "tenant_id",
+        "encoded_path", "ex", "lookup_plain", "method", "path", "raw_query", "route", "tenant_id",
     )  # fmt: skip
 
     def __init__(
@@ -135,12 +152,17 @@ class ProxyRequest:
         upstream_headers: list[tuple[bytes, bytes]] | None = None,
         target: UpstreamTarget | None = None,
         prepare: Prepare | None = None,
+        encoded_path: str | None = None,  # the canonical path percent-encoded, with `prepare`
         lookup_plain: bool = False,
         body: AsyncIterator[bytes] | None = None,
         body_limit: int | None = None,
     ) -> None:
-        if prepare is None and (upstream_headers is None or target is None):
-            raise TypeError("give either prepare, or both upstream_headers and target")
+        if (prepare is None or encoded_path is None) and (
+            upstream_headers is None or target is None
+        ):
+            raise TypeError(
+                "give either prepare and encoded_path, or both upstream_headers and target"
+            )
         self.method = method
         self.route = route
         self.path = path
@@ -151,29 +173,42 @@ class ProxyRequest:
         self._upstream_headers = upstream_headers
         self._target = target
         self._prepare = prepare
+        self.encoded_path = encoded_path
         # True when the client's headers may stand in for the upstream's in a cache lookup.
         self.lookup_plain = lookup_plain
         self.body = body
         self.body_limit = body_limit
 
-    def _build(self) -> None:
-        assert self._prepare is not None
-        self._upstream_headers, self._target = self._prepare()
-        self._prepare = None
-
     @property
     def upstream_headers(self) -> list[tuple[bytes, bytes]]:
-        """Sanitised: what the upstream will see."""
+        """Sanitised: what the upstream sees of a request the cache does not store."""
         if self._upstream_headers is None:
-            self._build()
-        assert self._upstream_headers is not None
+            assert self._prepare is not None
+            self._upstream_headers = self._prepare(None)
         return self._upstream_headers
+
+    def kept_headers(self, keep: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+        """`upstream_headers` with, of the client's own headers, only those named in `keep`."""
+        if self._prepare is not None:
+            return self._prepare(keep)
+        return [
+            (name, value)
+            for name, value in self.upstream_headers
+            if name in keep or name in GATEWAY_REQUEST_HEADERS
+        ]
 
     @property
     def target(self) -> UpstreamTarget:
+        """The route's upstream, its base path, the canonical path and the query."""
         if self._target is None:
-            self._build()
-        assert self._target is not None
+            assert self.encoded_path is not None
+            route = self.route
+            path_qs = join_upstream_path(route.upstream_base_path, self.encoded_path)
+            if self.raw_query:
+                path_qs += "?" + self.raw_query.decode("latin-1")
+            self._target = UpstreamTarget(
+                route.upstream_scheme, route.upstream_host, route.upstream_port, path_qs
+            )
         return self._target
 
     @property
@@ -191,19 +226,47 @@ class ProxyRequest:
 
 
 async def body_stream(
-    receive: Receive, ex: Exchange, limit: int, idle_timeout: float | None = None
+    receive: Receive,
+    ex: Exchange,
+    limit: int,
+    idle_timeout: float | None = None,
+    *,
+    deadline: float | None = None,
+    min_rate: int = 0,
+    grace: float = 0.0,
 ) -> AsyncIterator[bytes]:
-    """The client's request body, streamed; stops at `limit` bytes with BodyTooLarge, and with
-    BodyTimeout when no part of it arrives for `idle_timeout` seconds."""
+    """The client's request body, streamed; stops at `limit` bytes with BodyTooLarge, and with a
+    BodyTimeout when no part of it arrives for `idle_timeout` seconds, when it takes more than
+    `deadline` seconds in all (BodyDeadline), or when, `grace` seconds in, it has averaged less
+    than `min_rate` bytes/s (BodyTooSlow; 0: no minimum).
+
+    Only the time spent waiting for the client counts: while the upstream is slow to take what
+    was read, the client is not to blame. A timer that restarted with every part let a client
+    sending a byte now and then hold its request, and a connection, for as long as it liked."""
+    loop = asyncio.get_running_loop()
+    waited = 0.0
     try:
         while True:
+            wait, kind = idle_timeout, BodyTimeout
+            if deadline is not None and (wait is None or deadline - waited < wait):
+                wait, kind = deadline - waited, BodyDeadline
+            if min_rate:
+                # Behind the rate once the bytes so far no longer cover the time since `grace`.
+                left = grace + ex.bytes_in / min_rate - waited
+                if wait is None or left < wait:
+                    wait, kind = left, BodyTooSlow
+            started = loop.time()
             try:
-                async with asyncio.timeout(idle_timeout):
+                if wait is not None and wait <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait):
                     message = await receive()
             except TimeoutError:
-                ex.body_error = BodyTimeout
+                ex.body_error = kind
+                ex.body_detail = _timeout_detail(kind, idle_timeout, deadline, min_rate, grace)
                 _signal(ex)
-                raise BodyTimeout from None
+                raise kind from None
+            waited += loop.time() - started
             if message["type"] == "http.disconnect":
                 ex.body_error = ClientGone
                 _signal(ex)
@@ -227,6 +290,28 @@ async def body_stream(
         # collection.
         del receive
         raise
+
+
+def _timeout_detail(
+    kind: type[BodyTimeout],
+    idle_timeout: float | None,
+    deadline: float | None,
+    min_rate: int,
+    grace: float,
+) -> str:
+    if kind is BodyDeadline:
+        return (
+            f"the request body did not arrive in full within {deadline:g} s; send it faster, "
+            "or in smaller requests"
+        )
+    if kind is BodyTooSlow:
+        return (
+            f"the request body arrived slower than {min_rate} bytes/s (the minimum once "
+            f"{grace:g} s have passed); send it faster"
+        )
+    if idle_timeout is None:
+        return "no part of the request body arrived in time"
+    return f"no part of the request body arrived within {idle_timeout:g} s (the route's timeout)"
 
 
 def _signal(ex: Exchange) -> None:

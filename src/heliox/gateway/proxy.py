@@ -20,8 +20,9 @@ from heliox.metrics import Metrics
 
 VIA = b"1.1 heliox"
 # Fields only the gateway may set: an upstream must not be able to claim a HIT, hand out
-# rate-limit numbers or speak for the gateway's internals, live or from a stored entry.
-_GATEWAY_OWNED = frozenset({b"x-cache", b"cache-status"})
+# rate-limit numbers, speak for the gateway's internals or replace the request's id, live or
+# from a stored entry.
+_GATEWAY_OWNED = frozenset({b"x-cache", b"cache-status", b"x-request-id"})
 _GATEWAY_OWNED_PREFIXES = (b"x-heliox-", b"ratelimit", b"x-ratelimit-")
 
 
@@ -44,7 +45,13 @@ async def call_upstream(
     try:
         if req.body is None:
             resp = await client.request(
-                req.method, req.target, req.upstream_headers, None, timeout=req.timeout
+                req.method,
+                req.target,
+                req.upstream_headers,
+                None,
+                timeout=req.timeout,
+                route=req.route,
+                key_id=ex.key.id if ex.key is not None else None,
             )
         else:
             resp = await _request_with_body(client, req)
@@ -57,11 +64,12 @@ async def call_upstream(
                 f"the body limit of route {req.route.name!r} is {req.body_limit} bytes",
             )
             return None
-        if ex.body_error is BodyTimeout or isinstance(exc, BodyTimeout):
+        timed_out = ex.body_error is not None and issubclass(ex.body_error, BodyTimeout)
+        if timed_out or isinstance(exc, BodyTimeout):
             await send.problem(
                 408,
                 "Request body timed out",
-                "no part of the request body arrived within the route's timeout",
+                ex.body_detail or "the request body did not arrive in time",
                 [(b"connection", b"close")],
             )
             return None
@@ -82,11 +90,24 @@ async def _request_with_body(client: UpstreamClient, req: ProxyRequest) -> Upstr
     ex = req.ex
     ex.body_failed = failed = asyncio.Event()
     call = asyncio.ensure_future(
-        client.request(req.method, req.target, req.upstream_headers, req.body, timeout=req.timeout)
+        client.request(
+            req.method,
+            req.target,
+            req.upstream_headers,
+            req.body,
+            timeout=req.timeout,
+            route=req.route,
+            key_id=ex.key.id if ex.key is not None else None,
+        )
     )
     watch = asyncio.ensure_future(failed.wait())
     try:
         await asyncio.wait((call, watch), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        # Cancelled: an answer that arrived meanwhile must give its connection back now.
+        if call.done() and not call.cancelled() and call.exception() is None:
+            call.result().close()
+        raise
     finally:
         watch.cancel()
         if not call.done():
@@ -104,9 +125,21 @@ async def _request_with_body(client: UpstreamClient, req: ProxyRequest) -> Upstr
     return call.result()
 
 
-async def send_upstream_error(send: ResponseSink, exc: UpstreamError) -> None:
-    title = "Bad gateway" if exc.status == 502 else "Gateway timeout"
-    await send.problem(exc.status, title, exc.detail)
+async def send_upstream_error(
+    send: ResponseSink, exc: UpstreamError, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """The 502/503/504 for a failed upstream call: the client learns what happened and the request
+    id; the upstream's address and the cause go to the log and the request's log row."""
+    ex = send.ex
+    ex.error = exc.detail
+    detail = (
+        f"{exc.public_detail}; retry later, or quote request id {ex.request_id} to the "
+        "gateway's operator"
+    )
+    extra = exc.headers  # Retry-After on a 503 from the bulkheads
+    if extra:
+        headers = [*(headers or ()), *extra]
+    await send.problem(exc.status, exc.title, detail, headers, request_id=ex.request_id)
 
 
 async def relay(
@@ -124,8 +157,9 @@ async def relay(
         async for chunk in resp.chunks():
             await send.body(chunk, more=True)
         await send.body(b"", more=False)
-    except UpstreamError:
+    except UpstreamError as exc:
         # Headers are out: the only honest signal left is to abort the client connection.
+        req.ex.error = exc.detail
         resp.close()
         raise
     finally:

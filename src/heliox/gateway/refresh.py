@@ -154,7 +154,7 @@ class Refresher:
                 resp.status,
                 resp.headers,
                 resp.content_length or 0,
-                req.upstream_headers,
+                req.lookup_headers,
                 now=now,
             )
             if not decision.ok:

@@ -1,29 +1,103 @@
 """The upstream HTTP client behind one small interface.
 
-aiohttp with a bounded pool, explicit timeouts, no redirects followed, no environment proxies and no
+aiohttp with explicit timeouts, no redirects followed, no environment proxies and no
 decompression: the gateway relays bytes, it does not reinterpret them. A leaner client can replace
 this class as long as it keeps `request()` and `UpstreamResponse`.
+
+Connections are bounded per route and per API key (`heliox.gateway.bulkhead`), not by one pool
+for everything; and no connection goes to an address in UPSTREAM_DENY_NETWORKS, whatever name led
+to it (checked on the resolved address, in the connector's socket factory).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from heliox.core.netdeny import Network, address_denied
+from heliox.gateway.bulkhead import Bulkheads, Busy, Permit
+from heliox.snapshot import RouteConfig
+
+log = logging.getLogger("heliox.upstream")
+
 READ_CHUNK = 64 * 1024
+BUSY_RETRY_AFTER = 1  # seconds: a slot frees as soon as any one of the requests in flight ends
+_TITLES = {502: "Bad gateway", 503: "Service unavailable", 504: "Gateway timeout"}
+# What the connector's socket factory is given: (family, type, proto, canonname, sockaddr).
+AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached or did not answer in time; `status` is 502 or 504."""
+    """The upstream could not be reached or did not answer in time (502, 504), or the bulkheads
+    left no connection for the request (503, `UpstreamBusy`).
+
+    `detail` names the upstream's address and the cause: it is for the gateway's log and the
+    request's log row. Clients get `public_detail`, which gives neither away.
+    """
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+    @property
+    def public_detail(self) -> str:
+        if self.status == 504:
+            return "the upstream did not answer in time"
+        return "the upstream could not be reached or did not send a valid response"
+
+    @property
+    def title(self) -> str:
+        return _TITLES.get(self.status, "Bad gateway")
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Response fields the client's error answer carries besides the usual ones."""
+        return []
+
+
+class UpstreamBusy(UpstreamError):
+    """503: no upstream connection for this request within the bulkheads (`bulkhead`): the
+    route's are all in use, or the key already has its cap of requests in flight."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(503, detail)
+
+    @property
+    def public_detail(self) -> str:
+        return self.detail  # names a limit, never the upstream's address
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"%d" % BUSY_RETRY_AFTER)]
+
+
+class UpstreamAddressDenied(UpstreamError):
+    """502: every address the upstream's host resolved to is in UPSTREAM_DENY_NETWORKS."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(502, detail)
+
+    @property
+    def public_detail(self) -> str:
+        return "the upstream's address is not allowed"
+
+
+class _AddressNotAllowed(OSError):
+    """Raised instead of opening a socket to a denied address. One message for every address:
+    happy eyeballs keeps the exception's type only when all its attempts failed alike."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__("address not allowed")
+        self.address = address
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +109,13 @@ class UpstreamTarget:
 
 
 class UpstreamResponse:
-    __slots__ = ("_resp", "headers", "status")
+    __slots__ = ("_permit", "_resp", "headers", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, permit: Permit | None = None) -> None:
         self._resp = resp
+        # The request's share of its route's connections and its key's cap: held until the
+        # response is released or closed, which is when its connection is free again.
+        self._permit = permit
         self.status = resp.status
         self.headers: list[tuple[bytes, bytes]] = [
             (name.lower(), value) for name, value in resp.raw_headers
@@ -71,28 +148,76 @@ class UpstreamResponse:
 
     def release(self) -> None:
         self._resp.release()
+        self._free()
 
     def close(self) -> None:
         # Closing (not releasing) drops the connection: used when the body was not read to the end.
         self._resp.close()
+        self._free()
+
+    def _free(self) -> None:
+        permit = self._permit
+        if permit is not None:
+            self._permit = None
+            permit.release()
+
+    def __del__(self) -> None:
+        # A response dropped without release (a cancellation at an unlucky moment) must not keep
+        # its route's slot forever.
+        with contextlib.suppress(Exception):  # at interpreter exit the loop may be gone
+            self._free()
 
 
 class UpstreamClient:
-    def __init__(self, *, pool_size: int, connect_timeout: float, read_timeout: float) -> None:
-        self._pool_size = pool_size
+    """`pool_size` is each route's default limit of upstream connections (see `bulkhead`);
+    `deny_networks` are the addresses no connection may go to, whatever the host's name."""
+
+    def __init__(
+        self,
+        *,
+        pool_size: int,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_timeout: float = 5.0,
+        max_requests_per_key: int = 128,
+        deny_networks: tuple[Network, ...] = (),
+    ) -> None:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
+        self.bulkheads = Bulkheads(
+            route_limit=pool_size, key_limit=max_requests_per_key, wait=pool_timeout
+        )
+        self._deny = deny_networks
+        self._denied_logged: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
+        # For routes that opt in to private upstreams (allow_private_upstream): no deny list.
+        self._open_session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        self._session = self._new_session(self._deny)
+        self._open_session = self._new_session(()) if self._deny else self._session
+
+    def _guarded_socket(self, addr_info: AddrInfo) -> socket.socket:
+        """A socket for `addr_info`, unless its address is denied: checked on the address about
+        to be connected to, after DNS, so neither a host's name nor a cached or rebound lookup
+        gets past it."""
+        family, type_, proto, _, sockaddr = addr_info
+        if address_denied(str(sockaddr[0]), self._deny):
+            raise _AddressNotAllowed(str(sockaddr[0]))
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    def _new_session(self, deny: tuple[Network, ...]) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=self._pool_size,
+            # No shared limit: each route has its own (`bulkhead`), so that one upstream that
+            # hangs cannot hold the connections every other route needs.
+            limit=0,
             limit_per_host=0,
+            socket_factory=self._guarded_socket if deny else None,
             ttl_dns_cache=30,
             keepalive_timeout=30,
             enable_cleanup_closed=False,
         )
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             trust_env=False,
@@ -108,9 +233,10 @@ class UpstreamClient:
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in {self._session, self._open_session}:
+            if session is not None:
+                await session.close()
+        self._session = self._open_session = None
 
     async def request(
         self,
@@ -120,10 +246,42 @@ class UpstreamClient:
         body: bytes | AsyncIterable[bytes] | None,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - a per-route socket read timeout, not a deadline
+        route: RouteConfig | None = None,
+        key_id: int | None = None,
     ) -> UpstreamResponse:
+        """Send the request; `route` and `key_id` (the API key it is made for) subject it to the
+        bulkheads. Raises UpstreamError (UpstreamBusy: no connection within the bulkheads)."""
         session = self._session
         if session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
+        permit: Permit | None = None
+        if route is not None:
+            if route.allow_private_upstream:
+                session = self._open_session or session
+            try:
+                permit = await self.bulkheads.acquire(
+                    route.id, route.max_upstream_connections, key_id
+                )
+            except Busy as exc:
+                raise UpstreamBusy(_busy_detail(exc, route)) from None
+        try:
+            return UpstreamResponse(
+                await self._send(session, method, target, headers, body, timeout), permit
+            )
+        except BaseException:
+            if permit is not None:
+                permit.release()
+            raise
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        target: UpstreamTarget,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterable[bytes] | None,
+        timeout: float | None,  # noqa: ASYNC109 - a per-route socket read timeout, not a deadline
+    ) -> aiohttp.ClientResponse:
         # Built from parts, never by joining strings: the host can only ever be the route's host.
         url = URL.build(
             scheme=target.scheme,
@@ -155,9 +313,40 @@ class UpstreamClient:
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             raise UpstreamError(504, f"upstream {target.host}:{target.port} timed out") from exc
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, _AddressNotAllowed):
+                self._log_denied(target, exc.os_error.address)
+                raise UpstreamAddressDenied(
+                    f"upstream {target.host}:{target.port} resolves to "
+                    f"{exc.os_error.address}, which UPSTREAM_DENY_NETWORKS refuses"
+                ) from exc
             raise UpstreamError(
                 502, f"upstream {target.host}:{target.port} refused or unreachable: {exc.os_error}"
             ) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(502, f"upstream {target.host}:{target.port} failed: {exc}") from exc
-        return UpstreamResponse(resp)
+        return resp
+
+    def _log_denied(self, target: UpstreamTarget, address: str) -> None:
+        """Tell the operator once per host and address (a route's every request would repeat it)."""
+        seen = (target.host, address)
+        if seen in self._denied_logged:
+            return
+        if len(self._denied_logged) >= 1024:
+            self._denied_logged.clear()
+        self._denied_logged.add(seen)
+        log.warning(
+            "refused to connect to upstream %s:%d at %s: the address is in UPSTREAM_DENY_NETWORKS "
+            "(a route may opt in with allow_private_upstream)",
+            target.host,
+            target.port,
+            address,
+        )
+
+
+def _busy_detail(exc: Busy, route: RouteConfig) -> str:
+    if exc.reason == "key":
+        return (
+            f"this API key already has {exc.limit} requests waiting on upstreams, the most one "
+            "key may have at a time"
+        )
+    return f"all {exc.limit} upstream connections of route {route.name!r} are in use"

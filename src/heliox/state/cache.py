@@ -66,6 +66,14 @@ class PurgeFilter:
     prefix: str | None = None  # canonical path prefix (with `route`, within that route)
     tag: str | None = None
     everything: bool = False
+    # With it, `tenant_id` selects that tenant's entries and the shared ones (tenant_id None:
+    # the shared ones only): what one tenant reads, and so all that its writes may evict.
+    with_shared: bool = False
+
+    @classmethod
+    def seen_by(cls, uri_key: str, tenant_id: int | None) -> PurgeFilter:
+        """The entries of `uri_key` that tenant `tenant_id` (None: no tenant) is served."""
+        return cls(uri_key=uri_key, tenant_id=tenant_id, with_shared=True)
 
     @classmethod
     def of(
@@ -88,10 +96,14 @@ class PurgeFilter:
     def matches(self, entry: CacheEntry) -> bool:
         if self.everything:
             return True
+        if self.with_shared:
+            tenant = entry.tenant_id is None or entry.tenant_id == self.tenant_id
+        else:
+            tenant = self.tenant_id is None or entry.tenant_id == self.tenant_id
         return (
-            (self.uri_key is None or entry.uri_key == self.uri_key)
+            tenant
+            and (self.uri_key is None or entry.uri_key == self.uri_key)
             and (self.route is None or entry.route == self.route)
-            and (self.tenant_id is None or entry.tenant_id == self.tenant_id)
             and (self.prefix is None or entry.path.startswith(self.prefix))
             and (self.tag is None or self.tag in entry.tags)
         )
@@ -122,6 +134,12 @@ class CacheStore(Protocol):
         all: bool = False,
     ) -> int:
         """Remove every entry matching all the given criteria; returns how many went."""
+        ...
+
+    async def invalidate(self, uri_key: str, tenant_id: int | None) -> int:
+        """Remove the entries of `uri_key` that tenant `tenant_id` is served: its own and the
+        shared ones (None: the shared ones only), never another tenant's (RFC 9111 §4.4 after
+        a write). Returns how many went."""
         ...
 
     async def stats(self) -> CacheStats: ...

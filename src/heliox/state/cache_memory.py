@@ -118,6 +118,12 @@ class MemoryCacheStore:
         selector = PurgeFilter.of(
             uri_key=uri_key, route=route, tenant_id=tenant_id, prefix=prefix, tag=tag, all=all
         )
+        return self._purge(selector)
+
+    async def invalidate(self, uri_key: str, tenant_id: int | None) -> int:
+        return self._purge(PurgeFilter.seen_by(uri_key, tenant_id))
+
+    def _purge(self, selector: PurgeFilter) -> int:
         if selector.everything:
             count = len(self._lru)
             self._clear()
@@ -144,7 +150,7 @@ class MemoryCacheStore:
             return self._by_uri.get(selector.uri_key, empty)
         if selector.tag is not None:
             return self._by_tag.get(selector.tag, empty)
-        if selector.tenant_id is not None:
+        if selector.tenant_id is not None and not selector.with_shared:
             return self._by_tenant.get(str(selector.tenant_id), empty)
         if selector.route is not None:
             return self._by_route.get(selector.route, empty)

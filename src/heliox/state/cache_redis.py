@@ -230,12 +230,22 @@ class RedisCacheStore:
         selector = PurgeFilter.of(
             uri_key=uri_key, route=route, tenant_id=tenant_id, prefix=prefix, tag=tag, all=all
         )
+        return await self._purge(selector)
+
+    async def invalidate(self, uri_key: str, tenant_id: int | None) -> int:
+        return await self._purge(PurgeFilter.seen_by(uri_key, tenant_id))
+
+    async def _purge(self, selector: PurgeFilter) -> int:
         index_key, dimension = self._index_for(selector)
-        tenant = None if selector.tenant_id is None else str(selector.tenant_id)
         filters = [
             b"" if value is None else b"=" + _utf8(value)
-            for value in (selector.uri_key, selector.route, tenant, selector.prefix, selector.tag)
+            for value in (selector.uri_key, selector.route, None, selector.prefix, selector.tag)
         ]
+        tenant = b"" if selector.tenant_id is None else b"%d" % selector.tenant_id
+        if selector.with_shared:
+            filters[2] = b"~" + tenant  # that tenant's entries or the shared ones
+        elif tenant:
+            filters[2] = b"=" + tenant
         deleted = 0
         start = 0
         while True:
@@ -256,7 +266,7 @@ class RedisCacheStore:
             return p + b"i:u:" + _utf8(selector.uri_key), "u"
         if selector.tag is not None:
             return p + b"i:g:" + _utf8(selector.tag), "g"
-        if selector.tenant_id is not None:
+        if selector.tenant_id is not None and not selector.with_shared:
             return p + b"i:t:%d" % selector.tenant_id, "t"
         if selector.route is not None:
             return p + b"i:r:" + _utf8(selector.route), "r"

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from heliox import __version__
 from heliox.admin.auth import admin_key_matches
+from heliox.admin.throttle import UI_LOGIN, AdminAuthGuard, TooManyFailures
 from heliox.config import Settings
 from heliox.ui import auth, session, streams
 
@@ -291,11 +292,31 @@ async def login(request: Request) -> Response:
             error="The sign-in form expired. Enter the key again.",
             status=400,
         )
+    # Sign-in attempts share the X-Admin-Key throttle: one record per client address.
+    guard: AdminAuthGuard | None = getattr(request.app.state.runtime, "admin_guard", None)
+    attempt = None
+    if guard is not None:
+        try:
+            attempt = await guard.attempt(request)
+        except TooManyFailures as exc:
+            response = _login_form(
+                request,
+                next_path=next_path,
+                error="Too many failed sign-ins from this address. "
+                f"Try again in {exc.retry_after} seconds.",
+                status=429,
+            )
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
     admin_key = form.get("admin_key", "")
     if not admin_key_matches(admin_key.encode("utf-8"), ui.settings.admin_api_key):
+        if guard is not None and attempt is not None:
+            await guard.failed(attempt, UI_LOGIN)
         return _login_form(
             request, next_path=next_path, error="That admin key is not valid.", status=401
         )
+    if guard is not None and attempt is not None:
+        await guard.succeeded(attempt)
     token, _ = session.issue(auth.session_key(ui.settings), now=time.time(), ttl=ui.session_ttl)
     target = next_path if _safe_next(next_path) else f"{UI_PREFIX}/dashboard"
     response = _headers(RedirectResponse(target, status_code=303))

@@ -1,7 +1,9 @@
 -- One bounded step of a purge: look at `batch` members of one index from `start` on, delete
 -- those matching every filter, drop memberships that no longer hold.
 -- ARGV: P, index key, dimension ('all'|'u'|'r'|'t'|'g'), start, batch,
---       then the filters uri, route, tenant, prefix, tag: '' when absent, else '=' .. value.
+--       then the filters uri, route, tenant, prefix, tag: '' when absent, else '=' .. value;
+--       the tenant may also be '~' .. tenant: that tenant's entries or the shared ones (those
+--       without a tenant; '~' alone: the shared ones only).
 -- Returns {deleted, scanned, removed from this index}; the caller's next start is
 -- start + scanned - removed, and it stops when scanned < batch.
 local P, index_key, dim = ARGV[1], ARGV[2], ARGV[3]
@@ -15,6 +17,7 @@ local function filter(i)
 end
 local f_uri, f_route, f_tenant, f_prefix, f_tag = filter(6), filter(7), filter(8), filter(9),
   filter(10)
+local f_shared = string.sub(ARGV[8], 1, 1) == '~'
 
 local function has_tag(meta, tag)
   for _, g in ipairs(meta.g) do
@@ -36,7 +39,7 @@ end
 local function matches(meta)
   return (not f_uri or meta.u == f_uri)
     and (not f_route or meta.r == f_route)
-    and (not f_tenant or meta.t == f_tenant)
+    and (not f_tenant or meta.t == f_tenant or (f_shared and not meta.t))
     and (not f_prefix or string.sub(meta.p, 1, #f_prefix) == f_prefix)
     and (not f_tag or has_tag(meta, f_tag))
 end

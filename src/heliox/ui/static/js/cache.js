@@ -40,7 +40,7 @@ async function loadHitRates() {
     const res = await fetch("/metrics", { credentials: "same-origin", cache: "no-store" });
     const metrics = await res.json();
     source.textContent = `this instance (${metrics.instance ?? "?"}) since it started`;
-    const routes = Object.entries(metrics.routes || {}).filter(([name]) => name !== "-");
+    const routes = Object.entries(metrics.routes || {}).filter(([name]) => name !== "(unknown)");
     if (!routes.length) { emptyRow(hitBody, 6, "No traffic yet."); return; }
     hitBody.replaceChildren(...routes.sort((a, b) => b[1].requests - a[1].requests).map(([name, r]) => {
       const c = r.cache || {};

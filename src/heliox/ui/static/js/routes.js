@@ -55,7 +55,7 @@ function renderPolicies(list) {
   if (!list.length) { emptyRow(policiesBody, 9, "No cache policies yet."); return; }
   policiesBody.replaceChildren(...list.map((p) => h("tr", { dataset: { id: p.id, name: p.name } },
     h("td", null, h("div", { class: "cell-title" }, p.name),
-      h("div", { class: "cell-sub" }, [p.shared ? "shared" : "per tenant", p.negative_cache ? "negative cache" : null].filter(Boolean).join(" · "))),
+      h("div", { class: "cell-sub" }, [p.shared ? "shared" : "per tenant", p.negative_cache ? "negative cache" : null, p.cache_with_cookies ? "cookies cached" : null].filter(Boolean).join(" · "))),
     h("td", null, p.mode === "origin" ? badge("origin", "info") : badge("policy")),
     h("td", { class: "num ttl-cell" }, fmtSeconds(p.ttl_seconds)),
     h("td", { class: "num" }, fmtSeconds(p.stale_while_revalidate_seconds)),
@@ -73,7 +73,7 @@ function renderPolicies(list) {
 // --- routes -------------------------------------------------------------------------------------
 const ROUTE_FIELDS = ["name", "path_pattern", "upstream_url", "methods", "cache_policy_id", "fail_mode",
   "rate_limit_rps", "rate_limit_burst", "rate_limit_algorithm", "timeout_seconds", "max_request_body_bytes",
-  "is_public", "is_active", "hide_ratelimit_headers", "allow_private_upstream"];
+  "request_body_timeout_seconds", "request_body_min_rate", "max_upstream_connections", "is_public", "is_active", "hide_ratelimit_headers", "allow_private_upstream"];
 
 function openRoute(route) {
   editingRoute = route;
@@ -101,6 +101,9 @@ onSubmit(routeForm, async () => {
     rate_limit_algorithm: fieldValue(routeForm, "rate_limit_algorithm") || null,
     timeout_seconds: numberValue(routeForm, "timeout_seconds"),
     max_request_body_bytes: numberValue(routeForm, "max_request_body_bytes"),
+    request_body_timeout_seconds: numberValue(routeForm, "request_body_timeout_seconds"),
+    request_body_min_rate: numberValue(routeForm, "request_body_min_rate"),
+    max_upstream_connections: numberValue(routeForm, "max_upstream_connections"),
     is_public: fieldValue(routeForm, "is_public"),
     is_active: fieldValue(routeForm, "is_active"),
     hide_ratelimit_headers: fieldValue(routeForm, "hide_ratelimit_headers"),
@@ -151,7 +154,7 @@ function openPolicy(policy) {
   policyForm.reset();
   if (policy) {
     for (const name of ["name", "mode", "ttl_seconds", "stale_while_revalidate_seconds", "stale_if_error_seconds",
-      "max_object_bytes", "shared", "negative_cache"]) setField(policyForm, name, policy[name]);
+      "max_object_bytes", "shared", "negative_cache", "cache_with_cookies"]) setField(policyForm, name, policy[name]);
     setField(policyForm, "vary_headers", policy.vary_headers.join(", "));
     setField(policyForm, "cacheable_methods", policy.cacheable_methods.join(", "));
     setField(policyForm, "cacheable_statuses", policy.cacheable_statuses.join(", "));
@@ -175,6 +178,7 @@ onSubmit(policyForm, async () => {
     cacheable_statuses: statuses,
     shared: fieldValue(policyForm, "shared"),
     negative_cache: fieldValue(policyForm, "negative_cache"),
+    cache_with_cookies: fieldValue(policyForm, "cache_with_cookies"),
   };
   if (editingPolicy) {
     await api("PATCH", `/admin/policies/${editingPolicy.id}`, { body });

@@ -1,0 +1,29 @@
+"""The numeric limits every rate-limit setting must stay within, wherever it comes from.
+
+The admin API (schemas), the settings (DEFAULT_RATE_LIMIT_*) and the request path (for rows stored
+before these bounds existed) all use these numbers, so a rate that reaches the arithmetic is always
+one it can handle:
+
+- `MIN_RATE` is one request per 1000 s (nginx's `limit_req` goes down to 1 request per minute).
+  The longest state a token bucket can need is `MAX_BURST / MIN_RATE` ≈ 2.1e12 s; in milliseconds
+  (2.1e15) that is still an exact integer in a double (< 2^53) and one Redis's Lua prints without an
+  exponent (< 1e17), so every counter gets a finite TTL and every reset time fits in a date.
+- `MAX_RATE` is 10^9 requests per second, far above what one key can send; with the longest
+  sliding window it gives 8.64e13 requests per window, still exact.
+"""
+
+from __future__ import annotations
+
+MIN_RATE = 0.001
+MAX_RATE = 1e9
+MAX_BURST = 2**31 - 1
+MAX_WINDOW_SECONDS = 86_400
+
+
+def clamp_rate(rate: float) -> float:
+    """`rate` brought within [MIN_RATE, MAX_RATE]: what the request path applies to a stored
+    value the admin API would refuse today (NaN, which no API ever accepted, counts as too slow).
+    """
+    if rate >= MIN_RATE:
+        return rate if rate <= MAX_RATE else MAX_RATE
+    return MIN_RATE
