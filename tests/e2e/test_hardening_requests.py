@@ -296,6 +296,16 @@ def test_x_forwarded_for_is_read_only_from_a_trusted_proxy(
     assert sent["x-real-ip"] == sent["x-forwarded-for"] == "127.0.0.1"
 
 
+def test_x_forwarded_for_lines_are_read_together(behind_proxy: Gateway) -> None:
+    """A proxy that adds its own X-Forwarded-For line (HAProxy's `option forwardfor`) is read as
+    one list: the address it vouches for is on the last line, not the client's first one."""
+    lines = [("X-API-Key", ACME), ("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "10.1.2.3")]
+    r = httpx.get(f"{behind_proxy.url}/g/webhooks/echo/{tag()}", headers=lines, timeout=10)
+    sent = {name.lower(): value for name, value in r.json()["headers"]}
+    assert sent["x-real-ip"] == "10.1.2.3"
+    assert sent["x-forwarded-for"] == "6.6.6.6, 10.1.2.3, 127.0.0.1"
+
+
 # --- the API key's secrecy --------------------------------------------------------------------
 
 

@@ -135,7 +135,12 @@ class Gateway:
         peer_host = peer[0] if peer else None
         settings = rt.settings
         trusted = settings.trusted_proxy_networks
-        ex.client_ip = client_ip(peer_host, header_value(headers, b"x-forwarded-for"), trusted)
+        forwarded: bytes | None = None
+        if trusted:  # read only behind a trusted proxy; every line, as some proxies (HAProxy)
+            # add their own X-Forwarded-For line instead of extending the client's
+            lines = header_values(headers, b"x-forwarded-for")
+            forwarded = b",".join(lines) if lines else None
+        ex.client_ip = client_ip(peer_host, forwarded, trusted)
         sender = ResponseSink(send, ex)
         # On every answer, errors included: the id the upstream saw and the log row holds.
         sender.extra_headers.append((b"x-request-id", request_id))
