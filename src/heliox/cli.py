@@ -141,6 +141,126 @@ def _database_error(exc: BaseException) -> str:
     return explained if "heliox db upgrade" in explained else f"database error: {explained}"
 
 
+def _endpoint(url: str) -> str:
+    """host:port of a PostgreSQL or Redis URL (never its credentials); a SQLite URL's file."""
+    from urllib.parse import urlsplit
+
+    if url.startswith("sqlite"):
+        return url.split(":///", 1)[-1] or url
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port or (6379 if parts.scheme.startswith('redis') else 5432)}"
+
+
+def _database_problem(url: str, exc: BaseException, timeout: float) -> str:
+    """A start-up database failure in one line: the variable, the target and the cause.
+
+    The driver's message without SQLAlchemy's decoration (class name, documentation link).
+    """
+    import socket
+
+    explained = _explain(exc)
+    if "heliox db upgrade" in explained:
+        return explained
+    cause: BaseException = exc
+    while True:  # the driver's own exception, under SQLAlchemy's and the migration's wrappers
+        inner = getattr(cause, "orig", None) or cause.__cause__
+        if not isinstance(inner, BaseException) or inner is cause:
+            break
+        cause = inner
+    text = (str(cause).splitlines() or [type(cause).__name__])[0]
+    if text.startswith("(") and ") " in text:
+        text = text.split(") ", 1)[1]  # "(sqlalchemy....Error) role ... does not exist"
+    if isinstance(cause, socket.gaierror):
+        why = f"the host name does not resolve ({cause.strerror or text})"
+    elif isinstance(cause, ConnectionRefusedError) or "Connect call failed" in text:
+        why = "connection refused: is the server running and listening there?"
+    elif isinstance(cause, TimeoutError):
+        why = f"no answer within DATABASE_TIMEOUT ({timeout:g} s)"
+    else:
+        why = text
+    if url.startswith("sqlite"):
+        return f"DATABASE_URL: cannot use the SQLite database {_endpoint(url)}: {why}"
+    return f"DATABASE_URL: cannot use the database at {_endpoint(url)}: {why}"
+
+
+def _traceback_if_debug(settings: Settings | None) -> None:
+    """The full traceback of the failure being reported, only with DEBUG=true (or
+    LOG_LEVEL=DEBUG)."""
+    if settings is not None and (settings.debug or settings.log_level == "DEBUG"):
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be served, or None when it is free.
+
+    The server binds with SO_REUSEPORT, which would let it share a port another process
+    already listens on, silently splitting the traffic. A plain bind (SO_REUSEADDR only, so a
+    port left in TIME_WAIT by a stopped server is still free) fails if anyone listens there.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"--host {host}: cannot use this address ({exc.strerror or exc})"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                import errno
+
+                if exc.errno == errno.EADDRINUSE:
+                    return (
+                        f"--port {port}: {host}:{port} is already in use by another process; "
+                        "stop it or choose another port (--reuse-port shares the port on "
+                        "purpose, as nginx's `listen ... reuseport`)"
+                    )
+                return f"--port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def _warn_if_redis_unreachable(settings: Settings) -> None:
+    """One line at start-up when Redis does not answer; the gateway starts anyway (limits fail
+    open, fail-closed routes answer 503, the cache misses) and recovers when it does."""
+    if not settings.redis_url:
+        return
+
+    async def ping() -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=settings.redis_connect_timeout,
+            socket_timeout=settings.redis_timeout,
+        )
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except Exception as exc:
+        text = (str(exc).splitlines() or [type(exc).__name__])[0]
+        _progress(
+            f"warning: REDIS_URL: Redis at {_endpoint(settings.redis_url)} does not answer "
+            f"({text}); starting without it: rate limits fail open (fail-closed routes answer "
+            "503) until it is back"
+        )
+        _traceback_if_debug(settings)
+
+
 # --- serve, demo, upstream -------------------------------------------------------------------
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -355,10 +475,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail("--workers > 1 needs DATABASE_URL (PostgreSQL); SQLite serves one process")
     if settings.metrics_port and settings.metrics_port == args.port:
         return _fail(f"METRICS_PORT: {args.port} is the gateway's own port; pick another")
+    if not getattr(args, "reuse_port", False):
+        busy = _port_taken(args.host, args.port)
+        if busy is not None:
+            return _fail(busy, 1)
     try:
         _migrate_and_seed(settings)
     except Exception as exc:
-        return _fail(f"could not prepare the database: {exc}", 1)
+        _traceback_if_debug(settings)
+        problem = _database_problem(settings.effective_database_url, exc, settings.database_timeout)
+        return _fail(f"could not prepare the database: {problem}", 1)
+    _warn_if_redis_unreachable(settings)
     if settings.metrics_port:
         failed = _start_metrics_port(settings.metrics_host or args.host, settings.metrics_port)
         if failed is not None:
@@ -539,7 +666,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     try:
         upgrade_database_sync(url, progress=_progress)
     except Exception as exc:
-        return _fail(f"migration failed: {_database_error(exc)}", 1)
+        _traceback_if_debug(settings)
+        problem = _database_problem(url, exc, settings.database_timeout)
+        return _fail(f"migration failed: {problem}", 1)
     finally:
         alembic_log.removeHandler(handler)
         alembic_log.setLevel(level)
@@ -808,6 +937,46 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return _run(_with_admin(settings, action))
 
 
+# --- abuse replay -----------------------------------------------------------------------------
+def cmd_abuse_replay(args: argparse.Namespace) -> int:
+    """Replay a traffic corpus through the abuse detector (the ABUSE_* settings) on a fake
+    clock; exit 1 when an ordinary shape is flagged or an attack is missed."""
+    import json
+    from pathlib import Path
+
+    from heliox.core.abuse_replay import CorpusError, load_corpus, replay, table
+    from heliox.gateway.abuse import detector_config
+
+    config = detector_config(_tool_settings())
+    try:
+        data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        shapes = load_corpus(data)
+        if args.shape:
+            shapes = [s for s in shapes if s.name in args.shape]
+            if not shapes:
+                return _fail(f"{args.file} has no shape named {', '.join(args.shape)}")
+        results = [replay(s, config) for s in shapes]
+    except OSError as exc:
+        return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
+    except json.JSONDecodeError as exc:
+        return _fail(f"{args.file} is not JSON: {exc}")
+    except (CorpusError, AttributeError, TypeError, ValueError) as exc:
+        return _fail(f"{args.file}: {exc}")
+    if args.json:
+        rows = [
+            {"name": r.name, "kind": r.kind, "duration_seconds": r.duration,
+             "requests": r.requests, "admitted": r.admitted,
+             "false_positives": r.false_positives, "attack_start": r.attack_start,
+             "detected_after": r.detected_after, "max_delay_seconds": r.max_delay_seconds,
+             "passed": r.passed}
+            for r in results
+        ]  # fmt: skip
+        print(json.dumps(rows, indent=2))
+    else:
+        print(table(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
 # --- version ----------------------------------------------------------------------------------
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"heliox {__version__}")
@@ -858,6 +1027,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--reload", action="store_true", help="development: uvicorn with auto-reload"
+    )
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with another process already listening on it (SO_REUSEPORT; the "
+        "kernel splits new connections between them); without it a busy port is refused",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -971,6 +1146,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("id", type=int, help="the key's id (see `heliox keys list`)")
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    abuse = sub.add_parser(
+        "abuse", help="abuse detection tools", description="Abuse detection tools."
+    )
+    abuse_sub = abuse.add_subparsers(dest="abuse_command", required=True, metavar="CMD")
+    replay = abuse_sub.add_parser(
+        "replay",
+        help="replay a traffic corpus through the detector; print false positives and delays",
+        description="Run the abuse detector, configured by the ABUSE_* variables, over each "
+        "traffic shape of a corpus (JSON, see bench/abuse_corpus/corpus.json) on a fake clock, "
+        "and print per shape the false positives and how soon an attack was caught. Exit "
+        "status 1 when an ordinary shape was flagged or an attack missed or caught late.",
+        formatter_class=fmt,
+    )
+    replay.add_argument("file", help="the corpus file")
+    replay.add_argument("--shape", action="append", metavar="NAME", help="only this shape")
+    replay.add_argument("--json", action="store_true", help="print JSON")
+    replay.set_defaults(func=cmd_abuse_replay)
 
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=cmd_version)

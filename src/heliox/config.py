@@ -67,6 +67,21 @@ class Settings(BaseSettings):
     )
     abuse_action: Literal["block", "multiplier", "shadow"] = "block"
     abuse_rate_multiplier: float = Field(0.1, gt=0, le=1)
+    # --- abuse detection: evidence a verdict needs (see docs/abuse-detection.md) ---------------
+    abuse_min_baseline_requests: float = Field(
+        30.0, ge=0, le=1e9, description="requests a key's baseline must hold before any verdict"
+    )
+    abuse_min_spike_ratio: float = Field(
+        4.0, ge=1, le=1e6, description="a flagged window holds at least this multiple of the mean"
+    )
+    abuse_min_limit_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="a flagged window holds at least this share of what the key's rate limit "
+        "admits in it (a key may use what it pays for)",
+    )
+    # --- end of abuse detection evidence ------------------------------------------------------
     bloom_expected_items: int = Field(10_000, ge=100)
     bloom_false_positive_rate: float = Field(0.01, gt=0, lt=1)
     bloom_rotation_seconds: float = Field(
@@ -160,6 +175,18 @@ class Settings(BaseSettings):
         "resolved address (empty = none); routes with allow_private_upstream are exempt",
     )
 
+    # --- upstream keep-alive: idle pooled connections (gateway/upstream_client.py,
+    # core/keepalive.py) ---------------------------------------------------------------------------
+    upstream_keepalive_timeout: float = Field(
+        4.0,
+        gt=0,
+        le=3600,
+        description="seconds an idle upstream connection is kept for reuse; keep it below the "
+        "upstreams' own keep-alive timeout (Node.js: 5 s). An upstream's shorter "
+        "`Keep-Alive: timeout=T` is honoured (connections are not reused after T - 1 s)",
+    )
+    # --- end of upstream keep-alive -------------------------------------------------------------
+
     # --- refused authentication: bad API keys, admin-key guessing (gateway/refusals.py,
     # admin/throttle.py) ---------------------------------------------------------------------------
     auth_failure_rate: float = Field(
@@ -237,6 +264,47 @@ class Settings(BaseSettings):
         le=3600,
         description="seconds of a request body before REQUEST_BODY_MIN_RATE applies",
     )
+
+    # --- request-log writer: a database that hangs (db/logwriter.py) --------------------------
+    log_write_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="seconds one database call of the request-log writer may take; a batch "
+        "not written in time goes to the spill file, as when the database refuses",
+    )
+    # --- end of request-log writer ------------------------------------------------------------
+
+    # --- dependency faults: Redis circuit breaker, /health (state/redis_pipe.py, runtime.py) ---
+    redis_breaker_failures: int = Field(
+        5,
+        ge=1,
+        le=10_000,
+        description="consecutive Redis failures (timeouts, lost connections, OOM, READONLY, "
+        "LOADING, MASTERDOWN replies) that open the circuit breaker; while open, Redis is not "
+        "called (rate limits fail open or closed per route, the cache misses)",
+    )
+    redis_breaker_open_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="seconds the breaker stays open after it first opens; then a probe in the "
+        "background tries Redis, and each failed probe doubles the time",
+    )
+    redis_breaker_max_open_seconds: float = Field(
+        30.0, gt=0, le=3600, description="the longest the breaker stays open between two probes"
+    )
+    health_timeout: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="seconds each dependency check of /health may take; /health itself answers "
+        "at once from the last checks, made in the background",
+    )
+    health_check_interval: float = Field(
+        2.0, gt=0, le=300, description="seconds between two background checks of the dependencies"
+    )
+    # --- end of dependency faults ---------------------------------------------------------------
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -317,16 +385,11 @@ class Settings(BaseSettings):
             self.admin_api_key = self.admin_api_key or DEFAULT_ADMIN_API_KEY
             self.secret_key = self.secret_key or DEFAULT_SECRET_KEY
             return self
-        # Both secrets are checked before anything is reported, so one start tells the operator
+        # Everything is checked before anything is reported, so one start tells the operator
         # everything to fix.
-        problems = [
-            f"{name}: {why}; {GENERATE_HINT}"
-            for name, value, default in (
-                ("ADMIN_API_KEY", self.admin_api_key, DEFAULT_ADMIN_API_KEY),
-                ("SECRET_KEY", self.secret_key, DEFAULT_SECRET_KEY),
-            )
-            if (why := _secret_problem(value, default)) is not None
-        ]
+        problems = _production_problems(
+            self.database_url, self.redis_url, self.admin_api_key, self.secret_key
+        )
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
@@ -369,6 +432,51 @@ class Settings(BaseSettings):
     @cached_property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(p, strict=False) for p in _split(self.trusted_proxies)]
+
+
+def _production_problems(
+    database_url: str, redis_url: str, admin_api_key: str, secret_key: str
+) -> list[str]:
+    """Why production mode refuses these values: one line per variable, each named."""
+    problems = []
+    if not database_url and not redis_url:
+        problems.append(
+            "DATABASE_URL, REDIS_URL: DEPLOYMENT_MODE=production needs PostgreSQL and Redis, "
+            "and neither is set (that would be SQLite and in-process state); set both, or unset "
+            "DEPLOYMENT_MODE for embedded mode"
+        )
+    problems.extend(
+        f"{name}: {why}; {GENERATE_HINT}"
+        for name, value, default in (
+            ("ADMIN_API_KEY", admin_api_key, DEFAULT_ADMIN_API_KEY),
+            ("SECRET_KEY", secret_key, DEFAULT_SECRET_KEY),
+        )
+        if (why := _secret_problem(value, default)) is not None
+    )
+    return problems
+
+
+def _raw_setting(name: str, overrides: dict[str, object]) -> str:
+    value = overrides.get(name)
+    if value is None:
+        value = next((v for k, v in os.environ.items() if k.upper() == name.upper()), "")
+    return str(value).strip()
+
+
+def _production_problems_of_raw(overrides: dict[str, object]) -> list[str]:
+    """The production checks on the raw values, for when another setting is already invalid
+    (the model's own check then never runs): every problem is reported in one go."""
+    raw = {name: _raw_setting(name, overrides) for name in (
+        "deployment_mode", "database_url", "redis_url", "admin_api_key", "secret_key"
+    )}  # fmt: skip
+    mode = raw["deployment_mode"].lower() or (
+        "production" if raw["database_url"] or raw["redis_url"] else "demo"
+    )
+    if mode != "production":
+        return []
+    return _production_problems(
+        raw["database_url"], raw["redis_url"], raw["admin_api_key"], raw["secret_key"]
+    )
 
 
 def _secret_problem(value: str, demo_default: str) -> str | None:
@@ -554,14 +662,20 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
+        checked_production = False
         for err in exc.errors():
             loc = err.get("loc") or ()
             msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
             if loc:
                 name = str(loc[0]).upper()
                 value = os.environ.get(name)
+                if value is not None and name.endswith("_URL"):
+                    value = redact_url(value)  # never the password
                 shown = f" (got {value!r})" if value is not None and "KEY" not in name else ""
                 lines.append(f"{name}: {msg}{shown}")
             else:
                 lines.append(msg)
+                checked_production = True
+        if not checked_production:
+            lines.extend(_production_problems_of_raw(overrides))
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -42,7 +42,10 @@ def create_app(settings: Settings | None = None) -> Gateway:
 
     @api.get("/health", tags=["ops"])
     async def health() -> JSONResponse:
-        return JSONResponse(await runtime.health(), headers={"cache-control": "no-store"})
+        body = await runtime.health()
+        # Request-log rows given up (queue full, spill file unwritable): 0 unless logs were lost.
+        body["log_rows_lost"] = runtime.logs.lost
+        return JSONResponse(body, headers={"cache-control": "no-store"})
 
     @api.get("/metrics", tags=["ops"])
     async def metrics_json(request: Request) -> Response:

@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,11 +24,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from heliox.config import Settings
-from heliox.core.anomaly import AbuseDetector, DetectorConfig
+from heliox.core.anomaly import AbuseDetector
+from heliox.core.breaker import Breaker, RecentEvents
 from heliox.db.engine import make_engine, make_session_factory
 from heliox.db.logwriter import LogWriter
 from heliox.db.migrate import upgrade_database
 from heliox.db.snapshot_loader import load_snapshot, read_config_version
+from heliox.gateway.abuse import detector_config
+from heliox.gateway.admission_step import key_subject
 from heliox.gateway.upstream_client import UpstreamClient
 from heliox.jobs import periodic_jobs
 from heliox.memory_trim import trim_periodically
@@ -48,7 +52,32 @@ from heliox.worker import JobScheduler
 log = logging.getLogger("heliox")
 
 CONFIG_CHANNEL = "config"
-HEALTH_TIMEOUT = 2.0
+# An admin unblock: every instance drops the key's abuse-detector baseline (message: the key id).
+ABUSE_FORGET_CHANNEL = "abuse-forget"
+# Redis errors this recent (seconds) make /health say degraded even when the last check passed:
+# a Redis that answers PING but refuses the commands requests send is not healthy.
+REDIS_TROUBLE_WINDOW = 10.0
+# At stop, how long closing the database connections may take (a hung server never answers).
+ENGINE_DISPOSE_TIMEOUT = 2.0
+
+
+class DependencyState:
+    """The last background check of one dependency, as /health reports it."""
+
+    __slots__ = ("checked_at", "error", "seconds", "status")
+
+    def __init__(self) -> None:
+        self.status = "ok"
+        self.error = ""
+        self.checked_at = 0.0  # wall clock; 0 until the first check
+        self.seconds = 0.0  # how long that check took
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "checked_at": self.checked_at}
+        out["check_seconds"] = round(self.seconds, 4)
+        if self.error:
+            out["error"] = self.error
+        return out
 
 
 class Runtime:
@@ -70,6 +99,8 @@ class Runtime:
             pool_timeout=settings.upstream_pool_timeout,
             max_requests_per_key=settings.upstream_max_requests_per_key,
             deny_networks=settings.upstream_deny_network_list,
+            keepalive_timeout=settings.upstream_keepalive_timeout,
+            on_retry=partial(self.metrics.count, "upstream_retries"),
         )
         self.logs = LogWriter(
             self.engine,
@@ -78,19 +109,11 @@ class Runtime:
             queue_size=settings.log_queue_size,
             spill_path=Path(os.environ.get("HELIOX_SPILL_DIR", "var"))
             / f"logs-spill-{os.getpid()}.jsonl",
+            write_timeout=settings.log_write_timeout,
         )
         self.redis: Any = None  # redis.asyncio.Redis when REDIS_URL is set
         self.admission: AdmissionBackend = MemoryAdmission(quota_tz=settings.quota_timezone)
-        self.detector = AbuseDetector(
-            DetectorConfig(
-                window_seconds=settings.abuse_window_seconds,
-                alpha=settings.abuse_ewma_alpha,
-                threshold=settings.abuse_zscore_threshold,
-                min_samples=settings.abuse_min_samples,
-                min_rate=settings.abuse_min_rate,
-                action=settings.abuse_action,
-            )
-        )
+        self.detector = AbuseDetector(detector_config(settings))
         # State: in-process unless REDIS_URL is set (then shared by every instance, below).
         self.cache: CacheStore = MemoryCacheStore(settings.cache_max_bytes)
         # With Redis: fresh entries kept in process as well (the cache's L1).
@@ -105,6 +128,7 @@ class Runtime:
         if s.redis_url:
             # Connections open lazily; building the clients here lets every step hold them.
             self.redis = _redis_client(s)
+            self.redis.probe_key = s.redis_key_prefix + "probe:" + self.instance_id
             cache = RedisCacheStore(self.redis, prefix=s.redis_key_prefix + "cache:")
             self.cache = cache
             if s.cache_l1_max_bytes:
@@ -132,6 +156,12 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self.jobs: JobScheduler | None = None  # periodic jobs, when BACKGROUND_JOBS is on
         self._reload_lock = asyncio.Lock()
+        # /health answers from these, refreshed in the background (never waits on a dependency).
+        self.dependencies: dict[str, DependencyState] = {"database": DependencyState()}
+        if s.redis_url:
+            self.dependencies["redis"] = DependencyState()
+        # Requests admitted without a rate-limit check because the store failed (fail-open).
+        self.fail_open_admissions = RecentEvents(60)
         self.started = False
         self.draining = False  # set when the server begins to shut down
         # Set by the gateway: how many cache fills are in flight in this process.
@@ -146,6 +176,10 @@ class Runtime:
         await self.reload_config()
         await self.upstream.start()
         self.logs.start()
+        await self.check_dependencies()  # the first answer of /health is a real one
+        self._tasks.append(
+            asyncio.create_task(self._watch_dependencies(), name="heliox-health-checks")
+        )
         if s.background_jobs:
             self.jobs = JobScheduler(
                 periodic_jobs(s, self.session_factory),
@@ -190,7 +224,10 @@ class Runtime:
         await self.upstream.close()
         if self.redis is not None:
             await self.redis.aclose()
-        await self.engine.dispose()
+        # A hung database must not hold the exit up: the process is leaving, its sockets with it.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ENGINE_DISPOSE_TIMEOUT):
+                await self.engine.dispose()
 
     @property
     def bloom_hash_key(self) -> bytes:
@@ -239,6 +276,7 @@ class Runtime:
         """
         pending = self._metric_renders.get(kind)
         if pending is None:
+            self.metrics.gauges["log_queue_length"] = self.logs.pending  # as of this scrape
             dump = self.metrics.dump()
             pending = asyncio.ensure_future(asyncio.to_thread(self._render_metrics, kind, dump))
             self._metric_renders[kind] = pending
@@ -272,16 +310,40 @@ class Runtime:
                 self.metrics.count("config_poll_errors")
                 log.debug("config poll failed: %s", exc)
 
+    async def forget_abuse_state(self, key_id: int) -> None:
+        """After an unblock: this instance and every other one forget the key's baseline, so
+        no detector re-flags it on the traffic it judged before."""
+        self.detector.forget(key_subject(key_id))
+        self.metrics.count("abuse_forgets")
+        if self.redis is not None:
+            try:
+                channel = self.settings.redis_key_prefix + ABUSE_FORGET_CHANNEL
+                await self.redis.publish(channel, str(key_id))
+            except Exception as exc:
+                log.warning("could not tell the other instances to forget key %s: %s", key_id, exc)
+
+    def _forgotten(self, data: object) -> None:
+        with contextlib.suppress(TypeError, ValueError):
+            key_id = int(data.decode() if isinstance(data, bytes) else str(data))
+            self.detector.forget(key_subject(key_id))
+            self.metrics.count("abuse_forgets")
+
     async def _watch_config(self) -> None:
         channel = self.settings.redis_key_prefix + CONFIG_CHANNEL
+        forget = self.settings.redis_key_prefix + ABUSE_FORGET_CHANNEL
         while True:
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(channel, forget)
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        with contextlib.suppress(Exception):
-                            await self.reload_config()
+                    if message.get("type") != "message":
+                        continue
+                    name = message.get("channel")
+                    if (name.decode() if isinstance(name, bytes) else name) == forget:
+                        self._forgotten(message.get("data"))
+                        continue
+                    with contextlib.suppress(Exception):
+                        await self.reload_config()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -289,21 +351,71 @@ class Runtime:
                 await asyncio.sleep(1.0)
 
     # --- health ------------------------------------------------------------------------------
-    async def health(self) -> dict[str, Any]:
-        checks: dict[str, str] = {}
+    async def check_dependencies(self) -> None:
+        """Check every dependency at once, each within HEALTH_TIMEOUT, and keep the results."""
+        checks = [self._check("database", self._check_database)]
+        if self.redis is not None:
+            checks.append(self._check("redis", self.redis.check))
+        await asyncio.gather(*checks)
+
+    async def _check(self, name: str, probe: Callable[[], Any]) -> None:
+        state = self.dependencies[name]
+        t0 = time.monotonic()
         try:
-            async with asyncio.timeout(HEALTH_TIMEOUT), self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception:
-            checks["database"] = "degraded"
-        if self.settings.redis_url:
-            try:
-                async with asyncio.timeout(HEALTH_TIMEOUT):
-                    await self.redis.ping()
-                checks["redis"] = "ok"
-            except Exception:
-                checks["redis"] = "degraded"
+            async with asyncio.timeout(self.settings.health_timeout):
+                await probe()
+        except Exception as exc:
+            state.status = "degraded"
+            if isinstance(exc, TimeoutError):
+                state.error = f"no answer within {self.settings.health_timeout:g} s"
+            else:
+                state.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        else:
+            state.status, state.error = "ok", ""
+        state.seconds = time.monotonic() - t0
+        state.checked_at = time.time()
+
+    async def _check_database(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def _watch_dependencies(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_check_interval)
+            with contextlib.suppress(Exception):
+                await self.check_dependencies()
+
+    def _redis_health(self) -> dict[str, Any]:
+        """The Redis check, plus what requests saw since: breaker, recent errors, fail-open."""
+        out = self.dependencies["redis"].as_json()
+        client = self.redis
+        now = time.monotonic()
+        breaker = client.breaker
+        out["breaker"] = breaker.state
+        if not breaker.closed:
+            out["status"] = "degraded"
+            out["breaker_retry_in"] = round(breaker.wait(now), 3)
+        errors = client.trouble.count(now)
+        out["errors_last_minute"] = errors
+        if client.last_error:
+            out["last_error"] = client.last_error
+            out["last_error_at"] = client.last_error_at
+            if time.time() - client.last_error_at < REDIS_TROUBLE_WINDOW:
+                out["status"] = "degraded"
+        out["fail_open_admissions_last_minute"] = self.fail_open_admissions.count(now)
+        return out
+
+    def dependency_health(self) -> dict[str, dict[str, Any]]:
+        """Each dependency's state as /health reports it (no I/O: the last checks)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, state in self.dependencies.items():
+            out[name] = self._redis_health() if name == "redis" else state.as_json()
+        return out
+
+    async def health(self) -> dict[str, Any]:
+        """Answers at once from the last background checks: never waits on a dependency."""
+        details = self.dependency_health()
+        checks = {name: d["status"] for name, d in details.items()}
         status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
         return {
             "status": status,
@@ -311,6 +423,7 @@ class Runtime:
             "instance": self.instance_id,
             "config_version": self.snapshot.version,
             "checks": checks,
+            "dependencies": details,
             "time": time.time(),
         }
 
@@ -332,4 +445,10 @@ def _redis_client(settings: Settings) -> Any:
         health_check_interval=15,
         retry=Retry(NoBackoff(), 0),
     )
-    return PipelinedRedis(connection_pool=pool)
+    client = PipelinedRedis(connection_pool=pool)
+    client.breaker = Breaker(
+        threshold=settings.redis_breaker_failures,
+        base_open=settings.redis_breaker_open_seconds,
+        max_open=max(settings.redis_breaker_open_seconds, settings.redis_breaker_max_open_seconds),
+    )
+    return client

@@ -90,6 +90,10 @@ class KeyConfig:
     daily_quota: int | None = None
     monthly_quota: int | None = None
     expires_at: datetime | None = None  # rotated keys stay valid until then
+    # Abuse detection for this key, resolved from the key's and its tenant's settings by the
+    # loader: exempt keys are not observed; a threshold replaces ABUSE_ZSCORE_THRESHOLD.
+    abuse_exempt: bool = False
+    abuse_threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,7 +180,14 @@ class JobScheduler:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("job %s failed: %s; retrying", job.name, exc, exc_info=True)
+                # One line (a database or Redis outage repeats it every retry); the traceback
+                # with LOG_LEVEL=DEBUG.
+                log.warning(
+                    "job %s failed: %s; retrying",
+                    job.name,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 delay = min(job.interval, RETRY_SECONDS)
             # A little jitter so every process does not hit Redis in the same millisecond.
             await asyncio.sleep(delay + random.uniform(0, min(1.0, job.interval / 10)))

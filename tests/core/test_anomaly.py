@@ -60,8 +60,10 @@ def test_variance_floor_keeps_a_flat_baseline_finite() -> None:
     assert st.var == 0
     st.count = 60
     assert zscore(st, cfg) == pytest.approx(10 / math.sqrt(5 * 50))
+    # A quiet key's scale is that of a min_rate key (the prior), not ~1: three requests are
+    # 3 / sqrt(5 * 5) = 0.6 sigma, not 3.
     empty = Baseline(0, count=3)
-    assert zscore(empty, cfg) == 3.0  # floor of 1 when mean and variance are both zero
+    assert zscore(empty, cfg) == pytest.approx(3 / math.sqrt(5 * 5))
 
 
 def test_a_5x_spike_is_flagged_within_its_first_bucket() -> None:
@@ -112,7 +114,9 @@ def test_no_verdict_before_min_samples() -> None:
 
 
 def test_no_verdict_below_the_minimum_rate() -> None:
-    det = AbuseDetector(DetectorConfig(window_seconds=W, min_rate=20))
+    # Tiny dispersion and no baseline-size rule: only min_rate stands between 19 and a verdict.
+    cfg = DetectorConfig(window_seconds=W, min_rate=20, dispersion=0.01, min_baseline_requests=0)
+    det = AbuseDetector(cfg)
     t = T0
     for _ in range(20):  # one request a bucket
         det.record("k:quiet", t)

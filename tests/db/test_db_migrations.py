@@ -31,7 +31,7 @@ from heliox.db.models import Base
 from heliox.seed import seed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0005"
+HEAD = "0006"
 TABLES = {
     "tenants",
     "api_keys",

@@ -167,3 +167,89 @@ def test_sqlite_timestamps_match_the_datetime_format() -> None:
     instants += [1_780_000_000.9999996, 1_780_000_000.0000004, 1_780_000_001.0]
     for t in sorted(instants) + instants:
         assert _sqlite_ts(t) == datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+async def _count(engine: AsyncEngine) -> int:
+    async with make_session_factory(engine)() as session:
+        return int(await session.scalar(select(func.count()).select_from(RequestLog)) or 0)
+
+
+async def test_a_write_that_hangs_is_spilled_after_the_write_timeout(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    import asyncio
+
+    writer = LogWriter(
+        engine,
+        is_postgres=engine.dialect.name == "postgresql",
+        metrics=Metrics(),
+        queue_size=1000,
+        spill_path=tmp_path / "spill.jsonl",
+        write_timeout=0.2,
+    )
+    real_write = writer._write
+    hung = asyncio.Event()
+
+    async def hanging(batch: list[tuple[object, ...]]) -> None:
+        hung.set()
+        await asyncio.Event().wait()  # a server that never answers
+
+    writer._write = hanging  # type: ignore[method-assign]
+    for i in range(30):
+        writer.enqueue(_row(i, time.time()))
+    await writer.flush()  # returns: the timeout, not the database, ends the call
+    assert hung.is_set()
+    assert len((tmp_path / "spill.jsonl").read_text().splitlines()) == 30
+    assert writer._metrics.events["log_write_errors"] == 1
+    writer._write = real_write  # type: ignore[method-assign]
+    writer._retry_at = 0.0  # the database answers again
+    await writer.flush()
+    assert not (tmp_path / "spill.jsonl").exists()
+    assert await _count(engine) == 30
+
+
+async def test_an_unwritable_spill_is_counted_as_lost(engine: AsyncEngine, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    writer = LogWriter(
+        engine,
+        is_postgres=engine.dialect.name == "postgresql",
+        metrics=Metrics(),
+        queue_size=1000,
+        spill_path=blocker / "spill.jsonl",  # its folder cannot exist: as a full disk
+    )
+    writer._spill([_row(i, time.time()) for i in range(7)])
+    assert writer.lost == 7
+    assert writer._metrics.events["log_rows_lost"] == 7
+
+
+def _no_such_pid() -> int:
+    # Process ids stay below pid_max: no process has this one.
+    return int(Path("/proc/sys/kernel/pid_max").read_text())
+
+
+async def test_spill_files_of_exited_processes_are_adopted_and_replayed(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    import os
+
+    dead_pid = _no_such_pid()
+    folder = tmp_path / "spill"
+    orphan = LogWriter(
+        engine, is_postgres=engine.dialect.name == "postgresql", metrics=Metrics(),
+        queue_size=1000, spill_path=folder / f"logs-spill-{dead_pid}.jsonl",
+    )  # fmt: skip
+    orphan._spill([_row(i, time.time()) for i in range(12)])
+    alive = folder / f"logs-spill-{os.getppid()}.jsonl"  # a live process's file stays its own
+    alive.write_text("")
+    writer = LogWriter(
+        engine, is_postgres=engine.dialect.name == "postgresql", metrics=Metrics(),
+        queue_size=1000, spill_path=folder / f"logs-spill-{os.getpid()}.jsonl",
+    )  # fmt: skip
+    writer._adopt_orphans()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [alive.name, f"logs-spill-{os.getpid()}.jsonl"]
+    )
+    await writer.flush()
+    assert await _count(engine) == 12
+    assert sorted(p.name for p in folder.iterdir()) == [alive.name]

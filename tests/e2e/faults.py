@@ -16,13 +16,16 @@ from tests.e2e.harness import free_port, wait_until
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:port to a target; `cut()` drops every connection and refuses new ones
-    until `restore()` (a dependency outage as the gateway sees it)."""
+    """Forwards 127.0.0.1:port to a target. `cut()` drops every connection and refuses new ones
+    (a dependency that is down); `hang()` keeps every connection open and forwards nothing
+    either way, new ones included (a dependency that hangs). `restore()` ends either: hung
+    connections are dropped, new ones are forwarded again."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
         self._up = True
+        self.hung = False
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -37,18 +40,26 @@ class TcpProxy:
         if not self._up:
             writer.close()
             return
+        self._writers.add(writer)
+        if self.hung:
+            with contextlib.suppress(Exception):
+                while await reader.read(65536):
+                    pass  # swallowed
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
+            self._writers.discard(writer)
             writer.close()
             return
-        self._writers.update((writer, up_writer))
+        self._writers.add(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
+                    if not self.hung:
+                        dst.write(data)
+                        await dst.drain()
             with contextlib.suppress(Exception):
                 dst.close()
 
@@ -56,18 +67,30 @@ class TcpProxy:
         self._writers.discard(writer)
         self._writers.discard(up_writer)
 
+    def _drop_all(self) -> None:
+        for w in list(self._writers):
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+        self._writers.clear()
+
     def cut(self) -> None:
         def do() -> None:
             self._up = False
-            for w in list(self._writers):
-                with contextlib.suppress(Exception):
-                    w.transport.abort()
-            self._writers.clear()
+            self._drop_all()
 
         self._loop.call_soon_threadsafe(do)
 
+    def hang(self) -> None:
+        self._loop.call_soon_threadsafe(setattr, self, "hung", True)
+
     def restore(self) -> None:
-        self._loop.call_soon_threadsafe(setattr, self, "_up", True)
+        def do() -> None:
+            if self.hung:
+                self._drop_all()
+            self.hung = False
+            self._up = True
+
+        self._loop.call_soon_threadsafe(do)
 
     def close(self) -> None:
         self.cut()

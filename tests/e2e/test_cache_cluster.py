@@ -238,6 +238,7 @@ def test_redis_outage_degrades_to_misses_and_recovers(
 
         private_redis.start()  # same port, empty: the gateway must find it again by itself
         wait_until(lambda: get(gw, path).headers["x-cache"] == "HIT", 20)
-        assert httpx.get(gw.url + "/health", timeout=10).json()["status"] == "ok"
+        # /health reports the background checks and recent Redis errors: ok shortly after.
+        wait_until(lambda: httpx.get(gw.url + "/health", timeout=10).json()["status"] == "ok", 30)
     finally:
         gw.proc.stop()

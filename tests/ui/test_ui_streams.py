@@ -36,7 +36,7 @@ def log_row(route: str, path: str, status: int = 200, key_id: int | None = 1) ->
     """A request-log row as the gateway enqueues it (see heliox.db.logwriter.COLUMNS)."""
     return (
         time.time(), "req-1", 1, key_id, 1, route, "GET", path, status, "MISS",
-        1.5, 1.0, 0, 10, "127.0.0.1", "<script>alert('ua')</script>",
+        1.5, 1.0, 0, 10, "127.0.0.1", "<script>alert('ua')</script>", None,
     )  # fmt: skip
 
 

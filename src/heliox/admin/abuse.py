@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 
 from heliox.admin.audit import record_audit
 from heliox.admin.deps import MAX_INT32, AdminDep, AdminRoute, get_or_404
+from heliox.admin.errors import invalid_field
 from heliox.db.models import AbuseEvent, ApiKey
 from heliox.gateway.admission_step import key_subject, parse_key_subject, slowdown_subject
 
@@ -25,6 +26,15 @@ def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def check_abuse_override(mode: str, threshold: float | None) -> None:
+    """A PATCH may set abuse_mode and abuse_zscore_threshold apart: the result must be whole."""
+    if mode == "custom" and threshold is None:
+        raise invalid_field(
+            ("body", "abuse_zscore_threshold"),
+            "abuse_mode 'custom' needs abuse_zscore_threshold (1 to 1000)",
+        )
 
 
 class BlockBody(BaseModel):
@@ -68,7 +78,7 @@ async def unblock_key(key_id: int, admin: AdminDep, request: Request) -> dict[st
         await get_or_404(session, ApiKey, "API key", key_id)
     lifted = await rt.admission.unblock(key_subject(key_id))
     lifted = await rt.admission.unblock(slowdown_subject(key_id)) or lifted
-    rt.detector.forget(key_subject(key_id))
+    await rt.forget_abuse_state(key_id)
     now = datetime.now(UTC)
     async with rt.session_factory() as session:
         await session.execute(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from heliox.admin.abuse import check_abuse_override
 from heliox.admin.audit import record_audit
 from heliox.admin.deps import MAX_INT32, AdminDep, AdminRoute, PageDep, get_or_404, id_in_range
 from heliox.admin.errors import Conflict, invalid_field
@@ -38,6 +39,8 @@ _INHERITED = (
     "daily_quota",
     "monthly_quota",
     "is_active",
+    "abuse_mode",
+    "abuse_zscore_threshold",
 )
 
 
@@ -67,6 +70,8 @@ def _out(key: ApiKey, now: datetime) -> KeyOut:
         rate_limit_window_seconds=key.rate_limit_window_seconds,
         daily_quota=key.daily_quota,
         monthly_quota=key.monthly_quota,
+        abuse_mode=key.abuse_mode,
+        abuse_zscore_threshold=key.abuse_zscore_threshold,
         expires_at=key.expires_at,
         revoked_at=key.revoked_at,
         rotated_from_id=key.rotated_from_id,
@@ -152,6 +157,7 @@ async def update_key(admin: AdminDep, key_id: int, body: KeyUpdate) -> KeyOut:
             return _out(key, now)
         for field, value in changes.items():
             setattr(key, field, value)
+        check_abuse_override(key.abuse_mode, key.abuse_zscore_threshold)
         await session.flush()
         out = _out(key, now)
         await record_audit(

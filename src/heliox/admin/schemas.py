@@ -19,6 +19,7 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from heliox.core.bounds import MAX_BURST, MAX_RATE, MAX_WINDOW_SECONDS, MIN_RATE
@@ -116,6 +117,15 @@ WindowSeconds = Annotated[
 Quota = Annotated[int, Field(ge=1, le=MAX_INT64, description="requests, 1 to 2^63-1")]
 NonNegInt32 = Annotated[int, Field(ge=0, le=MAX_INT32, description="0 to 2147483647")]
 Id = Annotated[int, Field(ge=1, le=MAX_INT32, description="an id, 1 to 2147483647")]
+# Abuse detection overrides of a key or a tenant: "default" follows the tenant (for a key) and
+# then the ABUSE_* settings; "exempt" is never flagged; "custom" uses abuse_zscore_threshold.
+AbuseMode = Literal["default", "exempt", "custom"]
+AbuseThreshold = Annotated[
+    float,
+    Field(
+        ge=1, le=1000, allow_inf_nan=False, description="z threshold of abuse_mode custom, 1-1000"
+    ),
+]
 BodyBytes = Annotated[int, Field(ge=0, le=MAX_INT64, description="bytes, 0 to 2^63-1")]
 TimeoutSeconds = Annotated[
     float,
@@ -181,18 +191,32 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
+def _custom_needs_threshold(mode: str | None, threshold: float | None) -> None:
+    if mode == "custom" and threshold is None:
+        raise ValueError("abuse_mode 'custom' needs abuse_zscore_threshold (1 to 1000)")
+
+
 # --- tenants ------------------------------------------------------------------------------------
 class TenantCreate(Input):
     name: DisplayName
     description: Description = ""
     is_active: bool = True
+    abuse_mode: AbuseMode = "default"
+    abuse_zscore_threshold: AbuseThreshold | None = None
+
+    @model_validator(mode="after")
+    def _abuse(self) -> TenantCreate:
+        _custom_needs_threshold(self.abuse_mode, self.abuse_zscore_threshold)
+        return self
 
 
 class TenantUpdate(Patch):
-    NOT_NULL = frozenset({"name", "description", "is_active"})
+    NOT_NULL = frozenset({"name", "description", "is_active", "abuse_mode"})
     name: DisplayName | None = None
     description: Description | None = None
     is_active: bool | None = None
+    abuse_mode: AbuseMode | None = None
+    abuse_zscore_threshold: AbuseThreshold | None = None
 
 
 class TenantOut(BaseModel):
@@ -200,6 +224,8 @@ class TenantOut(BaseModel):
     name: str
     description: str
     is_active: bool
+    abuse_mode: str = "default"
+    abuse_zscore_threshold: float | None = None
     key_count: int = Field(description="keys not revoked")
     active_key_count: int = Field(description="keys usable now: active, not revoked, not expired")
     created_at: datetime
@@ -214,6 +240,13 @@ class KeyLimits(Input):
     rate_limit_window_seconds: WindowSeconds = 1
     daily_quota: Quota | None = None
     monthly_quota: Quota | None = None
+    abuse_mode: AbuseMode = "default"
+    abuse_zscore_threshold: AbuseThreshold | None = None
+
+    @model_validator(mode="after")
+    def _abuse(self) -> KeyLimits:
+        _custom_needs_threshold(self.abuse_mode, self.abuse_zscore_threshold)
+        return self
 
 
 class KeyCreate(KeyLimits):
@@ -231,6 +264,8 @@ class KeyUpdate(Patch):
     rate_limit_window_seconds: WindowSeconds | None = None
     daily_quota: Quota | None = None
     monthly_quota: Quota | None = None
+    abuse_mode: AbuseMode | None = None
+    abuse_zscore_threshold: AbuseThreshold | None = None
 
 
 class KeyRotate(Input):
@@ -255,6 +290,8 @@ class KeyOut(BaseModel):
     rate_limit_window_seconds: int
     daily_quota: int | None
     monthly_quota: int | None
+    abuse_mode: str = "default"
+    abuse_zscore_threshold: float | None = None
     expires_at: datetime | None
     revoked_at: datetime | None
     rotated_from_id: int | None

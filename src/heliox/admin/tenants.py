@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy import and_, case, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from heliox.admin.abuse import check_abuse_override
 from heliox.admin.audit import record_audit
 from heliox.admin.deps import AdminDep, AdminRoute, PageDep, get_or_404
 from heliox.admin.errors import Conflict
@@ -43,6 +44,8 @@ def _out(tenant: Tenant, counts: dict[int, tuple[int, int]]) -> TenantOut:
         name=tenant.name,
         description=tenant.description,
         is_active=tenant.is_active,
+        abuse_mode=tenant.abuse_mode,
+        abuse_zscore_threshold=tenant.abuse_zscore_threshold,
         key_count=total,
         active_key_count=live,
         created_at=tenant.created_at,
@@ -90,7 +93,13 @@ async def list_tenants(
 async def create_tenant(admin: AdminDep, body: TenantCreate, response: Response) -> TenantOut:
     async with admin.write() as session:
         await _ensure_name_free(session, body.name)
-        tenant = Tenant(name=body.name, description=body.description, is_active=body.is_active)
+        tenant = Tenant(
+            name=body.name,
+            description=body.description,
+            is_active=body.is_active,
+            abuse_mode=body.abuse_mode,
+            abuse_zscore_threshold=body.abuse_zscore_threshold,
+        )
         session.add(tenant)
         await session.flush()
         out = _out(tenant, {})
@@ -125,6 +134,7 @@ async def update_tenant(admin: AdminDep, tenant_id: int, body: TenantUpdate) -> 
             setattr(tenant, field, value)
         if not changes:
             return before
+        check_abuse_override(tenant.abuse_mode, tenant.abuse_zscore_threshold)
         await session.flush()
         after = await _one(session, tenant)
         await record_audit(

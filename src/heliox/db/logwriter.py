@@ -1,9 +1,14 @@
 """Request logs: a bounded in-process queue drained by one background writer.
 
 The request path only appends a tuple (never awaits). The writer flushes in batches: COPY on
-PostgreSQL, executemany inserts on SQLite. When the database is unreachable a batch is appended to
-a local spill file (JSON lines) and replayed, oldest first, once the database answers again, so a
-database outage loses nothing. A full queue drops the record and counts it (`log_queue_dropped`).
+PostgreSQL, executemany inserts on SQLite. When the database is unreachable, or does not answer a
+call within the write timeout (a hung database is treated exactly like one that refuses), a batch
+is appended to a local spill file (JSON lines) and replayed, oldest first, once the database
+answers again, so a database outage loses nothing. While a write is outstanding the queue is
+spilled whenever it reaches half its bound, so a slow database never fills it. Spill files left
+by processes that have exited are adopted and replayed by a live one. A full queue drops the
+record, and a spill that cannot be written (disk full) loses its rows: both are counted
+(`log_queue_dropped`, `log_rows_lost`) and `lost` is shown on /health.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections import deque
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -51,6 +58,16 @@ LogRow = tuple[Any, ...]
 
 BATCH_SIZE = 2000
 FLUSH_INTERVAL = 0.25
+# Default bound on one database call of the writer (LOG_WRITE_TIMEOUT); a COPY of a full batch
+# takes milliseconds on a healthy server.
+WRITE_TIMEOUT = 5.0
+# After a failed write or replay, rows go straight to the spill file for this long before the
+# database is asked again (a hung database would otherwise cost a whole timeout per flush).
+RETRY_INTERVAL = 1.0
+# How often the spill folder is searched for files of processes that have exited.
+ADOPT_INTERVAL = 30.0
+_SPILL_NAME = re.compile(r"^logs-spill-(\d+)(?:-adopting-\d+)?\.jsonl$")
+T = TypeVar("T")
 
 
 class LogWriter:
@@ -62,6 +79,7 @@ class LogWriter:
         metrics: Metrics,
         queue_size: int,
         spill_path: Path,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         self._engine = engine
         self._is_postgres = is_postgres
@@ -72,12 +90,23 @@ class LogWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._write_timeout = write_timeout
+        # While a write is outstanding the queue is spilled once it holds this many rows.
+        self._high_water = max(1, queue_size // 2)
+        # The driver connection of the call in progress: closed at once when the call times out.
+        self._driver: Any = None
+        self._retry_at = 0.0  # monotonic time before which the database is not asked again
+        self._adopt_at = 0.0
+        self._abandoned: set[asyncio.Task[Any]] = set()
         self.written = 0
+        # Rows given up: dropped from a full queue, or a spill that could not be written.
+        self.lost = 0
 
     # --- request path ----------------------------------------------------------------------
     def enqueue(self, row: LogRow) -> None:
         if len(self._queue) >= self._queue_size:
             self._metrics.count("log_queue_dropped")
+            self.lost += 1
             return
         self._queue.append(row)
         if len(self._queue) >= BATCH_SIZE:
@@ -89,10 +118,15 @@ class LogWriter:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        self._adopt_orphans()
         self._task = asyncio.create_task(self._run(), name="heliox-log-writer")
 
     async def stop(self) -> None:
-        """Flush everything queued (spilling what the database won't take), then stop."""
+        """Flush everything queued (spilling what the database won't take), then stop.
+
+        Bounded: at most one write timeout for the write in progress and one for the last batch;
+        with a spill file pending (the database was failing) the queue is spilled at once.
+        """
         self._stopping = True
         self._wake.set()
         if self._task is not None:
@@ -109,6 +143,8 @@ class LogWriter:
                 if self._queue:
                     self._spill(self._take_all())
                 return
+            if time.monotonic() >= self._adopt_at:
+                self._adopt_orphans()
 
     def _take_all(self) -> list[LogRow]:
         rows = list(self._queue)
@@ -116,21 +152,71 @@ class LogWriter:
         return rows
 
     async def flush(self) -> None:
-        if self._spill_path.exists() and not await self._replay_spill():
-            # Database still down: keep spilling so the queue never fills during an outage.
+        try:
+            await self._flush()
+        finally:
+            self._metrics.gauges["log_queue_length"] = len(self._queue)
+
+    async def _flush(self) -> None:
+        if self._spill_path.exists() and (
+            self._stopping or time.monotonic() < self._retry_at or not await self._replay_spill()
+        ):
+            # Database still failing (or shutting down): keep spilling so the queue never fills.
             if self._queue:
                 self._spill(self._take_all())
             return
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(BATCH_SIZE, len(self._queue)))]
             try:
-                await self._write(batch)
+                await self._bounded(self._write(batch), spill_overflow=True)
             except Exception as exc:
                 self._metrics.count("log_write_errors")
-                log.warning("request log write failed (%s); spilling %d rows", exc, len(batch))
+                self._retry_at = time.monotonic() + RETRY_INTERVAL
+                log.warning(
+                    "request log write failed (%s); spilling %d rows",
+                    str(exc) or type(exc).__name__,
+                    len(batch) + len(self._queue),
+                )
                 self._spill(batch + self._take_all())
                 return
-        self._metrics.gauges["log_queue_length"] = len(self._queue)
+
+    async def _bounded(self, call: Coroutine[Any, Any, T], *, spill_overflow: bool) -> T:
+        """`call`, given at most the write timeout; the queue is spilled meanwhile if it grows.
+
+        On timeout the connection in use is closed (a hung server never answers a cancel) and
+        the call is abandoned, then TimeoutError is raised.
+        """
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(call)
+        deadline = loop.time() + self._write_timeout
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                done, _ = await asyncio.wait({task}, timeout=min(remaining, FLUSH_INTERVAL))
+                if done:
+                    return task.result()
+                self._metrics.gauges["log_queue_length"] = len(self._queue)
+                if spill_overflow and len(self._queue) >= self._high_water:
+                    self._spill(self._take_all())
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        self._abandon(task)
+        raise TimeoutError(f"no answer from the database within {self._write_timeout:g} s")
+
+    def _abandon(self, task: asyncio.Task[Any]) -> None:
+        driver, self._driver = self._driver, None
+        terminate = getattr(driver, "terminate", None)  # asyncpg: closes the socket, no wait
+        if callable(terminate):
+            with contextlib.suppress(Exception):
+                terminate()
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the failure was already reported as a timeout
 
     # --- storage -----------------------------------------------------------------------------
     async def _write(self, batch: list[LogRow]) -> None:
@@ -142,9 +228,11 @@ class LogWriter:
                 raw = await conn.get_raw_connection()
                 driver = raw.driver_connection
                 assert driver is not None
+                self._driver = driver
                 await driver.copy_records_to_table(
                     "request_logs", records=records, columns=list(COLUMNS)
                 )
+                self._driver = None
         else:
             # The driver's executemany on plain tuples: SQLAlchemy's per-row parameter processing
             # cost more than the rest of a cache hit. Timestamps in SQLAlchemy's SQLite format.
@@ -153,7 +241,9 @@ class LogWriter:
                 raw = await conn.get_raw_connection()
                 driver = raw.driver_connection
                 assert driver is not None
+                self._driver = driver
                 await driver.executemany(SQLITE_INSERT, rows)
+                self._driver = None
         self.written += len(batch)
         self._metrics.count("log_rows_written", len(batch))
 
@@ -174,44 +264,132 @@ class LogWriter:
             RequestLog.request_id.in_(ids),
         )
         async with self._engine.connect() as conn:
+            self._driver = (await conn.get_raw_connection()).driver_connection
             present = {(rid, ts) for rid, ts in await conn.execute(query)}
+            self._driver = None
         if not present:
             return rows
         return [row for row, ts in zip(rows, times, strict=True) if (row[1], ts) not in present]
 
     def _spill(self, rows: list[LogRow]) -> None:
-        self._spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._spill_path.open("a", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, separators=(",", ":")) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            self._spill_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._spill_path.open("a", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            # Disk full or the folder unwritable: nowhere left to keep them. Counted and shown on
+            # /health; the writer goes on (the database may take the next batches).
+            self.lost += len(rows)
+            self._metrics.count("log_rows_lost", len(rows))
+            log.error("request log rows lost: cannot write %s (%s)", self._spill_path, exc)
+            return
         self._metrics.count("log_rows_spilled", len(rows))
 
-    async def _replay_spill(self) -> bool:
-        """Write the spill file back; True when it is gone (written, or nothing to do)."""
+    def _adopt_orphans(self) -> None:
+        """Append the spill files of exited processes to this one's, to be replayed from here.
+
+        A file is claimed by renaming it (atomic: of two processes, one wins); a claim whose
+        owner dies before it is appended is adopted like any other. A row adopted twice is
+        written once: the replay skips rows the database already holds.
+        """
+        self._adopt_at = time.monotonic() + ADOPT_INTERVAL
+        folder = self._spill_path.parent
+        me = os.getpid()
         try:
-            lines = self._spill_path.read_text(encoding="utf-8").splitlines()
+            names = [entry.name for entry in os.scandir(folder)]
+        except OSError:
+            return
+        for name in names:
+            match = _SPILL_NAME.match(name)
+            if match is None or name == self._spill_path.name or _alive(int(match[1]), me):
+                continue
+            claim = folder / f"logs-spill-{me}-adopting-{match[1]}.jsonl"
+            try:
+                os.rename(folder / name, claim)
+                data = claim.read_bytes()
+            except OSError:
+                continue  # another process took it
+            try:
+                with self._spill_path.open("ab") as fh:
+                    fh.write(data if not data or data.endswith(b"\n") else data + b"\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                log.error("cannot adopt the request log spill file %s: %s", claim, exc)
+                continue
+            claim.unlink(missing_ok=True)
+            log.info("adopted %d spilled request log rows from %s", data.count(b"\n"), name)
+
+    async def _replay_spill(self) -> bool:
+        """Write the spill file back; True when it is gone (written, or nothing to do).
+
+        The queue may be spilled (appended to the file) while a replay call is outstanding:
+        those lines, past what was read, are kept for the next replay.
+        """
+        try:
+            data = self._spill_path.read_bytes()
         except FileNotFoundError:
             return True
+        except OSError as exc:
+            log.warning("cannot read the request log spill file: %s", exc)
+            return False
+        read = len(data)
         # Rows spilled by an earlier version lack the columns added since (all nullable).
         width = len(COLUMNS)
-        rows = [_widen(tuple(json.loads(line)), width) for line in lines if line.strip()]
+        rows: list[LogRow] = []
+        for line in data.decode("utf-8", errors="replace").splitlines():
+            try:
+                rows.append(_widen(tuple(json.loads(line)), width))
+            except ValueError:  # a line cut short by a crash mid-append
+                if line.strip():
+                    self.lost += 1
+                    self._metrics.count("log_rows_lost")
+        written = 0
         try:
             for i in range(0, len(rows), BATCH_SIZE):
-                await self._write(await self._not_yet_written(rows[i : i + BATCH_SIZE]))
+                missing = await self._bounded(
+                    self._not_yet_written(rows[i : i + BATCH_SIZE]), spill_overflow=True
+                )
+                await self._bounded(self._write(missing), spill_overflow=True)
+                written = i + BATCH_SIZE
         except Exception as exc:
+            self._retry_at = time.monotonic() + RETRY_INTERVAL
             # Earlier batches of this file are in; keep only the rest so none is written twice.
-            written = i
-            self._spill_path.write_text(
-                "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows[written:]),
-                encoding="utf-8",
-            )
-            log.debug("spill replay deferred: %s", exc)
+            if written:
+                self._rewrite_spill(rows[written:], read)
+            log.debug("spill replay deferred: %s", str(exc) or type(exc).__name__)
             return False
-        self._spill_path.unlink(missing_ok=True)
+        self._rewrite_spill([], read)
         self._metrics.count("log_rows_replayed", len(rows))
         return True
+
+    def _rewrite_spill(self, rows: list[LogRow], read: int) -> None:
+        """The spill file becomes `rows` plus whatever was appended after its first `read`
+        bytes (gone when both are empty)."""
+        try:
+            with self._spill_path.open("rb") as fh:
+                fh.seek(read)
+                tail = fh.read()
+        except FileNotFoundError:
+            tail = b""
+        except OSError:
+            return  # the whole file is replayed again; rows already in are skipped then
+        head = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
+        if not head and not tail:
+            self._spill_path.unlink(missing_ok=True)
+            return
+        staged = self._spill_path.with_name(self._spill_path.name + ".tmp")
+        try:
+            with staged.open("wb") as fh:
+                fh.write(head + tail)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(staged, self._spill_path)
+        except OSError as exc:
+            log.warning("cannot rewrite the request log spill file: %s", exc)
 
 
 SQLITE_INSERT = (
@@ -236,6 +414,18 @@ def _sqlite_ts(ts: Any) -> str:
 
 
 _ts_memo: tuple[int, str] = (-1, "")
+
+
+def _alive(pid: int, me: int) -> bool:
+    if pid == me:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
 
 
 def _widen(row: LogRow, width: int) -> LogRow:

@@ -73,6 +73,9 @@ class Tenant(Timestamps, Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Abuse detection: "default" (the ABUSE_* settings), "exempt" or "custom" (own threshold).
+    abuse_mode: Mapped[str] = mapped_column(String(16), default="default", server_default="default")
+    abuse_zscore_threshold: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class ApiKey(Timestamps, Base):
@@ -96,6 +99,9 @@ class ApiKey(Timestamps, Base):
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     rotated_from_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Abuse detection: "default" (as its tenant), "exempt" or "custom" (own threshold).
+    abuse_mode: Mapped[str] = mapped_column(String(16), default="default", server_default="default")
+    abuse_zscore_threshold: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class CachePolicy(Timestamps, Base):

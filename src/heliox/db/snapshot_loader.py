@@ -44,6 +44,8 @@ _KEY_COLUMNS = (
     ApiKey.daily_quota,
     ApiKey.monthly_quota,
     ApiKey.expires_at,
+    ApiKey.abuse_mode,
+    ApiKey.abuse_zscore_threshold,
 )
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -68,9 +70,15 @@ async def load_snapshot(session_factory: async_sessionmaker[AsyncSession]) -> Sn
             except UpstreamURLError as exc:
                 # One bad row must not stop every other route from loading.
                 log.warning("route %r skipped: %s", route.name, exc)
+        tenant_rows = list(await session.scalars(select(Tenant)))
         tenants = {
-            t.id: TenantConfig(id=t.id, name=t.name, is_active=t.is_active)
-            for t in await session.scalars(select(Tenant))
+            t.id: TenantConfig(id=t.id, name=t.name, is_active=t.is_active) for t in tenant_rows
+        }
+        # Abuse overrides, resolved once here so the request path reads two plain fields.
+        tenant_abuse = {
+            t.id: (t.abuse_mode, t.abuse_zscore_threshold)
+            for t in tenant_rows
+            if t.abuse_mode != "default"
         }
         keys: dict[str, KeyConfig] = {}
         keys_by_id: dict[int, KeyConfig] = {}
@@ -95,6 +103,9 @@ async def load_snapshot(session_factory: async_sessionmaker[AsyncSession]) -> Sn
             result = await session.stream(usable_keys)
             async for batch in result.partitions(KEY_BATCH):
                 for row in batch:
+                    mode, threshold = row.abuse_mode, row.abuse_zscore_threshold
+                    if mode == "default":  # the tenant's, if it has its own
+                        mode, threshold = tenant_abuse.get(row.tenant_id, (mode, None))
                     config = KeyConfig(
                         id=row.id,
                         tenant_id=row.tenant_id,
@@ -109,6 +120,8 @@ async def load_snapshot(session_factory: async_sessionmaker[AsyncSession]) -> Sn
                         daily_quota=row.daily_quota,
                         monthly_quota=row.monthly_quota,
                         expires_at=row.expires_at,
+                        abuse_exempt=mode == "exempt",
+                        abuse_threshold=threshold if mode == "custom" else None,
                     )
                     keys[row.key_hash] = config
                     keys_by_id[row.id] = config

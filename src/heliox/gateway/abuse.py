@@ -13,15 +13,32 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from heliox.core.anomaly import AbuseDetector, Verdict
+from heliox.core.anomaly import AbuseDetector, DetectorConfig, Verdict
+from heliox.core.anomaly import reason as explain
 from heliox.db.models import AbuseEvent
 from heliox.gateway.admission_step import key_subject, slowdown_subject
 from heliox.snapshot import KeyConfig
 
 if TYPE_CHECKING:
+    from heliox.config import Settings
     from heliox.runtime import Runtime
 
 log = logging.getLogger("heliox.abuse")
+
+
+def detector_config(settings: Settings) -> DetectorConfig:
+    """The detector the ABUSE_* settings describe (the gateway's and `heliox abuse replay`'s)."""
+    return DetectorConfig(
+        window_seconds=settings.abuse_window_seconds,
+        alpha=settings.abuse_ewma_alpha,
+        threshold=settings.abuse_zscore_threshold,
+        min_samples=settings.abuse_min_samples,
+        min_rate=settings.abuse_min_rate,
+        min_baseline_requests=settings.abuse_min_baseline_requests,
+        min_ratio=settings.abuse_min_spike_ratio,
+        limit_fraction=settings.abuse_min_limit_fraction,
+        action=settings.abuse_action,
+    )
 
 
 class AbuseMonitor:
@@ -31,9 +48,17 @@ class AbuseMonitor:
         self._tasks: set[asyncio.Task[None]] = set()
         # Told at once when this instance slows a key down (others learn it from the backend).
         self.on_slowdown: Callable[[int, float, float], None] = lambda key_id, until, m: None
+        self._default_rps = runtime.settings.default_rate_limit_rps
 
     def observe(self, key: KeyConfig, now: float) -> None:
-        verdict = self.detector.record(key_subject(key.id), now)
+        if key.abuse_exempt:
+            return
+        verdict = self.detector.record(
+            key_subject(key.id),
+            now,
+            limit_rps=key.rate_limit_rps or self._default_rps,
+            threshold=key.abuse_threshold,
+        )
         if verdict is not None and verdict.anomalous:
             task = asyncio.create_task(self._act(key, verdict, now))
             self._tasks.add(task)
@@ -46,10 +71,8 @@ class AbuseMonitor:
         window = v.window_seconds
         observed_rate = v.observed / window
         baseline_rate = v.baseline_mean / window
-        reason = (
-            f"request rate {observed_rate:.1f}/s against a baseline of {baseline_rate:.1f}/s "
-            f"(z = {v.score:.1f} > {s.abuse_zscore_threshold})"
-        )
+        cfg = self.detector.config
+        reason = explain(v, cfg.min_ratio, cfg.limit_fraction)
         until: float | None = None
         if action != "shadow":
             until = now + s.abuse_block_duration_seconds
@@ -57,7 +80,7 @@ class AbuseMonitor:
                 "key_id": key.id,
                 "tenant_id": key.tenant_id,
                 "reason": reason,
-                "score": round(v.score, 3),
+                "score": v.score,
                 "observed_rate": round(observed_rate, 3),
                 "baseline_rate": round(baseline_rate, 3),
                 "action": action,

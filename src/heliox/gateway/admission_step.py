@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from heliox.config import Settings
 from heliox.core.bounds import MAX_BURST, MAX_WINDOW_SECONDS, clamp_rate
+from heliox.core.breaker import RecentEvents
 from heliox.gateway.exchange import ResponseSink
 from heliox.gateway.responses import Headers
 from heliox.metrics import Metrics
@@ -77,6 +78,8 @@ class AdmissionStep:
         self._specs: dict[tuple[object, ...], LimitSpec] = {}
         # ABUSE_ACTION=multiplier: key id -> (until, multiplier), from the shared backend.
         self.slowed: dict[int, tuple[float, float]] = {}
+        # Set by the gateway: fail-open admissions of the last minute, for /health and the UI.
+        self.fail_open: RecentEvents | None = None
 
     def _spec(
         self, algorithm: str | None, rps: float | None, burst: int | None, window: int
@@ -184,6 +187,8 @@ class AdmissionStep:
                 return False
             log.debug("admission unavailable, failing open: %s", exc)
             self.metrics.admission[(route.name, "admitted", "fail_open")] += 1
+            if self.fail_open is not None:
+                self.fail_open.add(time.monotonic())  # shown by /health and the dashboard
             return True
         if not route.hide_ratelimit_headers:
             send.extra_headers.extend(rate_limit_headers(req, result))

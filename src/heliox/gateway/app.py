@@ -39,6 +39,7 @@ from heliox.gateway.refusals import RefusalGuard
 from heliox.metrics import UNKNOWN_ROUTE
 from heliox.runtime import Runtime
 from heliox.snapshot import KeyConfig, RouteConfig, hash_key
+from heliox.state.redis_pipe import start_request_budget
 
 log = logging.getLogger("heliox.gateway")
 
@@ -73,6 +74,9 @@ class Gateway:
             lock_age=runtime.settings.cache_lock_age,
         )
         self.admission = AdmissionStep(runtime.admission, runtime.settings, runtime.metrics)
+        self.admission.fail_open = runtime.fail_open_admissions
+        # With Redis, each request may wait for it once (state/redis_pipe.py).
+        self._redis_budget = runtime.redis is not None
         self.abuse = AbuseMonitor(runtime)
         self.refusals = RefusalGuard(runtime.settings, runtime.metrics)
         self.abuse.on_slowdown = lambda key_id, until, m: self.admission.slowed.__setitem__(
@@ -121,6 +125,8 @@ class Gateway:
     # --- the request ---------------------------------------------------------------------------
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt = self.runtime
+        if self._redis_budget:
+            start_request_budget()
         ex = Exchange(scope["method"], time.perf_counter())
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         given = header_values(headers, b"x-request-id")

@@ -7,21 +7,33 @@ this class as long as it keeps `request()` and `UpstreamResponse`.
 Connections are bounded per route and per API key (`heliox.gateway.bulkhead`), not by one pool
 for everything; and no connection goes to an address in UPSTREAM_DENY_NETWORKS, whatever name led
 to it (checked on the resolved address, in the connector's socket factory).
+
+Pooled connections are closed before a typical upstream would close them (`heliox.core.keepalive`:
+UPSTREAM_KEEPALIVE_TIMEOUT, or less when the upstream announces a shorter `Keep-Alive: timeout=`),
+and a request that fails on a reused connection before any byte of the response is sent once more
+on a new connection when it can be replayed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 import aiohttp
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.http import RawResponseMessage
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 from yarl import URL
 
+from heliox.core.keepalive import announced_timeout, idle_limit, may_replay
 from heliox.core.netdeny import Network, address_denied
 from heliox.gateway.bulkhead import Bulkheads, Busy, Permit
 from heliox.snapshot import RouteConfig
@@ -108,6 +120,100 @@ class UpstreamTarget:
     path_and_query: str  # already percent-encoded
 
 
+class _Attempt:
+    """One try of an upstream request, as the connector sees it (through `_ATTEMPT`, which the
+    request's task sets): whether it got a pooled connection, and whether it must not."""
+
+    __slots__ = ("fresh", "reused")
+
+    def __init__(self) -> None:
+        self.fresh = False
+        self.reused = False
+
+
+_ATTEMPT: ContextVar[_Attempt | None] = ContextVar("heliox_upstream_attempt", default=None)
+# An origin as the pool knows it: (host, port, TLS).
+Origin = tuple[str, int | None, bool]
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, which already closes connections idle for `keepalive_timeout`, plus:
+    a shorter idle limit per origin learnt from its `Keep-Alive: timeout=`, a note on the attempt
+    of whether its connection was reused, and no pooled connection for an attempt that needs a
+    new one. Overrides aiohttp's `_get` and reads its `_conns` (aiohttp is pinned)."""
+
+    def __init__(self, *, idle_timeout: float, **kwargs: Any) -> None:
+        super().__init__(keepalive_timeout=idle_timeout, **kwargs)
+        self._idle_timeout = idle_timeout
+        self._limits: dict[Origin, float] = {}  # origins that announced a shorter timeout
+        self._announced: dict[str, float] = {}  # Keep-Alive values already parsed
+
+    def learn(self, origin: Origin, keep_alive: str) -> None:
+        """Note the Keep-Alive header of a response from `origin`."""
+        limit = self._announced.get(keep_alive)
+        if limit is None:
+            if len(self._announced) >= 64:
+                self._announced.clear()  # upstreams send one value or few: stays tiny anyway
+            limit = idle_limit(self._idle_timeout, announced_timeout(keep_alive))
+            self._announced[keep_alive] = limit
+        if limit < self._idle_timeout:
+            if self._limits.get(origin) != limit:
+                if len(self._limits) >= 4096:
+                    self._limits.clear()
+                self._limits[origin] = limit
+        elif origin in self._limits:
+            del self._limits[origin]
+
+    async def _get(
+        self, key: ConnectionKey, traces: list[Trace]
+    ) -> aiohttp.connector.Connection | None:
+        attempt = _ATTEMPT.get()
+        if attempt is not None and attempt.fresh:
+            return None
+        limit = self._limits.get((key.host, key.port, key.is_ssl))
+        if limit is not None and (conns := self._conns.get(key)):
+            # Oldest first (released connections are appended): drop those idle too long.
+            too_old = monotonic() - limit
+            while conns and conns[0][1] <= too_old:
+                proto, _ = conns.popleft()
+                proto.close()
+        conn = await super()._get(key, traces)
+        if conn is not None and attempt is not None:
+            attempt.reused = True
+        return conn
+
+
+class _TrackedBody:
+    """A streamed request body that remembers whether any of it has been read for sending."""
+
+    __slots__ = ("_it", "started")
+
+    def __init__(self, body: AsyncIterable[bytes]) -> None:
+        self._it = body.__aiter__()
+        self.started = False
+
+    def __aiter__(self) -> _TrackedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.started = True
+        return await self._it.__anext__()
+
+
+def _before_response(exc: BaseException) -> bool:
+    """Whether an error of a request means its connection failed before any byte of the response:
+    the peer closed or reset it, as when it had closed the idle connection first."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        # A response head cut short is carried as the partial message.
+        return not isinstance(exc.message, RawResponseMessage)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return False  # connecting failed: no pooled connection was involved
+    if isinstance(exc, aiohttp.client_exceptions.ClientConnectionResetError):
+        return True  # writing the request to a connection already closing
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in _RESET_ERRNOS
+
+
 class UpstreamResponse:
     __slots__ = ("_permit", "_resp", "headers", "status")
 
@@ -170,7 +276,9 @@ class UpstreamResponse:
 
 class UpstreamClient:
     """`pool_size` is each route's default limit of upstream connections (see `bulkhead`);
-    `deny_networks` are the addresses no connection may go to, whatever the host's name."""
+    `deny_networks` are the addresses no connection may go to, whatever the host's name;
+    `keepalive_timeout` is how long an idle connection is kept for reuse (less when its upstream
+    announces less); `on_retry` is called when a request is sent again on a new connection."""
 
     def __init__(
         self,
@@ -181,8 +289,12 @@ class UpstreamClient:
         pool_timeout: float = 5.0,
         max_requests_per_key: int = 128,
         deny_networks: tuple[Network, ...] = (),
+        keepalive_timeout: float = 4.0,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
         self._connect_timeout = connect_timeout
+        self._keepalive_timeout = keepalive_timeout
+        self._on_retry = on_retry
         self._read_timeout = read_timeout
         self.bulkheads = Bulkheads(
             route_limit=pool_size, key_limit=max_requests_per_key, wait=pool_timeout
@@ -207,17 +319,19 @@ class UpstreamClient:
         return socket.socket(family=family, type=type_, proto=proto)
 
     def _new_session(self, deny: tuple[Network, ...]) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
+        connector = _Connector(
+            # Below the idle timeout of typical upstreams (Node's 5 s), so that the upstream does
+            # not close a connection just as a request is sent on it.
+            idle_timeout=self._keepalive_timeout,
             # No shared limit: each route has its own (`bulkhead`), so that one upstream that
             # hangs cannot hold the connections every other route needs.
             limit=0,
             limit_per_host=0,
             socket_factory=self._guarded_socket if deny else None,
             ttl_dns_cache=30,
-            keepalive_timeout=30,
             enable_cleanup_closed=False,
         )
-        return aiohttp.ClientSession(
+        session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             trust_env=False,
@@ -231,6 +345,11 @@ class UpstreamClient:
             max_field_size=16 * 1024,
             max_headers=256,
         )
+        # aiohttp would send an idempotent request again itself, on whatever pooled connection
+        # comes next (often one the upstream has closed as well): `_send` retries instead, once,
+        # only after a reused connection failed, and on a new connection.
+        session._retry_connection = False
+        return session
 
     async def close(self) -> None:
         for session in {self._session, self._open_session}:
@@ -265,9 +384,11 @@ class UpstreamClient:
             except Busy as exc:
                 raise UpstreamBusy(_busy_detail(exc, route)) from None
         try:
-            return UpstreamResponse(
-                await self._send(session, method, target, headers, body, timeout), permit
-            )
+            resp = await self._send(session, method, target, headers, body, timeout)
+            keep_alive = resp.headers.get("Keep-Alive")
+            if keep_alive is not None and isinstance(connector := session.connector, _Connector):
+                connector.learn((target.host, target.port, target.scheme == "https"), keep_alive)
+            return UpstreamResponse(resp, permit)
         except BaseException:
             if permit is not None:
                 permit.release()
@@ -299,17 +420,47 @@ class UpstreamClient:
             req_timeout = aiohttp.ClientTimeout(
                 total=None, sock_connect=min(self._connect_timeout, timeout), sock_read=timeout
             )
+        tracked = None if body is None or isinstance(body, bytes) else _TrackedBody(body)
+        data = body if tracked is None else tracked
+        sock_timeout = req_timeout if req_timeout is not None else aiohttp.helpers.sentinel
+        attempt = _Attempt()
+        token = _ATTEMPT.set(attempt)
         try:
-            resp = await session.request(
-                method,
-                url,
-                headers=hdrs,
-                data=body,
-                allow_redirects=False,
-                compress=None,
-                chunked=None,
-                timeout=req_timeout if req_timeout is not None else aiohttp.helpers.sentinel,
-            )
+            for last in (False, True):
+                try:
+                    resp = await session.request(
+                        method,
+                        url,
+                        headers=hdrs,
+                        data=data,
+                        allow_redirects=False,
+                        compress=None,
+                        chunked=None,
+                        timeout=sock_timeout,
+                    )
+                    break
+                except aiohttp.ClientError as exc:
+                    # The upstream closed a pooled connection as the request went out (its idle
+                    # timeout ran out first): once more on a new connection, if replayable.
+                    if last or not (
+                        attempt.reused
+                        and _before_response(exc)
+                        and may_replay(
+                            method, body_streamed=None if tracked is None else tracked.started
+                        )
+                    ):
+                        raise
+                    log.debug(
+                        "retrying %s to upstream %s:%d on a new connection: the reused one "
+                        "failed (%s)",
+                        method,
+                        target.host,
+                        target.port,
+                        exc,
+                    )
+                    if self._on_retry is not None:
+                        self._on_retry()
+                    attempt.fresh = True
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             raise UpstreamError(504, f"upstream {target.host}:{target.port} timed out") from exc
         except aiohttp.ClientConnectorError as exc:
@@ -324,6 +475,8 @@ class UpstreamClient:
             ) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(502, f"upstream {target.host}:{target.port} failed: {exc}") from exc
+        finally:
+            _ATTEMPT.reset(token)
         return resp
 
     def _log_denied(self, target: UpstreamTarget, address: str) -> None:

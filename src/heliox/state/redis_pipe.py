@@ -11,12 +11,28 @@ Failure semantics are the plain ones: a broken connection fails every command in
 `redis.exceptions.ConnectionError`; the next command reconnects, at most every RECONNECT_PAUSE
 seconds so an outage costs callers nothing but an immediate error (the gateway then fails open
 or closed per route).
+
+A Redis that hangs is the costly fault: each command waits REDIS_TIMEOUT. Two guards, both in
+`PipelinedRedis.execute_command`, which every command of the process passes through (the hot
+ones and redis-py's alike):
+
+- a per-request budget: once a request has seen one Redis timeout or connection failure, its
+  later Redis steps fail at once (`RedisUnavailable`), so a request pays at most one timeout;
+- a circuit breaker (`heliox.core.breaker`), shared by the process: after consecutive failures
+  (timeouts, lost connections, and replies saying Redis cannot serve: OOM, READONLY, LOADING,
+  MASTERDOWN, ...) every command fails at once until a probe in the background succeeds.
+
+Both raise `RedisUnavailable`, a `ConnectionError`: every caller already treats that as Redis
+being down (admission fails open or closed, the cache misses).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
+import logging
 import ssl
 import time
 from typing import Any
@@ -25,8 +41,21 @@ import hiredis
 import redis.asyncio as aioredis
 from redis._parsers.base import BaseParser
 from redis.client import EMPTY_RESPONSE
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from heliox.core.breaker import Breaker, RecentEvents
+
+log = logging.getLogger("heliox.redis")
 
 # Commands safe to pipeline: single reply, no blocking, no connection state.
 PIPELINED = frozenset(
@@ -34,6 +63,48 @@ PIPELINED = frozenset(
      "SCRIPT LOAD", "INCR", "MGET"}
 )  # fmt: skip
 RECONNECT_PAUSE = 0.5
+
+# Replies that say Redis cannot do its job (rather than "this command was wrong"): they count as
+# Redis trouble, for the breaker and for /health, like a timeout.
+_TROUBLE_REPLIES = (
+    OutOfMemoryError, ReadOnlyError, BusyLoadingError, MasterDownError, ClusterDownError,
+    TryAgainError,
+)  # fmt: skip
+_FAILURES = (RedisConnectionError, RedisTimeoutError, OSError, *_TROUBLE_REPLIES)
+_TROUBLE_PREFIXES = ("MISCONF", "NOREPLICAS", "BUSY ", "OOM", "READONLY", "LOADING", "MASTERDOWN")
+
+# The Redis budget of the request running in this context: NO_BUDGET outside requests
+# (background work), INTACT from the start of a request, SPENT once it has seen one timeout or
+# lost connection. Set per request by the gateway; a context variable, so the request's own task
+# sees it (and tasks it starts inherit it) without threading a flag through every store.
+NO_BUDGET, INTACT, SPENT = 0, 1, 2
+_budget: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "heliox_redis_budget", default=NO_BUDGET
+)
+
+
+def start_request_budget() -> None:
+    """Called at the start of each request: it may pay one Redis timeout, no more."""
+    _budget.set(INTACT)
+
+
+class RedisUnavailable(RedisConnectionError):
+    """Not sent to Redis: the breaker is open, or the request has spent its Redis budget."""
+
+
+def is_trouble(exc: BaseException) -> bool:
+    """True for failures that mean Redis cannot serve (not a mistake in one command)."""
+    if isinstance(exc, RedisUnavailable):
+        return False
+    if isinstance(exc, _FAILURES):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_TROUBLE_PREFIXES)
+
+
+def describe(exc: BaseException) -> str:
+    """A short description for /health (redis-py strips the error code from the text)."""
+    text = str(exc)[:200] or "no detail"
+    return f"{type(exc).__name__}: {text}"
 
 
 def encode_command(args: tuple[Any, ...]) -> bytes:
@@ -225,8 +296,42 @@ class PipelinedRedis(aioredis.Redis):
                 connect_timeout=float(kw.get("socket_connect_timeout") or 1.0),
                 timeout=float(kw.get("socket_timeout") or 2.0),
             )
+        self.breaker = Breaker()
+        self.trouble = RecentEvents(60)  # failures that count as Redis trouble, last minute
+        self.last_error = ""  # the latest of them, described for /health
+        self.last_error_at = 0.0  # its wall-clock time
+        self.short_circuited = 0  # commands never sent: breaker open or budget spent
+        self.probe_key = "heliox:probe"  # written by check(): a write shows OOM and READONLY
+        self._probe: asyncio.Task[None] | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if not self.breaker.closed or _budget.get() == SPENT:
+            self.short_circuited += 1
+            raise RedisUnavailable(
+                "Redis circuit breaker is open" if not self.breaker.closed
+                else "this request already waited for Redis once"
+            )  # fmt: skip
+        # `_send` inlined: one coroutine frame less per command on the hot path.
+        pipe = self.pipe
+        name = args[0] if isinstance(args[0], str) else args[0].decode()
+        try:
+            if pipe is None or name.upper() not in PIPELINED:
+                result = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            else:
+                result = await pipe.execute(*args)
+                callback = self.response_callbacks.get(name)
+                if callback is not None:
+                    options.pop("keys", None)
+                    options.pop(EMPTY_RESPONSE, None)
+                    result = callback(result, **options)
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        if self.breaker.consecutive:
+            self.breaker.ok()
+        return result
+
+    async def _send(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         pipe = self.pipe
         name = args[0] if isinstance(args[0], str) else args[0].decode()
         if pipe is None or name.upper() not in PIPELINED:
@@ -239,7 +344,72 @@ class PipelinedRedis(aioredis.Redis):
         options.pop(EMPTY_RESPONSE, None)
         return callback(raw, **options)
 
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, RedisUnavailable):
+            return
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError) and _budget.get() == INTACT:
+            _budget.set(SPENT)  # this request's later Redis steps are skipped
+        if not is_trouble(exc):
+            return  # a mistake in one command (a missing script, a wrong type): not an outage
+        self.trouble.add(time.monotonic())
+        self.last_error = describe(exc)
+        self.last_error_at = time.time()
+        if self.breaker.failure(time.monotonic()):
+            log.warning(
+                "Redis circuit breaker open for %.1f s after %s", self.breaker.open_for,
+                self.last_error,
+            )  # fmt: skip
+            self._start_probe()
+
+    def _start_probe(self) -> None:
+        if self._probe is not None and not self._probe.done():
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: closing down
+            # An empty context: the probe is nobody's request and has no budget to spend.
+            self._probe = asyncio.get_running_loop().create_task(
+                self._run_probe(), name="heliox-redis-probe", context=contextvars.Context()
+            )
+
+    async def _run_probe(self) -> None:
+        breaker = self.breaker
+        while not breaker.closed:
+            await asyncio.sleep(breaker.wait(time.monotonic()))
+            if not breaker.probe_due(time.monotonic()):
+                continue
+            try:
+                await self._check()
+            except Exception as exc:
+                if is_trouble(exc):
+                    self.trouble.add(time.monotonic())
+                    self.last_error = describe(exc)
+                    self.last_error_at = time.time()
+                breaker.failure(time.monotonic())
+                log.info("Redis probe failed (%s); next in %.1f s", exc, breaker.open_for)
+            else:
+                breaker.success(time.monotonic())
+                log.warning("Redis answers again: circuit breaker closed")
+
+    async def _check(self) -> None:
+        """PING, then a small write with an expiry: a Redis that answers but cannot store
+        (out of memory, a read-only replica) fails it too. Bypasses the breaker and budget."""
+        await self._send(("PING",), {})
+        await self._send(("SET", self.probe_key, b"1", "PX", 10_000), {})
+
+    async def check(self) -> None:
+        """The health check: `_check` unless the breaker is open (then it raises at once)."""
+        if not self.breaker.closed:
+            raise RedisUnavailable("Redis circuit breaker is open")
+        try:
+            await self._check()
+        except Exception as exc:
+            self._failed(exc)
+            raise
+
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._probe
         if self.pipe is not None:
             self.pipe.close()
         await super().aclose(close_connection_pool)

@@ -377,7 +377,38 @@ def _page(request: Request, page: str, **config: Any) -> Response:
 
 @router.get("/dashboard")
 async def dashboard_page(request: Request) -> Response:
-    return _page(request, "dashboard", sample_interval=_ui(request).timing.sample_interval)
+    return _page(
+        request,
+        "dashboard",
+        sample_interval=_ui(request).timing.sample_interval,
+        dependencies=dependency_notices(request.app.state.runtime),
+    )
+
+
+def dependency_notices(runtime: Any) -> list[str]:
+    """One line per dependency that is not ok, as /health sees it (the last background check,
+    Redis's breaker and recent errors), with the requests admitted without a rate-limit check."""
+    describe = getattr(runtime, "dependency_health", None)
+    if describe is None:
+        return []
+    lines = []
+    for name, state in describe().items():
+        fail_open = state.get("fail_open_admissions_last_minute", 0)
+        if state.get("status") == "ok" and not fail_open:
+            continue
+        parts = [f"{name.capitalize()} {state.get('status', 'degraded')}"]
+        error = state.get("last_error") or state.get("error")
+        if error:
+            parts.append(str(error))
+        if state.get("breaker", "closed") != "closed":
+            parts.append("circuit breaker open: not called until a probe succeeds")
+        if fail_open:
+            parts.append(
+                f"{fail_open} requests admitted without a rate-limit check (fail-open) "
+                "in the last minute"
+            )
+        lines.append(" · ".join(parts))
+    return lines
 
 
 @router.get("/tenants")

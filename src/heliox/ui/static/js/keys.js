@@ -124,7 +124,8 @@ function openForm(key) {
   }
   if (isEdit) {
     for (const name of ["tenant_id", "name", "rate_limit_rps", "rate_limit_burst", "rate_limit_algorithm",
-      "rate_limit_window_seconds", "daily_quota", "monthly_quota", "is_active"]) setField(keyForm, name, key[name]);
+      "rate_limit_window_seconds", "daily_quota", "monthly_quota", "is_active", "abuse_mode",
+      "abuse_zscore_threshold"]) setField(keyForm, name, key[name]);
   } else if (tenantFilter.value) {
     setField(keyForm, "tenant_id", tenantFilter.value);
   }
@@ -142,6 +143,8 @@ onSubmit(keyForm, async () => {
     rate_limit_window_seconds: numberValue(keyForm, "rate_limit_window_seconds") ?? 1,
     daily_quota: numberValue(keyForm, "daily_quota"),
     monthly_quota: numberValue(keyForm, "monthly_quota"),
+    abuse_mode: fieldValue(keyForm, "abuse_mode") || "default",
+    abuse_zscore_threshold: numberValue(keyForm, "abuse_zscore_threshold"),
   };
   if (editing) {
     body.is_active = fieldValue(keyForm, "is_active");

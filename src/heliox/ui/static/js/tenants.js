@@ -1,6 +1,6 @@
 import {
   api, badge, confirmDialog, emptyRow, fieldValue, fmtDate, fmtDay, h, listAll, onSubmit, openDialog,
-  reportError, setField, toast,
+  numberValue, reportError, setField, toast,
 } from "./common.js";
 
 const tbody = document.querySelector("#tenants-table tbody");
@@ -43,6 +43,8 @@ function openForm(tenant) {
   setField(form, "name", tenant ? tenant.name : "");
   setField(form, "description", tenant ? tenant.description : "");
   setField(form, "is_active", tenant ? tenant.is_active : true);
+  setField(form, "abuse_mode", tenant ? tenant.abuse_mode : "default");
+  setField(form, "abuse_zscore_threshold", tenant ? tenant.abuse_zscore_threshold : "");
   document.getElementById("tenant-dialog-title").textContent = tenant ? `Edit ${tenant.name}` : "New tenant";
   document.getElementById("tenant-save").textContent = tenant ? "Save changes" : "Create tenant";
   openDialog(dialog);
@@ -70,6 +72,8 @@ onSubmit(form, async () => {
     name: fieldValue(form, "name"),
     description: fieldValue(form, "description"),
     is_active: fieldValue(form, "is_active"),
+    abuse_mode: fieldValue(form, "abuse_mode") || "default",
+    abuse_zscore_threshold: numberValue(form, "abuse_zscore_threshold"),
   };
   if (editing) {
     await api("PATCH", `/admin/tenants/${editing.id}`, { body });
