@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import drop_pg_database, make_pg_database
-from tests.e2e.faults import OwnRedis
+from tests.e2e.faults import OwnRedis, TcpProxy
 from tests.e2e.harness import (
     Gateway,
     Upstream,
@@ -67,6 +67,16 @@ def own_redis(workdir: Path, redis_server: str) -> Iterator[OwnRedis]:
         yield r
     finally:
         r.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_proxy(pg_server: str) -> Iterator[TcpProxy]:
+    """A proxy in front of PostgreSQL that a module's tests may cut or hang."""
+    proxy = TcpProxy("127.0.0.1", 5432)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @pytest.fixture(scope="module")

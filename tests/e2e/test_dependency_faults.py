@@ -212,20 +212,11 @@ def _ui_session(gw: Gateway) -> httpx.Client:
 
 
 @pytest.fixture(scope="module")
-def pg_hang_proxy(pg_server: str) -> Iterator[TcpProxy]:
-    proxy = TcpProxy("127.0.0.1", 5432)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-
-
-@pytest.fixture(scope="module")
 def pg_hang_gateway(
-    workdir: Path, upstream: Upstream, pg_database: str, pg_hang_proxy: TcpProxy,
+    workdir: Path, upstream: Upstream, pg_database: str, pg_proxy: TcpProxy,
     own_redis: OwnRedis,
 ) -> Iterator[Gateway]:  # fmt: skip
-    proxied = pg_database.replace("127.0.0.1:5432", f"127.0.0.1:{pg_hang_proxy.port}")
+    proxied = pg_database.replace("127.0.0.1:5432", f"127.0.0.1:{pg_proxy.port}")
     env = gateway_env(
         upstream, database_url=proxied, redis_url=own_redis.url,
         extra={"REDIS_KEY_PREFIX": "f3-pg:", "HELIOX_SPILL_DIR": str(workdir / "pg-hang")},
@@ -235,11 +226,11 @@ def pg_hang_gateway(
 
 
 def test_health_answers_within_its_timeout_while_postgres_hangs(
-    pg_hang_gateway: Gateway, pg_hang_proxy: TcpProxy
+    pg_hang_gateway: Gateway, pg_proxy: TcpProxy
 ) -> None:
     gw = pg_hang_gateway
     _healthy(gw)
-    pg_hang_proxy.hang()
+    pg_proxy.hang()
     try:
         wait_until(lambda: _health(gw)["checks"]["database"] == "degraded", timeout=20)
         took, answers = [], []
@@ -250,7 +241,7 @@ def test_health_answers_within_its_timeout_while_postgres_hangs(
         with gw.client() as c:
             served = c.get("/g/products/items", headers=KEY).status_code
     finally:
-        pg_hang_proxy.restore()
+        pg_proxy.restore()
     assert max(took) < HEALTH_BOUND, f"/health took {max(took):.2f} s"
     assert all(h["status"] == "degraded" for h in answers)
     assert all(h["dependencies"]["database"]["error"] for h in answers)

@@ -88,15 +88,6 @@ def test_redis_flushed_keys_still_work(redis_fault_gateway: Gateway, own_redis: 
 
 
 @pytest.fixture(scope="module")
-def pg_proxy(pg_server: str) -> Iterator[TcpProxy]:
-    proxy = TcpProxy("127.0.0.1", 5432)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-
-
-@pytest.fixture(scope="module")
 def pg_fault_gateway(
     workdir: Path, upstream: Upstream, pg_database: str, pg_proxy: TcpProxy, redis_server: str,
     redis_module_prefix: str,
