@@ -92,14 +92,15 @@ class IdleClosingUpstream:
                 # A little work per request, so that a round's requests overlap.
                 await asyncio.sleep(0.3 if head.split(b" ", 2)[1] == b"/slow" else 0.05)
                 keep_alive = b"Keep-Alive: timeout=%d\r\n" % IDLE if self.announce else b""
+                # Counted before the answer leaves, so a test that has its response reads it.
+                served += 1
+                self.answered += 1
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
                     + keep_alive
                     + b"\r\nok"
                 )
                 await writer.drain()
-                served += 1
-                self.answered += 1
                 closes_at = loop.time() + IDLE
                 close_handle = loop.call_at(closes_at + FIN_DELAY, writer.close)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
