@@ -220,7 +220,6 @@ class CacheIO:
     ) -> UpstreamResponse:
         """Ask the upstream for the request's target (raises UpstreamError); times the call."""
         t0 = time.perf_counter()
-        key = req.ex.key
         # A fill that others wait on counts against the key of the request that started it.
         resp: UpstreamResponse = await self.runtime.upstream.request(
             method,
@@ -229,7 +228,7 @@ class CacheIO:
             None,
             timeout=req.timeout,
             route=req.route,
-            key_id=key.id if key is not None else None,
+            key_id=req.key_id,
         )
         seconds = time.perf_counter() - t0
         if background:

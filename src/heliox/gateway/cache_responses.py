@@ -46,11 +46,7 @@ async def send_entry(
         status = 304
         body = b""
     else:
-        # An entry stored by an earlier version may hold its filler's X-Request-Id: the
-        # answer carries this request's own (added by the sink).
-        headers = [
-            (n, v) for n, v in entry.headers if n != b"content-length" and n != b"x-request-id"
-        ]
+        headers = [(n, v) for n, v in entry.headers if n != b"content-length"]
         status = entry.status
         if status not in _NO_LENGTH:
             headers.append((b"content-length", b"%d" % len(entry.body)))

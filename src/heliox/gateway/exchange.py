@@ -198,6 +198,13 @@ class ProxyRequest:
         ]
 
     @property
+    def key_id(self) -> int | None:
+        """The API key the request is made for (None on a public route): the bulkheads count
+        its upstream requests against it."""
+        key = self.ex.key
+        return key.id if key is not None else None
+
+    @property
     def target(self) -> UpstreamTarget:
         """The route's upstream, its base path, the canonical path and the query."""
         if self._target is None:

@@ -51,7 +51,7 @@ async def call_upstream(
                 None,
                 timeout=req.timeout,
                 route=req.route,
-                key_id=ex.key.id if ex.key is not None else None,
+                key_id=req.key_id,
             )
         else:
             resp = await _request_with_body(client, req)
@@ -97,7 +97,7 @@ async def _request_with_body(client: UpstreamClient, req: ProxyRequest) -> Upstr
             req.body,
             timeout=req.timeout,
             route=req.route,
-            key_id=ex.key.id if ex.key is not None else None,
+            key_id=req.key_id,
         )
     )
     watch = asyncio.ensure_future(failed.wait())
