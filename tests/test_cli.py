@@ -132,8 +132,24 @@ def test_db_upgrade_reports_an_unreachable_database(
     monkeypatch.setenv("DATABASE_TIMEOUT", "2")
     status, _, err = run(capsys, "db", "upgrade")
     assert status == 1
-    assert "migration failed" in err
+    assert "migration failed: DATABASE_URL: cannot use the database at 127.0.0.1:1" in err
     assert "pw@" not in err
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+asyncpg://u:pw@db.example.com/heliox", "db.example.com:5432"),
+        ("redis://:pw@[::1]:6380/0", "[::1]:6380"),
+        ("rediss://cache", "cache:6379"),
+        ("unix://:pw@/run/redis.sock?db=1", "/run/redis.sock"),
+        ("sqlite+aiosqlite:///./heliox.db", "./heliox.db"),
+    ],
+)
+def test_start_up_errors_name_the_endpoint_never_the_password(url: str, shown: str) -> None:
+    from heliox.cli import _endpoint
+
+    assert _endpoint(url) == shown
 
 
 # --- keys --------------------------------------------------------------------------------------
@@ -274,6 +290,17 @@ def test_keys_on_a_database_never_migrated(
     assert "heliox db upgrade" in err
 
 
+def test_keys_on_an_unreachable_database_name_it_as_serve_does(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://u:pw@127.0.0.1:1/nothing")
+    monkeypatch.setenv("DATABASE_TIMEOUT", "2")
+    status, _, err = run(capsys, "keys", "list")
+    assert status == 1
+    assert "DATABASE_URL: cannot use the database at 127.0.0.1:1: connection refused" in err
+    assert "pw@" not in err and "Traceback" not in err
+
+
 def test_keys_revoke_tells_running_gateways_on_redis(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -356,6 +383,27 @@ async def test_past_the_deadline_requests_are_cancelled_with_503() -> None:
     assert (b"retry-after", b"1") in send.sent[0]["headers"]
     assert b"shut down" in send.sent[1]["body"]
     assert guard.inflight == set()
+
+
+async def test_the_connection_guard_learns_which_connections_have_a_request_in_progress() -> None:
+    import time
+
+    from heliox.connection_guard import ConnectionGuard, ConnectionTracker
+    from heliox.core.connections import ConnectionPolicy
+
+    policy = ConnectionPolicy(header_timeout=30, idle_timeout=75, max_connections=100)
+    connection_guard = ConnectionGuard(policy, ConnectionTracker())
+    gate = asyncio.Event()
+    guard = GracefulShutdown(slow_app(gate), timeout=3600, guard=connection_guard)
+    scope = {"type": "http", "client": ("127.0.0.1", 40123)}
+    request = asyncio.create_task(guard(scope, _no_body, Recorder()))
+    await asyncio.sleep(0)
+    assert connection_guard.tracker.peers["40123"] == [1, 0.0]  # busy, no request ended yet
+    before_end = time.monotonic()
+    gate.set()
+    await request
+    busy, ended_at = connection_guard.tracker.peers["40123"]
+    assert busy == 0 and ended_at >= before_end  # idle since the request ended
 
 
 async def test_a_cancellation_before_the_deadline_still_propagates() -> None:

@@ -288,6 +288,21 @@ def test_env_example_is_a_valid_production_configuration_once_its_secrets_are_ge
     assert settings.database_url.startswith("postgresql+asyncpg://")
 
 
+@pytest.mark.parametrize("variable", ["DEPLOYMENT_MODE", "AUTO_SEED", "METRICS_PUBLIC"])
+def test_an_empty_mode_dependent_setting_takes_the_modes_default(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """`NAME=` uncommented from .env.example means what leaving it out means."""
+    monkeypatch.setenv(variable, " ")
+    s = load_settings()
+    assert (s.deployment_mode, s.auto_seed, s.metrics_public) == ("demo", True, True)
+    monkeypatch.setenv("DATABASE_URL", PG)
+    monkeypatch.setenv("ADMIN_API_KEY", secrets.token_urlsafe(32))
+    monkeypatch.setenv("SECRET_KEY", secrets.token_hex(32))
+    s = load_settings()
+    assert (s.deployment_mode, s.auto_seed, s.metrics_public) == ("production", False, False)
+
+
 # --- upstream bulkheads and address checks ----------------------------------------------------
 def test_upstream_bulkhead_and_deny_defaults() -> None:
     s = demo()

@@ -47,6 +47,8 @@ def test_a_dump_shares_nothing_with_the_live_counters() -> None:
     _busy(m, "b")
     assert json.dumps(dump, sort_keys=True) == frozen
     assert Metrics.merged([dump, dump]).requests[("a", 200)] == 2
+    older = {**dump, "started_at": dump["started_at"] - 60}
+    assert Metrics.merged([dump, older]).started_at == older["started_at"]  # the earliest start
 
 
 def test_the_exposition_parses_and_escapes_label_values() -> None:

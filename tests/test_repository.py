@@ -36,7 +36,12 @@ def tracked_text_files() -> list[Path]:
 
 
 def test_pattern_finds_what_it_is_for() -> None:
-    samples = ["see /" + "work/shared/x", "../" + "shared/notes", "HARDENING" + ".md"]
+    samples = [
+        "see /" + "work/shared/x",
+        "../" + "shared/notes",
+        "HARDENING" + ".md",
+        "the product" + "-brief",
+    ]
     for text in [*samples, "DESIGN" + ".md"]:
         assert OUTSIDE.search(text), text
     assert not OUTSIDE.search("docs/hardening.md and docs/reliability.md")

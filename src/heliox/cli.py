@@ -128,26 +128,29 @@ def _run(coro: Awaitable[int]) -> int:
     return asyncio.run(main())
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of the exception's message, or its class name when it has none."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
 def _explain(exc: BaseException) -> str:
     """One line on what went wrong, with the fix when it is a known one."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = _first_line(exc)
     if "no such table" in text or ("relation" in text and "does not exist" in text):
         return "the database has no Heliox tables yet: run `heliox db upgrade` first"
     return text
 
 
-def _database_error(exc: BaseException) -> str:
-    explained = _explain(exc)
-    return explained if "heliox db upgrade" in explained else f"database error: {explained}"
-
-
 def _endpoint(url: str) -> str:
-    """host:port of a PostgreSQL or Redis URL (never its credentials); a SQLite URL's file."""
+    """host:port of a PostgreSQL or Redis URL (never its credentials); a SQLite URL's file, a
+    unix:// Redis URL's socket."""
     from urllib.parse import urlsplit
 
     if url.startswith("sqlite"):
         return url.split(":///", 1)[-1] or url
     parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
     host = parts.hostname or "localhost"
     try:
         port = parts.port
@@ -174,7 +177,7 @@ def _database_problem(url: str, exc: BaseException, timeout: float) -> str:
         if not isinstance(inner, BaseException) or inner is cause:
             break
         cause = inner
-    text = (str(cause).splitlines() or [type(cause).__name__])[0]
+    text = _first_line(cause)
     if text.startswith("(") and ") " in text:
         text = text.split(") ", 1)[1]  # "(sqlalchemy....Error) role ... does not exist"
     if isinstance(cause, socket.gaierror):
@@ -252,11 +255,10 @@ def _warn_if_redis_unreachable(settings: Settings) -> None:
     try:
         asyncio.run(ping())
     except Exception as exc:
-        text = (str(exc).splitlines() or [type(exc).__name__])[0]
         _progress(
             f"warning: REDIS_URL: Redis at {_endpoint(settings.redis_url)} does not answer "
-            f"({text}); starting without it: rate limits fail open (fail-closed routes answer "
-            "503) until it is back"
+            f"({_first_line(exc)}); starting without it: rate limits fail open (fail-closed "
+            "routes answer 503) until it is back"
         )
         _traceback_if_debug(settings)
 
@@ -475,7 +477,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail("--workers > 1 needs DATABASE_URL (PostgreSQL); SQLite serves one process")
     if settings.metrics_port and settings.metrics_port == args.port:
         return _fail(f"METRICS_PORT: {args.port} is the gateway's own port; pick another")
-    if not getattr(args, "reuse_port", False):
+    if not args.reuse_port:
         busy = _port_taken(args.host, args.port)
         if busy is not None:
             return _fail(busy, 1)
@@ -506,11 +508,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from granian.http import HTTP1Settings
     from granian.server import Server
 
-    if args.workers > 1 and "HELIOX_METRICS_DIR" not in os.environ:
-        # Workers merge their metrics through this folder, so any of them answers a scrape right.
-        import tempfile
-
-        os.environ["HELIOX_METRICS_DIR"] = tempfile.mkdtemp(prefix="heliox-metrics-")
+    if args.workers > 1:
+        _metrics_dir()  # workers merge their metrics there, so any of them answers a scrape right
 
     from heliox import connection_guard
 
@@ -555,20 +554,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _start_metrics_port(host: str, port: int) -> int | None:
     """Serve the Prometheus text on its own port from this (the main) process, for every
     worker; the workers share their counters through HELIOX_METRICS_DIR."""
-    import tempfile
-
     from heliox.metrics_port import MetricsPort
 
-    if "HELIOX_METRICS_DIR" not in os.environ:
-        os.environ["HELIOX_METRICS_DIR"] = tempfile.mkdtemp(prefix="heliox-metrics-")
-    folder = os.environ["HELIOX_METRICS_DIR"]
     try:
-        listener = MetricsPort(host, port, folder)
+        listener = MetricsPort(host, port, _metrics_dir())
     except OSError as exc:
         return _fail(f"METRICS_PORT: cannot listen on {host}:{port}: {exc.strerror or exc}")
     listener.start()
     _progress(f"metrics (Prometheus, no key) on http://{host}:{port}/metrics")
     return None
+
+
+def _metrics_dir() -> str:
+    """HELIOX_METRICS_DIR, a new temporary folder unless already set: the worker processes the
+    server starts inherit it and each writes its counters there (see `SharedMetrics`)."""
+    import tempfile
+
+    if "HELIOX_METRICS_DIR" not in os.environ:
+        os.environ["HELIOX_METRICS_DIR"] = tempfile.mkdtemp(prefix="heliox-metrics-")
+    return os.environ["HELIOX_METRICS_DIR"]
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
@@ -609,7 +613,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             '-H "X-API-Key: hx_prod_acme_7k9m2n4p5q8r1s3t6u0v"\n',
             flush=True,
         )
-        serve_args = argparse.Namespace(host=args.host, port=args.port, workers=1, reload=False)
+        serve_args = argparse.Namespace(
+            host=args.host, port=args.port, workers=1, reload=False, reuse_port=False
+        )
         return cmd_serve(serve_args)
     finally:
         upstream.send_signal(signal.SIGTERM)
@@ -748,13 +754,14 @@ async def _with_admin(settings: Settings, action: Callable[[Any], Awaitable[int]
         return _fail(detail, 1)
     except CommandError as exc:
         return _fail(str(exc), exc.status)
-    except (OSError, TimeoutError) as exc:
-        return _fail(f"cannot reach the database: {exc}", 1)
     except Exception as exc:
         from sqlalchemy.exc import DBAPIError
 
-        if isinstance(exc, DBAPIError):
-            return _fail(_database_error(exc), 1)
+        if isinstance(exc, OSError | TimeoutError | DBAPIError):
+            problem = _database_problem(
+                settings.effective_database_url, exc, settings.database_timeout
+            )
+            return _fail(problem, 1)
         raise
     finally:
         if redis is not None:

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
         description="a flagged window holds at least this share of what the key's rate limit "
         "admits in it (a key may use what it pays for)",
     )
-    # --- end of abuse detection evidence ------------------------------------------------------
+    # --- negative cache: a Bloom filter of paths that answered 404 -----------------------------
     bloom_expected_items: int = Field(10_000, ge=100)
     bloom_false_positive_rate: float = Field(0.01, gt=0, lt=1)
     bloom_rotation_seconds: float = Field(
@@ -185,7 +185,6 @@ class Settings(BaseSettings):
         "upstreams' own keep-alive timeout (Node.js: 5 s). An upstream's shorter "
         "`Keep-Alive: timeout=T` is honoured (connections are not reused after T - 1 s)",
     )
-    # --- end of upstream keep-alive -------------------------------------------------------------
 
     # --- refused authentication: bad API keys, admin-key guessing (gateway/refusals.py,
     # admin/throttle.py) ---------------------------------------------------------------------------
@@ -273,7 +272,6 @@ class Settings(BaseSettings):
         description="seconds one database call of the request-log writer may take; a batch "
         "not written in time goes to the spill file, as when the database refuses",
     )
-    # --- end of request-log writer ------------------------------------------------------------
 
     # --- dependency faults: Redis circuit breaker, /health (state/redis_pipe.py, runtime.py) ---
     redis_breaker_failures: int = Field(
@@ -304,7 +302,6 @@ class Settings(BaseSettings):
     health_check_interval: float = Field(
         2.0, gt=0, le=300, description="seconds between two background checks of the dependencies"
     )
-    # --- end of dependency faults ---------------------------------------------------------------
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -375,12 +372,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"{part!r} is not an IP address or CIDR") from exc
         return v
 
+    @field_validator("deployment_mode", "auto_seed", "metrics_public", mode="before")
+    @classmethod
+    def _empty_is_default(cls, v: object) -> object:
+        # `DEPLOYMENT_MODE=`, `AUTO_SEED=`, `METRICS_PUBLIC=` as .env.example shows them: the
+        # mode's default, settled below.
+        return None if isinstance(v, str) and not v.strip() else v
+
     @model_validator(mode="after")
     def _mode_and_secrets(self) -> Settings:
         if self.deployment_mode is None:
             self.deployment_mode = "production" if (self.database_url or self.redis_url) else "demo"
         if self.auto_seed is None:
             self.auto_seed = self.deployment_mode == "demo"
+        if self.metrics_public is None:
+            # The demo's own instructions read the metrics with a plain curl; a production
+            # deployment keeps them behind the admin key.
+            self.metrics_public = self.deployment_mode == "demo"
         if self.deployment_mode == "demo":
             self.admin_api_key = self.admin_api_key or DEFAULT_ADMIN_API_KEY
             self.secret_key = self.secret_key or DEFAULT_SECRET_KEY
@@ -392,20 +400,6 @@ class Settings(BaseSettings):
         )
         if problems:
             raise ValueError("\n  ".join(problems))
-        return self
-
-    @field_validator("metrics_public", mode="before")
-    @classmethod
-    def _metrics_public_empty(cls, v: object) -> object:
-        # `METRICS_PUBLIC=` as copied from .env.example means the mode's default.
-        return None if isinstance(v, str) and not v.strip() else v
-
-    @model_validator(mode="after")
-    def _metrics_default(self) -> Settings:
-        # After _mode_and_secrets, which settles the mode. The demo's own instructions read
-        # the metrics with a plain curl; a production deployment keeps them behind the key.
-        if self.metrics_public is None:
-            self.metrics_public = self.deployment_mode != "production"
         return self
 
     # --- derived -------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def _mount_optional(api: FastAPI) -> None:
     # shared by every instance through Redis when there is one.
     rt.admin_guard = AdminAuthGuard(rt.settings, rt.metrics, rt.session_factory, redis=rt.redis)
     # The UI's session cookie (with its CSRF token) authenticates admin API calls too.
-    api.state.runtime.session_actor = session_actor_hook(api.state.runtime.settings)
+    rt.session_actor = session_actor_hook(rt.settings)
     mount_ui(api)
 
 

@@ -148,7 +148,7 @@ class Metrics:
             "gauges": dict(self.gauges),
         }
 
-    def absorb(self, d: dict[str, Any]) -> None:
+    def absorb(self, d: Mapping[str, Any]) -> None:
         """Add another process's dump to this one. Gauges take the largest value: they describe
         shared things (the Redis cache's size, the config version) that every worker reports."""
         self.started_at = min(self.started_at, float(d.get("started_at", self.started_at)))
@@ -264,12 +264,8 @@ class Metrics:
     def merged(cls, dumps: Iterable[Mapping[str, Any]]) -> Metrics:
         """The sum of several dumps (processes of one server)."""
         total = cls()
-        first = True
         for d in dumps:
-            if first:
-                total.started_at = float(d.get("started_at", total.started_at))
-                first = False
-            total.absorb(dict(d))
+            total.absorb(d)  # started_at: the earliest of them
         return total
 
 

@@ -46,7 +46,7 @@ from heliox.state.cache import CacheStore
 from heliox.state.cache_l1 import FreshEntries
 from heliox.state.cache_memory import MemoryCacheStore
 from heliox.state.cache_redis import RedisCacheStore
-from heliox.state.redis_pipe import PipelinedRedis
+from heliox.state.redis_pipe import PipelinedRedis, describe
 from heliox.worker import JobScheduler
 
 log = logging.getLogger("heliox")
@@ -255,8 +255,15 @@ class Runtime:
                 log.warning("could not publish config version on Redis: %s", exc)
 
     def process_stats(self) -> dict[str, int]:
-        """What must stay flat under load, for the worker answering: tasks, fills, files, memory."""
-        stats = {"asyncio_tasks": len(asyncio.all_tasks()), "inflight_fills": self.inflight_fills()}
+        """What must stay flat under load, for the worker answering: tasks, fills, upstream
+        requests' bulkhead entries (routes and keys with one in flight), files, memory."""
+        routes, keys = self.upstream.bulkheads.in_flight()
+        stats = {
+            "asyncio_tasks": len(asyncio.all_tasks()),
+            "inflight_fills": self.inflight_fills(),
+            "upstream_busy_routes": routes,
+            "upstream_busy_keys": keys,
+        }
         with contextlib.suppress(OSError):
             stats["open_fds"] = len(os.listdir("/proc/self/fd"))
             with open("/proc/self/statm", encoding="ascii") as fh:
@@ -318,14 +325,20 @@ class Runtime:
         if self.redis is not None:
             try:
                 channel = self.settings.redis_key_prefix + ABUSE_FORGET_CHANNEL
-                await self.redis.publish(channel, str(key_id))
+                # The sender's id: its own message comes back to it, already applied.
+                await self.redis.publish(channel, f"{key_id} {self.instance_id}")
             except Exception as exc:
                 log.warning("could not tell the other instances to forget key %s: %s", key_id, exc)
 
     def _forgotten(self, data: object) -> None:
+        """An abuse-forget message, "<key id> <sender's instance id>" (a bare key id from an
+        instance of an earlier version)."""
         with contextlib.suppress(TypeError, ValueError):
-            key_id = int(data.decode() if isinstance(data, bytes) else str(data))
-            self.detector.forget(key_subject(key_id))
+            text = data.decode() if isinstance(data, bytes) else str(data)
+            key, _, sender = text.partition(" ")
+            if sender == self.instance_id:
+                return
+            self.detector.forget(key_subject(int(key)))
             self.metrics.count("abuse_forgets")
 
     async def _watch_config(self) -> None:
@@ -369,7 +382,7 @@ class Runtime:
             if isinstance(exc, TimeoutError):
                 state.error = f"no answer within {self.settings.health_timeout:g} s"
             else:
-                state.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                state.error = describe(exc)
         else:
             state.status, state.error = "ok", ""
         state.seconds = time.monotonic() - t0

@@ -117,6 +117,10 @@ async def test_invalid_keys_are_422(client: httpx.AsyncClient, runtime: FakeRunt
         ),
         ({"tenant_id": tenant_id, "name": "k", "daily_quota": 0}, ["body", "daily_quota"]),
         ({"tenant_id": tenant_id, "name": "k", "key_hash": "x"}, ["body", "key_hash"]),
+        (
+            {"tenant_id": tenant_id, "name": "k", "abuse_mode": "custom"},
+            ["body", "abuse_zscore_threshold"],
+        ),
     ]
     for payload, loc in cases:
         body = assert_problem(await client.post("/admin/keys", json=payload), 422)

@@ -92,6 +92,7 @@ async def test_invalid_bodies_are_422_with_field_errors(
         ({"name": "bad\x00name"}, ["body", "name"]),
         ({"name": "Acme", "colour": "red"}, ["body", "colour"]),
         ({"name": "Acme", "is_active": "maybe"}, ["body", "is_active"]),
+        ({"name": "Acme", "abuse_mode": "custom"}, ["body", "abuse_zscore_threshold"]),
     ]
     for payload, loc in cases:
         body = assert_problem(await client.post("/admin/tenants", json=payload), 422)

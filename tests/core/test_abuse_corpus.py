@@ -19,7 +19,8 @@ from heliox.core.abuse_replay import (
 )
 from heliox.core.anomaly import AbuseDetector, DetectorConfig, Verdict, decisive, reason
 
-CORPUS = Path(__file__).resolve().parents[2] / "bench" / "abuse_corpus" / "corpus.json"
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "bench" / "abuse_corpus" / "corpus.json"
 T0 = 1_800_000_000.0
 
 
@@ -59,6 +60,12 @@ def test_every_attack_is_caught_within_its_stated_delay(results: dict[str, Shape
         assert r.max_delay_seconds is not None
         assert r.detected_after <= r.max_delay_seconds, r.name
         assert r.passed
+
+
+def test_the_documented_results_are_the_evaluators(results: dict[str, ShapeResult]) -> None:
+    """docs/abuse-detection.md shows the table `heliox abuse replay` prints at the defaults."""
+    doc = (ROOT / "docs" / "abuse-detection.md").read_text(encoding="utf-8")
+    assert table(list(results.values())) in doc
 
 
 def test_the_statistics_alone_do_not_flag_a_quiet_keys_first_burst(shapes: list[Shape]) -> None:

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from heliox.core.abuse_replay import poisson
 from heliox.core.anomaly import (
     AbuseDetector,
     Baseline,
@@ -29,15 +30,6 @@ def feed_steady(det: AbuseDetector, key: str, per_bucket: int, buckets: int, sta
             assert det.record(key, t + i * W / per_bucket) is None
         t += W
     return t
-
-
-def poisson(rng: random.Random, lam: float) -> int:
-    limit, k, p = math.exp(-lam), 0, 1.0
-    while True:
-        p *= rng.random()
-        if p <= limit:
-            return k
-        k += 1
 
 
 def test_ewma_update_matches_the_incremental_formulas() -> None:

@@ -24,6 +24,7 @@ from heliox.core.headers import (
     header_values,
     host_problem,
     is_valid_header_value,
+    request_client_ip,
     upstream_request_headers,
 )
 
@@ -597,3 +598,10 @@ def test_peer_is_trusted_uses_the_same_address_rules_as_client_ip() -> None:
     assert not peer_is_trusted("not-an-address", nets)
     assert not peer_is_trusted(None, nets)
     assert not peer_is_trusted("10.1.2.3", [])
+
+
+def test_request_client_ip_reads_every_forwarded_line_only_behind_a_trusted_proxy() -> None:
+    lines = [(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"192.0.2.9")]
+    assert request_client_ip("10.0.0.2", lines, TRUSTED) == "192.0.2.9"  # the last line's
+    assert request_client_ip("10.0.0.2", lines, []) == "10.0.0.2"
+    assert request_client_ip("192.0.2.7", lines, TRUSTED) == "192.0.2.7"

@@ -113,6 +113,47 @@ async def test_unusable_keys_and_inactive_routes_are_left_out(seeded: Factory) -
     assert [t.name for t in inactive] == ["TechFlow Solutions"]
 
 
+async def test_abuse_overrides_are_resolved_key_over_tenant(seeded: Factory) -> None:
+    """A key on "default" follows its tenant; its own "exempt" or "custom" wins over the
+    tenant's; a tenant on "default" leaves the ABUSE_* settings (no override)."""
+    async with seeded() as session, session.begin():
+        acme = await session.scalar(
+            select(ApiKey.tenant_id).where(ApiKey.key_hash == hash_key(ACME_PROD))
+        )
+        await session.execute(
+            update(Tenant)
+            .where(Tenant.id == acme)
+            .values(abuse_mode="custom", abuse_zscore_threshold=7.5)
+        )
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.key_hash == hash_key(ACME_STAGE))
+            .values(abuse_mode="exempt")
+        )
+        await session.execute(
+            update(Tenant).where(Tenant.name == "TechFlow Solutions").values(abuse_mode="exempt")
+        )
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.key_hash == hash_key(TECHFLOW))
+            .values(abuse_mode="custom", abuse_zscore_threshold=9.0)
+        )
+        await bump_config_version(session)
+
+    keys = (await load_snapshot(seeded)).keys
+    resolved = {
+        name: (keys[hash_key(raw)].abuse_exempt, keys[hash_key(raw)].abuse_threshold)
+        for name, raw in [("acme-prod", ACME_PROD), ("acme-stage", ACME_STAGE),
+                          ("techflow", TECHFLOW), ("cloudbridge", CLOUDBRIDGE)]
+    }  # fmt: skip
+    assert resolved == {
+        "acme-prod": (False, 7.5),  # the tenant's threshold
+        "acme-stage": (True, None),  # its own exemption over the tenant's threshold
+        "techflow": (False, 9.0),  # its own threshold over the tenant's exemption
+        "cloudbridge": (False, None),  # nothing set: the settings
+    }
+
+
 async def test_rotated_keys_stay_until_they_expire(seeded: Factory) -> None:
     now = datetime.now(UTC)
     async with seeded() as session, session.begin():

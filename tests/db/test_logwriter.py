@@ -116,7 +116,7 @@ async def test_replaying_a_batch_that_did_commit_writes_it_once(
     for row in committed:
         writer.enqueue(row)
     await writer.flush()
-    writer._spill(committed + [_row(i, now + i / 1000) for i in range(10, 15)])
+    await writer._spill(committed + [_row(i, now + i / 1000) for i in range(10, 15)])
     await writer.flush()
     assert not (tmp_path / "spill.jsonl").exists()
     async with make_session_factory(engine)() as session:
@@ -135,7 +135,7 @@ async def test_replay_tells_apart_rows_that_share_a_client_request_id(
     for row in rows[:4]:
         writer.enqueue(row)
     await writer.flush()
-    writer._spill(rows)  # the first four did commit, the other six did not
+    await writer._spill(rows)  # the first four did commit, the other six did not
     await writer.flush()
     assert not (tmp_path / "spill.jsonl").exists()
     async with make_session_factory(engine)() as session:
@@ -147,12 +147,38 @@ async def test_rows_spilled_before_the_error_column_are_replayed(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
     writer = _writer(engine, tmp_path)
-    writer._spill([_row(1, time.time())[:-1]])  # as written by a version without `error`
+    await writer._spill([_row(1, time.time())[:-1]])  # as written by a version without `error`
     writer.enqueue((*_row(2, time.time())[:-1], "upstream 10.0.0.1:80 timed out"))
     await writer.flush()
     async with make_session_factory(engine)() as session:
         rows = (await session.execute(select(RequestLog.request_id, RequestLog.error))).all()
     assert sorted(rows) == [("r-1", None), ("r-2", "upstream 10.0.0.1:80 timed out")]
+
+
+async def test_a_line_cut_short_is_counted_lost_once(engine: AsyncEngine, tmp_path: Path) -> None:
+    """A crash mid-append leaves a partial line: one row lost, however often the replay of the
+    file around it has to wait for the database."""
+    writer = _writer(engine, tmp_path)
+    await writer._spill([_row(i, time.time()) for i in range(3)])
+    spill = tmp_path / "spill.jsonl"
+    with spill.open("a") as fh:
+        fh.write('[1795000000.5,"r-cut",1,')
+
+    async def refused(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+        raise ConnectionRefusedError("the database is down")
+
+    real = writer._not_yet_written
+    writer._not_yet_written = refused  # type: ignore[method-assign]
+    for _ in range(3):
+        writer._retry_at = 0.0
+        await writer.flush()
+    assert writer.lost == 1
+    writer._not_yet_written = real  # type: ignore[method-assign]
+    writer._retry_at = 0.0
+    await writer.flush()
+    assert not spill.exists()
+    assert (writer.lost, await _count(engine)) == (1, 3)
+    assert writer._metrics.events["log_rows_lost"] == 1
 
 
 def test_sqlite_timestamps_match_the_datetime_format() -> None:
@@ -218,7 +244,7 @@ async def test_an_unwritable_spill_is_counted_as_lost(engine: AsyncEngine, tmp_p
         queue_size=1000,
         spill_path=blocker / "spill.jsonl",  # its folder cannot exist: as a full disk
     )
-    writer._spill([_row(i, time.time()) for i in range(7)])
+    await writer._spill([_row(i, time.time()) for i in range(7)])
     assert writer.lost == 7
     assert writer._metrics.events["log_rows_lost"] == 7
 
@@ -239,7 +265,7 @@ async def test_spill_files_of_exited_processes_are_adopted_and_replayed(
         engine, is_postgres=engine.dialect.name == "postgresql", metrics=Metrics(),
         queue_size=1000, spill_path=folder / f"logs-spill-{dead_pid}.jsonl",
     )  # fmt: skip
-    orphan._spill([_row(i, time.time()) for i in range(12)])
+    await orphan._spill([_row(i, time.time()) for i in range(12)])
     alive = folder / f"logs-spill-{os.getppid()}.jsonl"  # a live process's file stays its own
     alive.write_text("")
     writer = LogWriter(

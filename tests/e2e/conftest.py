@@ -10,28 +10,17 @@ import pytest
 
 from tests.conftest import drop_pg_database, make_pg_database
 from tests.e2e.faults import OwnRedis, TcpProxy
-from tests.e2e.harness import (
-    Gateway,
-    Upstream,
-    gateway_env,
-    start_gateway,
-)
+from tests.e2e.harness import Gateway, Upstream, gateway_env, gateway_in
 
 
 @pytest.fixture(scope="module")
 def embedded_gateway(workdir: Path, upstream: Upstream) -> Iterator[Gateway]:
     """Embedded mode: SQLite file and in-process state (no DATABASE_URL, no REDIS_URL)."""
-    gw_dir = workdir / "embedded"
-    gw_dir.mkdir()
     env = gateway_env(upstream)
-    env.pop("ADMIN_API_KEY")  # demo mode: the documented default admin key
     env.pop("SECRET_KEY")
-    env["ADMIN_API_KEY"] = "admin-secret-key"
-    gw = start_gateway(gw_dir, env)
-    try:
+    env["ADMIN_API_KEY"] = "admin-secret-key"  # demo mode: the documented default admin key
+    with gateway_in(workdir, "embedded", env) as gw:
         yield gw
-    finally:
-        gw.proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +83,8 @@ def production_env(
 @pytest.fixture(scope="module")
 def pg_gateway(workdir: Path, production_env: dict[str, str]) -> Iterator[Gateway]:
     """Production mode: PostgreSQL + Redis."""
-    gw_dir = workdir / "production-a"
-    gw_dir.mkdir()
-    gw = start_gateway(gw_dir, production_env)
-    try:
+    with gateway_in(workdir, "production-a", production_env) as gw:
         yield gw
-    finally:
-        gw.proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +92,8 @@ def pg_gateway_b(
     workdir: Path, production_env: dict[str, str], pg_gateway: Gateway
 ) -> Iterator[Gateway]:
     """A second instance sharing PostgreSQL and Redis with `pg_gateway`."""
-    gw_dir = workdir / "production-b"
-    gw_dir.mkdir()
-    gw = start_gateway(gw_dir, production_env)
-    try:
+    with gateway_in(workdir, "production-b", production_env) as gw:
         yield gw
-    finally:
-        gw.proc.stop()
 
 
 @pytest.fixture(params=["embedded", "production"])

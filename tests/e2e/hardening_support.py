@@ -1,13 +1,20 @@
 """Helpers for the hardening tests: a raw HTTP/1.1 client that sends bytes exactly as written,
-upstream counters, admin shortcuts and process probes (resident memory, open files)."""
+a base for a test's own upstream server, upstream counters, admin shortcuts and process probes
+(resident memory, open files)."""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import itertools
 import os
+import random
 import socket
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -145,8 +152,74 @@ def request(
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+class LoopServer:
+    """A TCP server of a test's own on 127.0.0.1 (a port of its own), run on an asyncio loop in
+    a thread of its own; a subclass answers connections in `serve` and sets its own fields before
+    calling `super().__init__()`, which listens at once. Use as a context manager, or call
+    `close`: it stops listening and ends the connections still open."""
+
+    def __init__(self) -> None:
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(5)
+        self.port: int = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _listen(self) -> asyncio.Server:
+        return await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[writer] = task
+        try:
+            await self.serve(reader, writer)
+        finally:
+            self._connections.pop(writer, None)
+            writer.close()
+
+    async def _stop(self) -> None:
+        self._server.close()
+        tasks = list(self._connections.values())
+        for writer, task in list(self._connections.items()):
+            writer.transport.abort()
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def tag() -> str:
     return uuid.uuid4().hex[:12]
+
+
+_addresses = itertools.count(random.randrange(1 << 17))
+
+
+def fresh_address() -> str:
+    """A client address no other call of this test run returns (198.18.0.0/15, the benchmarking
+    range), to send as X-Forwarded-For to a gateway that trusts 127.0.0.1: state kept per client
+    address (bad-key allowances, admin lock-outs; in Redis, shared by the run's gateways) starts
+    empty for it."""
+    return str(ipaddress.IPv4Address("198.18.0.0") + next(_addresses) % (1 << 17))
 
 
 def upstream_hits(upstream: Upstream, path: str) -> int:

@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 SECRET = "test-secret-key-0123456789abcdef"
@@ -74,17 +76,25 @@ class Proc:
         return self.popen.returncode
 
 
-def start_process(name: str, args: list[str], env: Mapping[str, str], cwd: Path) -> Proc:
+def start_process(
+    name: str,
+    args: list[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Proc:
+    """`preexec_fn` runs in the child before heliox starts (say, to lower its `ulimit -n`)."""
     log_path = cwd / f"{name}.log"
-    fh = log_path.open("wb")
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "heliox", *args],
-        env=dict(env),
-        cwd=cwd,
-        stdout=fh,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with log_path.open("wb") as fh:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "heliox", *args],
+            env=dict(env),
+            cwd=cwd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
+        )
     return Proc(name, popen, log_path)
 
 
@@ -166,10 +176,15 @@ def gateway_env(
     return env
 
 
-def start_gateway(workdir: Path, env: Mapping[str, str], args: list[str] | None = None) -> Gateway:
+def start_gateway(
+    workdir: Path,
+    env: Mapping[str, str],
+    args: list[str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Gateway:
     port = free_port()
     proc = start_process(
-        f"gateway-{port}", ["serve", "--port", str(port), *(args or [])], env, workdir
+        f"gateway-{port}", ["serve", "--port", str(port), *(args or [])], env, workdir, preexec_fn
     )
     gw = Gateway(proc, port, dict(env))
     try:
@@ -182,16 +197,38 @@ def start_gateway(workdir: Path, env: Mapping[str, str], args: list[str] | None 
 
 @contextmanager
 def gateway_in(
-    workdir: Path, name: str, env: Mapping[str, str], args: list[str] | None = None
+    workdir: Path,
+    name: str,
+    env: Mapping[str, str],
+    args: list[str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[Gateway]:
     """A gateway of its own in `workdir/name` for a fixture's lifetime, stopped afterwards."""
     folder = workdir / name
     folder.mkdir()
-    gw = start_gateway(folder, env, args)
+    gw = start_gateway(folder, env, args, preexec_fn)
     try:
         yield gw
     finally:
         gw.proc.stop()
+
+
+def gateway_in_both_modes(name: str, extra: Mapping[str, str]) -> Any:
+    """A module fixture `name`: a gateway with the settings `extra`, once embedded and once on
+    PostgreSQL + Redis (the module's `production_env`); each test using it runs in both modes.
+    One mode's gateway runs at a time. Bind it to `name` in the test module:
+    `refusing = gateway_in_both_modes("refusing", {...})`."""
+
+    @pytest.fixture(scope="module", params=["embedded", "production"], name=name)
+    def fixture(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Gateway]:
+        if request.param == "embedded":
+            env = gateway_env(request.getfixturevalue("upstream"), extra=extra)
+        else:
+            env = {**request.getfixturevalue("production_env"), **extra}
+        with gateway_in(workdir, f"{name}-{request.param}", env) as gw:
+            yield gw
+
+    return fixture
 
 
 def _ready(gw: Gateway) -> bool:

@@ -5,7 +5,6 @@ nothing, and with Redis every instance enforces one lock-out (in process while R
 
 from __future__ import annotations
 
-import itertools
 import random
 import re
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from tests.e2e.faults import OwnRedis
-from tests.e2e.hardening_support import PROBLEM, tag
+from tests.e2e.hardening_support import PROBLEM, fresh_address, tag
 from tests.e2e.harness import (
     ADMIN_KEY,
     Gateway,
@@ -37,12 +36,6 @@ THROTTLE = {
     "ADMIN_AUTH_LOCKOUT_SECONDS": "2",
     "ADMIN_AUTH_MAX_LOCKOUT_SECONDS": "60",
 }
-_counter = itertools.count(1)
-
-
-def fresh_address() -> str:
-    """A client address no other test uses (the gateways believe X-Forwarded-For from 127.0.0.1)."""
-    return f"198.51.{random.randint(0, 255)}.{next(_counter) % 250 + 1}"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.e2e.faults import OwnRedis, TcpProxy
-from tests.e2e.harness import ACME, Gateway, Upstream, gateway_env, start_gateway, wait_until
+from tests.e2e.harness import ACME, Gateway, Upstream, gateway_env, gateway_in, wait_until
 
 # The suite cuts PostgreSQL for a few seconds; set HELIOX_PG_OUTAGE_SECONDS=30 for the long run.
 PG_OUTAGE_SECONDS = float(os.environ.get("HELIOX_PG_OUTAGE_SECONDS", "4"))
@@ -31,13 +31,9 @@ def _health(gw: Gateway) -> dict[str, object]:
 def redis_fault_gateway(
     workdir: Path, upstream: Upstream, pg_database: str, own_redis: OwnRedis
 ) -> Iterator[Gateway]:
-    d = workdir / "redis-fault"
-    d.mkdir()
-    gw = start_gateway(d, gateway_env(upstream, database_url=pg_database, redis_url=own_redis.url))
-    try:
+    env = gateway_env(upstream, database_url=pg_database, redis_url=own_redis.url)
+    with gateway_in(workdir, "redis-fault", env) as gw:
         yield gw
-    finally:
-        gw.proc.stop()
 
 
 def test_redis_killed_under_traffic(redis_fault_gateway: Gateway, own_redis: OwnRedis) -> None:
@@ -92,18 +88,14 @@ def pg_fault_gateway(
     workdir: Path, upstream: Upstream, pg_database: str, pg_proxy: TcpProxy, redis_server: str,
     redis_module_prefix: str,
 ) -> Iterator[Gateway]:  # fmt: skip
-    d = workdir / "pg-fault"
-    d.mkdir()
     proxied = pg_database.replace("127.0.0.1:5432", f"127.0.0.1:{pg_proxy.port}")
     env = gateway_env(
         upstream, database_url=proxied, redis_url=redis_server,
-        extra={"REDIS_KEY_PREFIX": redis_module_prefix + "pgfault:", "HELIOX_SPILL_DIR": str(d)},
+        extra={"REDIS_KEY_PREFIX": redis_module_prefix + "pgfault:",
+               "HELIOX_SPILL_DIR": str(workdir / "pg-fault")},
     )  # fmt: skip
-    gw = start_gateway(d, env)
-    try:
+    with gateway_in(workdir, "pg-fault", env) as gw:
         yield gw
-    finally:
-        gw.proc.stop()
 
 
 async def _count_rows(dsn: str, key_id: int) -> int:

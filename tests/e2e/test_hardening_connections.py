@@ -11,8 +11,6 @@ from __future__ import annotations
 import resource
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,16 +20,7 @@ import httpx
 import pytest
 
 from tests.e2e.hardening_support import RawConnection, assert_still_serving, request
-from tests.e2e.harness import (
-    ACME,
-    Gateway,
-    Proc,
-    Upstream,
-    free_port,
-    gateway_env,
-    start_gateway,
-    wait_until,
-)
+from tests.e2e.harness import ACME, Gateway, Upstream, gateway_env, gateway_in, wait_until
 
 SHORT = "1"  # seconds: the one timeout each gateway below shortens
 CAP = 20  # CLIENT_MAX_CONNECTIONS of the crowded gateway
@@ -39,60 +28,33 @@ CROWDED_OPEN_FILES = 512  # its open-file limit: fewer descriptors than the floo
 FLOOD = 600
 
 
-def _gateway(workdir: Path, upstream: Upstream, name: str, extra: dict[str, str]) -> Gateway:
-    d = workdir / name
-    d.mkdir()
-    return start_gateway(d, gateway_env(upstream, extra=extra))
-
-
 @pytest.fixture(scope="module")
 def head_gateway(workdir: Path, upstream: Upstream) -> Iterator[Gateway]:
     """A request head must arrive within 1 s of accept; idle connections keep the default."""
-    gw = _gateway(workdir, upstream, "short-head", {"HTTP_HEADER_READ_TIMEOUT": SHORT})
-    try:
+    env = gateway_env(upstream, extra={"HTTP_HEADER_READ_TIMEOUT": SHORT})
+    with gateway_in(workdir, "short-head", env) as gw:
         yield gw
-    finally:
-        gw.proc.stop()
 
 
 @pytest.fixture(scope="module")
 def idle_gateway(workdir: Path, upstream: Upstream) -> Iterator[Gateway]:
     """Idle keep-alive connections close after 1 s; heads keep the default (30 s)."""
-    gw = _gateway(workdir, upstream, "short-idle", {"CLIENT_IDLE_TIMEOUT": SHORT})
-    try:
+    env = gateway_env(upstream, extra={"CLIENT_IDLE_TIMEOUT": SHORT})
+    with gateway_in(workdir, "short-idle", env) as gw:
         yield gw
-    finally:
-        gw.proc.stop()
+
+
+def limit_open_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (CROWDED_OPEN_FILES, CROWDED_OPEN_FILES))
 
 
 @pytest.fixture(scope="module")
 def crowded_gateway(workdir: Path, upstream: Upstream) -> Iterator[Gateway]:
     """At most CAP idle connections per worker, and fewer descriptors than FLOOD (`ulimit -n`
     for the gateway's processes only: granian raises the soft limit to the hard one, so both)."""
-    d = workdir / "crowded"
-    d.mkdir()
     env = gateway_env(upstream, extra={"CLIENT_MAX_CONNECTIONS": str(CAP)})
-    port = free_port()
-
-    def limit_open_files() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (CROWDED_OPEN_FILES, CROWDED_OPEN_FILES))
-
-    with (d / "gateway.log").open("wb") as log:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "heliox", "serve", "--port", str(port)],
-            env=env,
-            cwd=d,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=limit_open_files,
-        )
-    gw = Gateway(Proc("crowded", popen, d / "gateway.log"), port, env)
-    try:
-        wait_until(lambda: httpx.get(gw.url + "/health", timeout=1).status_code == 200, 60)
+    with gateway_in(workdir, "crowded", env, preexec_fn=limit_open_files) as gw:
         yield gw
-    finally:
-        gw.proc.stop()
 
 
 class Silent:
@@ -113,16 +75,17 @@ class Silent:
 
     def count_closed(self) -> int:
         """How many the gateway has closed so far (without a byte of answer)."""
-        live = [s for s in self.socks if s not in self.closed]
-        for start in range(0, len(live), 500):
-            ready, _, _ = select.select(live[start : start + 500], [], [], 0)
-            for s in ready:
-                try:
-                    data = s.recv(1)
-                except ConnectionResetError:
-                    data = b""
-                assert data == b"", f"a silent connection got an answer: {data!r}"
-                self.closed.add(s)
+        live = {s.fileno(): s for s in self.socks if s not in self.closed}
+        poller = select.poll()  # select() takes no descriptor past 1023
+        for fd in live:
+            poller.register(fd, select.POLLIN)
+        for fd, _ in poller.poll(0):
+            try:
+                data = live[fd].recv(1)
+            except ConnectionResetError:
+                data = b""
+            assert data == b"", f"a silent connection got an answer: {data!r}"
+            self.closed.add(live[fd])
         return len(self.closed)
 
 

@@ -301,6 +301,7 @@ def test_x_forwarded_for_lines_are_read_together(behind_proxy: Gateway) -> None:
     one list: the address it vouches for is on the last line, not the client's first one."""
     lines = [("X-API-Key", ACME), ("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "10.1.2.3")]
     r = httpx.get(f"{behind_proxy.url}/g/webhooks/echo/{tag()}", headers=lines, timeout=10)
+    assert r.status_code == 200, r.text
     sent = {name.lower(): value for name, value in r.json()["headers"]}
     assert sent["x-real-ip"] == "10.1.2.3"
     assert sent["x-forwarded-for"] == "6.6.6.6, 10.1.2.3, 127.0.0.1"

@@ -22,7 +22,7 @@ from tests.e2e.harness import (
     Upstream,
     free_port,
     gateway_env,
-    start_gateway,
+    gateway_in,
     start_process,
     wait_until,
 )
@@ -157,15 +157,10 @@ def metrics_port_gateway(
     workdir: Path, production_env: dict[str, str]
 ) -> Iterator[tuple[Gateway, int]]:
     """Production, two workers, the metrics on their own port and public on the main one."""
-    d = workdir / "metrics-port"
-    d.mkdir()
     port = free_port()
     env = {**production_env, "METRICS_PORT": str(port), "METRICS_PUBLIC": "true"}
-    gw = start_gateway(d, env, ["--workers", "2"])
-    try:
+    with gateway_in(workdir, "metrics-port", env, ["--workers", "2"]) as gw:
         yield gw, port
-    finally:
-        gw.proc.stop()
 
 
 def test_metrics_port_serves_every_worker_without_a_key(

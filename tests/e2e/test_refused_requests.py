@@ -5,26 +5,14 @@ rest."""
 
 from __future__ import annotations
 
-import itertools
-import random
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.e2e.hardening_support import PROBLEM, tag
-from tests.e2e.harness import (
-    ACME,
-    Gateway,
-    Upstream,
-    gateway_env,
-    gateway_in,
-    wait_until,
-)
+from tests.e2e.hardening_support import PROBLEM, fresh_address, tag
+from tests.e2e.harness import ACME, Gateway, gateway_in_both_modes, wait_until
 
 RATE = 1
 BURST = 20
@@ -34,29 +22,8 @@ REFUSING = {
     "AUTH_FAILURE_BURST": str(BURST),
 }
 FLOOD = 300
-_counter = itertools.count(1)
 
-
-def fresh_address() -> str:
-    return f"203.0.{random.randint(0, 255)}.{next(_counter) % 250 + 1}"
-
-
-@pytest.fixture(scope="module")
-def refusing_embedded(workdir: Path, upstream: Upstream) -> Iterator[Gateway]:
-    with gateway_in(workdir, "refusing-embedded", gateway_env(upstream, extra=REFUSING)) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def refusing_production(workdir: Path, production_env: dict[str, str]) -> Iterator[Gateway]:
-    with gateway_in(workdir, "refusing-production", {**production_env, **REFUSING}) as gw:
-        yield gw
-
-
-@pytest.fixture(params=["embedded", "production"])
-def refusing(request: pytest.FixtureRequest) -> Gateway:
-    gw: Gateway = request.getfixturevalue(f"refusing_{request.param}")
-    return gw
+refusing = gateway_in_both_modes("refusing", REFUSING)
 
 
 def _rows(gw: Gateway, path_prefix: str) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from tests.e2e.harness import (
     Upstream,
     free_port,
     gateway_env,
+    gateway_in,
     start_gateway,
     start_process,
     wait_until,
@@ -41,13 +42,8 @@ def serve_until_exit(
 
 @pytest.fixture(scope="module")
 def first(workdir: Path, upstream: Upstream) -> Iterator[Gateway]:
-    d = workdir / "first"
-    d.mkdir()
-    gw = start_gateway(d, gateway_env(upstream))
-    try:
+    with gateway_in(workdir, "first", gateway_env(upstream)) as gw:
         yield gw
-    finally:
-        gw.proc.stop()
 
 
 def _instance(url: str) -> str:

@@ -16,9 +16,7 @@ not depend on the mode.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.hardening_support import create_route
-from tests.e2e.harness import ACME, Gateway, free_port, gateway_env, gateway_in
+from tests.e2e.hardening_support import LoopServer, create_route
+from tests.e2e.harness import ACME, Gateway, gateway_env, gateway_in
 
 ACME_H = {"X-API-Key": ACME}
 IDLE = 1.0  # the upstream's keep-alive timeout
@@ -37,7 +35,7 @@ REQUESTS = 36
 BURST = 3
 
 
-class IdleClosingUpstream:
+class IdleClosingUpstream(LoopServer):
     """An HTTP/1.1 server that closes idle connections after exactly `idle` seconds.
 
     `announce`: send `Keep-Alive: timeout=<idle>` with every response (as Node.js does).
@@ -48,27 +46,14 @@ class IdleClosingUpstream:
     def __init__(self, *, announce: bool = False, drop_reused: bool = False) -> None:
         self.announce = announce
         self.drop_reused = drop_reused
-        self.port = free_port()
         self.connections = 0
         self.answered = 0
         self.dropped = 0
-        self._writers: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _start(self) -> asyncio.Server:
-        return await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         self.connections += 1
-        self._writers[writer] = asyncio.current_task()  # type: ignore[assignment]
         served = 0
         closes_at: float | None = None  # when this connection's idle timeout ran out
         close_handle: asyncio.TimerHandle | None = None
@@ -108,30 +93,6 @@ class IdleClosingUpstream:
         finally:
             if close_handle is not None:
                 close_handle.cancel()
-            writer.close()
-            self._writers.pop(writer, None)
-
-    async def _stop(self) -> None:
-        self._server.close()
-        tasks = list(self._writers.values())
-        for writer in self._writers:
-            writer.transport.abort()  # each connection's task ends as its read fails
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-
-@contextlib.contextmanager
-def idle_closing_upstream(**kwargs: bool) -> Iterator[IdleClosingUpstream]:
-    up = IdleClosingUpstream(**kwargs)
-    try:
-        yield up
-    finally:
-        up.close()
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +142,7 @@ def test_a_silent_upstreams_idle_closes_cause_no_errors(long_keepalive_gateway: 
     """The upstream does not announce its timeout and the gateway keeps connections longer: the
     upstream closes connections under requests, and each such request is sent again."""
     gw = long_keepalive_gateway
-    with idle_closing_upstream() as up:
+    with IdleClosingUpstream() as up:
         route = create_route(gw, upstream_url=up.url)
         retries_before = upstream_retries(gw)
         errors = paced_requests(gw, route)
@@ -195,7 +156,7 @@ def test_an_announced_keep_alive_timeout_is_honoured(long_keepalive_gateway: Gat
     """`Keep-Alive: timeout=1`: no connection is reused after it, so none is closed under a
     request (with the margin, a 1 s timeout means no reuse at all)."""
     gw = long_keepalive_gateway
-    with idle_closing_upstream(announce=True) as up:
+    with IdleClosingUpstream(announce=True) as up:
         route = create_route(gw, upstream_url=up.url)
         errors = paced_requests(gw, route)
         assert errors == [], f"{len(errors)} of {REQUESTS} requests failed: {errors}"
@@ -209,7 +170,7 @@ def test_idle_connections_are_closed_before_the_upstream_does(
     """UPSTREAM_KEEPALIVE_TIMEOUT below the upstream's timeout: no request meets a closed
     connection, without any retry."""
     gw = short_keepalive_gateway
-    with idle_closing_upstream() as up:
+    with IdleClosingUpstream() as up:
         route = create_route(gw, upstream_url=up.url)
         errors = paced_requests(gw, route, REQUESTS // 2)
         assert errors == [], errors
@@ -221,7 +182,7 @@ def test_the_retry_takes_a_new_connection(long_keepalive_gateway: Gateway) -> No
     """Two pooled connections, each of which fails when reused: the retry must not take the
     other pooled one."""
     gw = long_keepalive_gateway
-    with idle_closing_upstream(drop_reused=True) as up:
+    with IdleClosingUpstream(drop_reused=True) as up:
         route = create_route(gw, upstream_url=up.url)
         with ThreadPoolExecutor(2) as pool:  # two at once: two connections in the pool
             first = list(
@@ -242,7 +203,7 @@ def test_a_post_is_not_sent_twice(long_keepalive_gateway: Gateway, body: bytes) 
     """POST is not idempotent and its body had been sent (or it had none): the upstream may have
     acted on it, so the failure is the client's to handle (502), as nginx does by default."""
     gw = long_keepalive_gateway
-    with idle_closing_upstream(drop_reused=True) as up:
+    with IdleClosingUpstream(drop_reused=True) as up:
         route = create_route(gw, upstream_url=up.url)
         with gw.client(headers=ACME_H) as client:
             assert client.get(f"/g/{route}/item").status_code == 200  # a connection to reuse

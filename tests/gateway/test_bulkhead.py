@@ -43,7 +43,7 @@ async def test_a_full_route_makes_requests_wait_in_order_then_hands_over() -> No
 
     tasks = [asyncio.create_task(waiter("a")), asyncio.create_task(waiter("b"))]
     await asyncio.sleep(0)  # let both queue up
-    assert not order
+    assert not order and len(b._gates[1].waiters) == 2
     other_route = await b.acquire(route_id=2, limit=None, key_id=None)  # not held up at all
     first.release()
     await asyncio.gather(*tasks)
@@ -80,6 +80,7 @@ async def test_a_cancelled_waiter_leaves_nothing_behind() -> None:
     held = await b.acquire(route_id=1, limit=None, key_id=9)
     task = asyncio.create_task(b.acquire(route_id=1, limit=None, key_id=9))
     await asyncio.sleep(0)
+    assert len(b._gates[1].waiters) == 1  # it waits: the cancellation finds it queued
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from pathlib import Path
 
 from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -43,16 +42,12 @@ async def _request(client: PipelinedRedis) -> list[object]:
     return out
 
 
-async def test_a_request_waits_once_and_the_breaker_probes_back(
-    tmp_path: Path, redis_server: str
-) -> None:
-    own = OwnRedis(tmp_path)
-    own.start()
-    client = PipelinedRedis.from_url(own.url, socket_timeout=0.3, socket_connect_timeout=1)
+async def test_a_request_waits_once_and_the_breaker_probes_back(own_redis: OwnRedis) -> None:
+    client = PipelinedRedis.from_url(own_redis.url, socket_timeout=0.3, socket_connect_timeout=1)
     client.breaker = Breaker(threshold=2, base_open=0.2, max_open=1.0)
     try:
         assert await client.ping() is True
-        own.client().execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        own_redis.client().execute_command("CLIENT", "PAUSE", "1500", "ALL")
         first = await asyncio.create_task(_request(client), context=contextvars.Context())
         assert isinstance(first[0], RedisTimeoutError)
         assert all(isinstance(r, RedisUnavailable) for r in first[1:]), first
@@ -73,16 +68,13 @@ async def test_a_request_waits_once_and_the_breaker_probes_back(
         assert await client.set("k", b"v") is True
     finally:
         await client.aclose()
-        own.stop()
 
 
-async def test_out_of_memory_counts_for_the_breaker(tmp_path: Path, redis_server: str) -> None:
-    own = OwnRedis(tmp_path)
-    own.start()
-    client = PipelinedRedis.from_url(own.url, socket_timeout=1, socket_connect_timeout=1)
+async def test_out_of_memory_counts_for_the_breaker(own_redis: OwnRedis) -> None:
+    client = PipelinedRedis.from_url(own_redis.url, socket_timeout=1, socket_connect_timeout=1)
     client.breaker = Breaker(threshold=3, base_open=0.2, max_open=1.0)
     try:
-        sync = own.client()
+        sync = own_redis.client()
         sync.config_set("maxmemory", "1")
         for _ in range(3):
             with contextlib.suppress(OutOfMemoryError):
@@ -97,4 +89,3 @@ async def test_out_of_memory_counts_for_the_breaker(tmp_path: Path, redis_server
             await asyncio.sleep(0.05)
     finally:
         await client.aclose()
-        own.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -72,13 +71,11 @@ async def test_concurrent_commands_share_writes(piped: PipelinedRedis, redis_pre
     assert pipe.writes - writes <= 2  # one write per event-loop turn, not per command
 
 
-async def test_outage_fails_fast_and_recovers(tmp_path: Path, redis_server: str) -> None:
-    own = OwnRedis(tmp_path)
-    own.start()
-    client = PipelinedRedis.from_url(own.url, socket_timeout=2, socket_connect_timeout=1)
+async def test_outage_fails_fast_and_recovers(own_redis: OwnRedis) -> None:
+    client = PipelinedRedis.from_url(own_redis.url, socket_timeout=2, socket_connect_timeout=1)
     try:
         assert await client.ping() is True
-        own.stop()
+        own_redis.stop()
         with pytest.raises(RedisConnectionError):
             await client.get("k")
         loop = asyncio.get_running_loop()
@@ -86,7 +83,7 @@ async def test_outage_fails_fast_and_recovers(tmp_path: Path, redis_server: str)
         with pytest.raises(RedisConnectionError):
             await client.get("k")
         assert loop.time() - t0 < 1.0  # refused at once, no retries
-        own.start()
+        own_redis.start()
 
         async def recovered() -> bool:
             try:
@@ -100,18 +97,13 @@ async def test_outage_fails_fast_and_recovers(tmp_path: Path, redis_server: str)
             await asyncio.sleep(0.05)
     finally:
         await client.aclose()
-        own.stop()
 
 
-async def test_a_stuck_server_times_out_every_command_then_recovers(
-    tmp_path: Path, redis_server: str
-) -> None:
-    own = OwnRedis(tmp_path)
-    own.start()
-    client = PipelinedRedis.from_url(own.url, socket_timeout=0.3, socket_connect_timeout=1)
+async def test_a_stuck_server_times_out_every_command_then_recovers(own_redis: OwnRedis) -> None:
+    client = PipelinedRedis.from_url(own_redis.url, socket_timeout=0.3, socket_connect_timeout=1)
     try:
         assert await client.ping() is True
-        own.client().execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        own_redis.client().execute_command("CLIENT", "PAUSE", "1500", "ALL")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         results = await asyncio.gather(
@@ -133,4 +125,3 @@ async def test_a_stuck_server_times_out_every_command_then_recovers(
         assert await client.set("k", b"v") is True and await client.get("k") == b"v"
     finally:
         await client.aclose()
-        own.stop()

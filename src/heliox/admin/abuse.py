@@ -29,7 +29,8 @@ def _iso(epoch: float | None) -> str | None:
 
 
 def check_abuse_override(mode: str, threshold: float | None) -> None:
-    """A PATCH may set abuse_mode and abuse_zscore_threshold apart: the result must be whole."""
+    """abuse_mode 'custom' needs a threshold: checked on the row as created or patched (a PATCH
+    may set abuse_mode and abuse_zscore_threshold apart, so a model validator cannot)."""
     if mode == "custom" and threshold is None:
         raise invalid_field(
             ("body", "abuse_zscore_threshold"),
@@ -52,7 +53,7 @@ async def blocked_keys(admin: AdminDep, request: Request) -> dict[str, Any]:
         key_id, _ = parse_key_subject(b.subject)
         if key_id is None:
             continue
-        key = snap.keys_by_id.get(key_id) if key_id is not None else None
+        key = snap.keys_by_id.get(key_id)
         info = dict(b.info)
         items.append(
             {

@@ -115,6 +115,7 @@ async def list_keys(
 
 @router.post("/keys", status_code=201)
 async def create_key(admin: AdminDep, body: KeyCreate, response: Response) -> KeyCreated:
+    check_abuse_override(body.abuse_mode, body.abuse_zscore_threshold)
     now = datetime.now(UTC)
     generated = generate_api_key()
     async with admin.write() as session:

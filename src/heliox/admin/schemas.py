@@ -19,7 +19,6 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from heliox.core.bounds import MAX_BURST, MAX_RATE, MAX_WINDOW_SECONDS, MIN_RATE
@@ -118,7 +117,8 @@ Quota = Annotated[int, Field(ge=1, le=MAX_INT64, description="requests, 1 to 2^6
 NonNegInt32 = Annotated[int, Field(ge=0, le=MAX_INT32, description="0 to 2147483647")]
 Id = Annotated[int, Field(ge=1, le=MAX_INT32, description="an id, 1 to 2147483647")]
 # Abuse detection overrides of a key or a tenant: "default" follows the tenant (for a key) and
-# then the ABUSE_* settings; "exempt" is never flagged; "custom" uses abuse_zscore_threshold.
+# then the ABUSE_* settings; "exempt" is never flagged; "custom" uses abuse_zscore_threshold (the
+# pair is checked as a whole, on create and on PATCH, by admin.abuse.check_abuse_override).
 AbuseMode = Literal["default", "exempt", "custom"]
 AbuseThreshold = Annotated[
     float,
@@ -191,11 +191,6 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
-def _custom_needs_threshold(mode: str | None, threshold: float | None) -> None:
-    if mode == "custom" and threshold is None:
-        raise ValueError("abuse_mode 'custom' needs abuse_zscore_threshold (1 to 1000)")
-
-
 # --- tenants ------------------------------------------------------------------------------------
 class TenantCreate(Input):
     name: DisplayName
@@ -203,11 +198,6 @@ class TenantCreate(Input):
     is_active: bool = True
     abuse_mode: AbuseMode = "default"
     abuse_zscore_threshold: AbuseThreshold | None = None
-
-    @model_validator(mode="after")
-    def _abuse(self) -> TenantCreate:
-        _custom_needs_threshold(self.abuse_mode, self.abuse_zscore_threshold)
-        return self
 
 
 class TenantUpdate(Patch):
@@ -242,11 +232,6 @@ class KeyLimits(Input):
     monthly_quota: Quota | None = None
     abuse_mode: AbuseMode = "default"
     abuse_zscore_threshold: AbuseThreshold | None = None
-
-    @model_validator(mode="after")
-    def _abuse(self) -> KeyLimits:
-        _custom_needs_threshold(self.abuse_mode, self.abuse_zscore_threshold)
-        return self
 
 
 class KeyCreate(KeyLimits):

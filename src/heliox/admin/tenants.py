@@ -91,6 +91,7 @@ async def list_tenants(
 
 @router.post("/tenants", status_code=201)
 async def create_tenant(admin: AdminDep, body: TenantCreate, response: Response) -> TenantOut:
+    check_abuse_override(body.abuse_mode, body.abuse_zscore_threshold)
     async with admin.write() as session:
         await _ensure_name_free(session, body.name)
         tenant = Tenant(

@@ -29,7 +29,7 @@ from heliox.admin.audit import record_audit
 from heliox.admin.errors import AdminError
 from heliox.config import Settings
 from heliox.core.auth_throttle import ThrottlePolicy
-from heliox.core.headers import client_ip, header_values
+from heliox.core.headers import request_client_ip
 from heliox.core.ratelimit import TokenBucketState, to_us, token_bucket
 from heliox.metrics import Metrics
 from heliox.state.auth_throttle import AuthThrottle
@@ -41,8 +41,7 @@ AUDIT_ROWS_BURST = 100
 ACTOR = "unauthenticated"
 ENTITY = "admin_auth"
 ACTION = "auth.failure"
-HEADER = "x-admin-key"
-UI_LOGIN = "ui-login"
+UI_LOGIN = "ui-login"  # the audit rows' channel; X-Admin-Key failures are "x-admin-key"
 
 
 class TooManyFailures(AdminError):
@@ -100,12 +99,10 @@ class AdminAuthGuard:
         self._audit_bucket: TokenBucketState | None = None
 
     def address(self, conn: HTTPConnection) -> str:
-        raw: list[tuple[bytes, bytes]] = conn.scope.get("headers", [])
-        forwarded = header_values(raw, b"x-forwarded-for")
         peer = conn.scope.get("client")
-        return client_ip(
+        return request_client_ip(
             peer[0] if peer else None,
-            b",".join(forwarded) if forwarded else None,
+            conn.scope.get("headers", []),
             self.settings.trusted_proxy_networks,
         )
 
@@ -128,20 +125,13 @@ class AdminAuthGuard:
         self.metrics.count("admin_auth_failures")
         if lockout:
             self.metrics.count("admin_auth_lockouts")
-            log.warning(
-                "admin authentication failed from %s via %s: %d in a row, locked out for %d s",
-                attempt.address,
-                channel,
-                failures,
-                whole_seconds(lockout),
-            )
-        else:
-            log.warning(
-                "admin authentication failed from %s via %s: %d in a row",
-                attempt.address,
-                channel,
-                failures,
-            )
+        log.warning(
+            "admin authentication failed from %s via %s: %d in a row%s",
+            attempt.address,
+            channel,
+            failures,
+            f", locked out for {whole_seconds(lockout)} s" if lockout else "",
+        )
         await self._audit(attempt.address, channel, failures, lockout)
         return lockout
 

@@ -4,7 +4,7 @@ A corpus is JSON: {"shapes": [shape, ...]}. A shape is one key's traffic, descri
 replays identically every time (a fixed seed):
 
     {"name": "steady-jitter", "kind": "ordinary" | "attack", "limit_rps": 100,
-     "burst": 200, "seed": 7, "ips": 1, "max_delay_seconds": 30, "description": "...",
+     "burst": 200, "seed": 7, "max_delay_seconds": 30, "description": "...",
      "segments": [segment, ...]}
 
 Segments follow each other in time. A segment is one of
@@ -48,7 +48,6 @@ class Shape:
     burst: float
     seed: int
     segments: tuple[Mapping[str, Any], ...]
-    ips: int = 1
     max_delay_seconds: float | None = None
     description: str = ""
 
@@ -57,14 +56,13 @@ class Shape:
 class ShapeResult:
     name: str
     kind: str
-    duration: float  # seconds of traffic
+    duration: float  # the shape's length in seconds, silent stretches included
     requests: int
     admitted: int
     false_positives: int  # verdicts on ordinary traffic (for attacks: before the attack)
     attack_start: float | None
     detected_after: float | None  # seconds from the attack's start to the first verdict
     max_delay_seconds: float | None
-    first_reason: dict[str, float] | None  # numbers of the first verdict
 
     @property
     def passed(self) -> bool:
@@ -102,7 +100,6 @@ def load_corpus(data: Mapping[str, Any]) -> list[Shape]:
                 burst=float(raw.get("burst", 2 * limit)),
                 seed=int(raw.get("seed", i)),
                 segments=segments,
-                ips=int(raw.get("ips", 1)),
                 max_delay_seconds=float(delay) if delay is not None else None,
                 description=str(raw.get("description", "")),
             )
@@ -110,7 +107,8 @@ def load_corpus(data: Mapping[str, Any]) -> list[Shape]:
     return out
 
 
-def _poisson(rng: random.Random, lam: float) -> int:
+def poisson(rng: random.Random, lam: float) -> int:
+    """A Poisson-distributed count with mean `lam` (the fake clock's traffic and the tests')."""
     if lam <= 0:
         return 0
     if lam > 30:  # normal approximation: exact enough for traffic, and O(1)
@@ -158,7 +156,7 @@ def _expand(
                 r *= 1 + diurnal * math.sin(2 * math.pi * (now - start) / DAY)
             if jitter and s % JITTER_SLOT == 0:
                 factor = rng.uniform(1 - jitter, 1 + jitter)
-            n = _poisson(rng, r * factor)
+            n = poisson(rng, r * factor)
             if n:
                 yield now, n, attack
         t += seconds
@@ -186,10 +184,7 @@ def replay(shape: Shape, config: DetectorConfig, start: float = 1_800_000_000.0)
     requests = admitted = false_positives = 0
     attack_start: float | None = None
     detected: float | None = None
-    first: dict[str, float] | None = None
-    end = start
     for now, n, attack in _expand(shape.segments, start, rng, shape.name):
-        end = now
         if attack and attack_start is None:
             attack_start = now
         requests += n
@@ -207,24 +202,16 @@ def replay(shape: Shape, config: DetectorConfig, start: float = 1_800_000_000.0)
             false_positives += 1
         elif detected is None:
             detected = now - attack_start
-        if first is None:
-            first = {
-                "at": now - start,
-                "z": verdict.score,
-                "observed": verdict.observed,
-                "baseline_mean": verdict.baseline_mean,
-            }
     return ShapeResult(
         name=shape.name,
         kind=shape.kind,
-        duration=max(end - start, _length(shape.segments)),
+        duration=_length(shape.segments),
         requests=requests,
         admitted=admitted,
         false_positives=false_positives,
         attack_start=None if attack_start is None else attack_start - start,
         detected_after=detected,
         max_delay_seconds=shape.max_delay_seconds,
-        first_reason=first,
     )
 
 

@@ -46,7 +46,7 @@ class DetectorConfig:
     alpha: float = 0.3
     threshold: float = 3.0
     min_samples: int = 6
-    min_rate: float = 5.0  # requests per bucket below which there is no verdict
+    min_rate: float = 5.0  # requests per bucket below which there is no verdict; the scale's prior
     dispersion: float = 5.0  # variance floor as a multiple of the mean
     max_idle_buckets: int = 6
     min_baseline_requests: float = 30.0  # requests the baseline must hold before any verdict

@@ -1,8 +1,8 @@
 """The numeric limits every rate-limit setting must stay within, wherever it comes from.
 
-The admin API (schemas), the settings (DEFAULT_RATE_LIMIT_*) and the request path (for rows stored
-before these bounds existed) all use these numbers, so a rate that reaches the arithmetic is always
-one it can handle:
+The admin API (schemas), the settings (DEFAULT_RATE_LIMIT_*) and the request path (`clamp_rate`,
+for rates stored before MIN_RATE existed) all use these numbers, so a rate that reaches the
+arithmetic is always one it can handle:
 
 - `MIN_RATE` is one request per 1000 s (nginx's `limit_req` goes down to 1 request per minute).
   The longest state a token bucket can need is `MAX_BURST / MIN_RATE` ≈ 2.1e12 s; in milliseconds
@@ -21,9 +21,9 @@ MAX_WINDOW_SECONDS = 86_400
 
 
 def clamp_rate(rate: float) -> float:
-    """`rate` brought within [MIN_RATE, MAX_RATE]: what the request path applies to a stored
-    value the admin API would refuse today (NaN, which no API ever accepted, counts as too slow).
+    """`rate`, raised to MIN_RATE if below it: what the request path applies to a rate stored
+    before the admin API's floor existed (it took any rate above 0), and to a slowed-down rate
+    (ABUSE_RATE_MULTIPLIER). The ceiling needs no clamp: MAX_RATE, like the bounds of burst and
+    window, is as old as the admin API. NaN, which no API ever accepted, counts as too slow.
     """
-    if rate >= MIN_RATE:
-        return rate if rate <= MAX_RATE else MAX_RATE
-    return MIN_RATE
+    return rate if rate >= MIN_RATE else MIN_RATE

@@ -32,7 +32,6 @@ class Breaker:
     state: str = CLOSED
     consecutive: int = 0
     open_for: float = 0.0  # how long the current open interval lasts
-    opened_at: float = 0.0
     retry_at: float = 0.0
     trips: int = 0  # times it opened since it was last closed by a success
 
@@ -63,7 +62,6 @@ class Breaker:
         self.open_for = min(self.max_open, self.base_open * 2 ** (self.trips - 1))
         self.state = OPEN
         self.closed = False
-        self.opened_at = now
         self.retry_at = now + self.open_for
         return True
 
@@ -86,7 +84,6 @@ class RecentEvents:
 
     window: int = 60
     _buckets: deque[list[int]] = field(default_factory=deque)  # [second, count], oldest first
-    total: int = 0  # every event ever counted
 
     def add(self, now: float, n: int = 1) -> None:
         second = int(now)
@@ -96,7 +93,6 @@ class RecentEvents:
         else:
             buckets.append([second, n])
             self._trim(second)
-        self.total += n
 
     def count(self, now: float) -> int:
         self._trim(int(now))

@@ -26,6 +26,7 @@ __all__ = [
     "header_values",
     "host_problem",
     "is_valid_header_value",
+    "request_client_ip",
     "upstream_request_headers",
 ]
 
@@ -242,6 +243,16 @@ def client_ip(peer: str | None, x_forwarded_for: bytes | None, trusted: Sequence
             if not _is_trusted(found[0], trusted):
                 break
     return current[1]
+
+
+def request_client_ip(peer: str | None, headers: Headers, trusted: Sequence[IPNetwork]) -> str:
+    """`client_ip` of a request: X-Forwarded-For is read only behind a trusted proxy, and then
+    every line of it, as some proxies (HAProxy) add their own line instead of extending the
+    client's."""
+    if not trusted:
+        return client_ip(peer, None, trusted)
+    lines = header_values(headers, _XFF)
+    return client_ip(peer, b",".join(lines) if lines else None, trusted)
 
 
 @lru_cache(maxsize=1024)

@@ -28,7 +28,6 @@ _WEAK_WORDS = frozenset(
         "password", "passw0rd", "password1", "password123", "letmein", "default", "example",
         "test", "testing", "heliox", "helioxadmin", "helioxsecret", "qwerty", "qwertyuiop",
         "iloveyou", "welcome", "apikey", "token", "key", "demo",
-        "helioxdemosecretkeychangeme",
     }
 )  # fmt: skip
 _SEPARATORS = re.compile(r"[\s_\-.:/]+")

@@ -59,7 +59,7 @@ class AbuseMonitor:
             limit_rps=key.rate_limit_rps or self._default_rps,
             threshold=key.abuse_threshold,
         )
-        if verdict is not None and verdict.anomalous:
+        if verdict is not None:  # record() returns only anomalous verdicts, once per window
             task = asyncio.create_task(self._act(key, verdict, now))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

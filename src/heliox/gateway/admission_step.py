@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 
 from heliox.config import Settings
-from heliox.core.bounds import MAX_BURST, MAX_WINDOW_SECONDS, clamp_rate
+from heliox.core.bounds import clamp_rate
 from heliox.core.breaker import RecentEvents
 from heliox.gateway.exchange import ResponseSink
 from heliox.gateway.responses import Headers
@@ -90,17 +90,13 @@ class AdmissionStep:
             if rps is None:
                 spec = self._default
             else:
-                # Rows stored before the admin API bounded these are brought within the bounds
-                # the arithmetic handles (once per distinct limit: this is memoised).
+                # The admin API bounds every limit (heliox.core.bounds); only the rate's floor is
+                # newer than the API (it took any rate above 0), so a row stored before it may
+                # hold a rate the arithmetic cannot handle: brought up to MIN_RATE here.
                 rate = clamp_rate(rps)
                 if burst is None:
                     burst = max(1, round(rate * 2))
-                spec = LimitSpec(
-                    algorithm or TOKEN_BUCKET,
-                    rate,
-                    min(max(1, burst), MAX_BURST),
-                    min(max(1, window), MAX_WINDOW_SECONDS),
-                )
+                spec = LimitSpec(algorithm or TOKEN_BUCKET, rate, burst, max(1, window))
             if len(self._specs) > 4096:
                 self._specs.clear()
             self._specs[cache_key] = spec
@@ -133,7 +129,7 @@ class AdmissionStep:
                 m = slowed[1]
                 spec = LimitSpec(
                     spec.algorithm,
-                    clamp_rate(spec.rate * m),
+                    clamp_rate(spec.rate * m),  # a multiplier below 1 may go under MIN_RATE
                     max(1, round(spec.burst * m)),
                     spec.window_seconds,
                 )

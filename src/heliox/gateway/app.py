@@ -20,13 +20,13 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from heliox.core.headers import (
-    client_ip,
     forwarded_as_sent,
     has_conflicting_framing,
     header_value,
     header_values,
     host_problem,
     peer_is_trusted,
+    request_client_ip,
     upstream_request_headers,
 )
 from heliox.core.paths import BadPath, parse_gateway_path
@@ -140,13 +140,7 @@ class Gateway:
         peer = scope.get("client")
         peer_host = peer[0] if peer else None
         settings = rt.settings
-        trusted = settings.trusted_proxy_networks
-        forwarded: bytes | None = None
-        if trusted:  # read only behind a trusted proxy; every line, as some proxies (HAProxy)
-            # add their own X-Forwarded-For line instead of extending the client's
-            lines = header_values(headers, b"x-forwarded-for")
-            forwarded = b",".join(lines) if lines else None
-        ex.client_ip = client_ip(peer_host, forwarded, trusted)
+        ex.client_ip = request_client_ip(peer_host, headers, settings.trusted_proxy_networks)
         sender = ResponseSink(send, ex)
         # On every answer, errors included: the id the upstream saw and the log row holds.
         sender.extra_headers.append((b"x-request-id", request_id))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from heliox.core.auth_throttle import (
     FailureRecord,
@@ -29,8 +29,9 @@ from heliox.core.auth_throttle import (
     record_failure,
 )
 from heliox.core.ratelimit import to_us
+from heliox.state.admission import AdmissionUnavailable
 from heliox.state.admission_memory import ExpiringMap
-from heliox.state.admission_redis import LuaScript
+from heliox.state.admission_redis import LuaScript, _Redis
 
 log = logging.getLogger("heliox.auth")
 
@@ -62,22 +63,27 @@ class AuthThrottle:
     ) -> None:
         self.policy = policy
         self._redis = redis
+        # The admission store's script runner: EVALSHA, loading the script on NOSCRIPT.
+        self._scripts = _Redis(redis) if redis is not None else None
         self._prefix = prefix + "auth:"
         self._clock = clock
         self._records: ExpiringMap[str, FailureRecord] = ExpiringMap(max_addresses)
         self._on_redis_error = on_redis_error
-        self._base_ms = str(round(policy.base_lockout * 1000))
-        self._max_ms = str(round(policy.max_lockout * 1000))
-        self._max_failures = str(policy.max_failures)
+        # auth_failure.lua's ARGV: max_failures, base and max lock-out in ms.
+        self._script_args = (
+            str(policy.max_failures),
+            str(round(policy.base_lockout * 1000)),
+            str(round(policy.max_lockout * 1000)),
+        )
 
     def __len__(self) -> int:
         return len(self._records)
 
     # --- the three questions ---------------------------------------------------------------------
     async def standing(self, address: str) -> Standing:
-        if self._redis is not None:
+        if self._scripts is not None:
             try:
-                left_ms, streak = await self._run(AUTH_CHECK, address)
+                left_ms, streak = await self._scripts.run(AUTH_CHECK, self._keys(address), ())
                 return Standing(int(left_ms) / 1000, bool(int(streak)))
             except _REDIS_ERRORS as exc:
                 self._redis_failed(exc)
@@ -87,10 +93,10 @@ class AuthThrottle:
 
     async def failed(self, address: str) -> tuple[int, float]:
         """Count a failure; (failures in a row, the lock-out it starts in seconds, 0 for none)."""
-        if self._redis is not None:
+        if self._scripts is not None:
             try:
-                failures, lock_ms = await self._run(
-                    AUTH_FAILURE, address, self._max_failures, self._base_ms, self._max_ms
+                failures, lock_ms = await self._scripts.run(
+                    AUTH_FAILURE, self._keys(address), self._script_args
                 )
                 return int(failures), int(lock_ms) / 1000
             except _REDIS_ERRORS as exc:
@@ -116,19 +122,11 @@ class AuthThrottle:
         base = f"{self._prefix}{{{tag}}}"
         return base + ":f", base + ":l"
 
-    async def _run(self, script: LuaScript, address: str, *args: str) -> list[Any]:
-        keys = self._keys(address)
-        try:
-            reply = await self._redis.evalsha(script.sha, 2, *keys, *args)
-        except NoScriptError:
-            await self._redis.script_load(script.source)
-            reply = await self._redis.evalsha(script.sha, 2, *keys, *args)
-        return list(reply)
-
     def _redis_failed(self, exc: BaseException) -> None:
         log.debug("auth throttle: redis unavailable, using the in-process records: %r", exc)
         if self._on_redis_error is not None:
             self._on_redis_error()
 
 
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+# AdmissionUnavailable: what the script runner raises for any of the others.
+_REDIS_ERRORS = (AdmissionUnavailable, RedisError, OSError, TimeoutError)

@@ -237,15 +237,16 @@ class RedisCacheStore:
 
     async def _purge(self, selector: PurgeFilter) -> int:
         index_key, dimension = self._index_for(selector)
-        filters = [
+        uri, route, prefix, tag = (
             b"" if value is None else b"=" + _utf8(value)
-            for value in (selector.uri_key, selector.route, None, selector.prefix, selector.tag)
-        ]
+            for value in (selector.uri_key, selector.route, selector.prefix, selector.tag)
+        )
         tenant = b"" if selector.tenant_id is None else b"%d" % selector.tenant_id
         if selector.with_shared:
-            filters[2] = b"~" + tenant  # that tenant's entries or the shared ones
+            tenant = b"~" + tenant  # that tenant's entries or the shared ones
         elif tenant:
-            filters[2] = b"=" + tenant
+            tenant = b"=" + tenant
+        filters = [uri, route, tenant, prefix, tag]
         deleted = 0
         start = 0
         while True:

@@ -71,7 +71,8 @@ _TROUBLE_REPLIES = (
     TryAgainError,
 )  # fmt: skip
 _FAILURES = (RedisConnectionError, RedisTimeoutError, OSError, *_TROUBLE_REPLIES)
-_TROUBLE_PREFIXES = ("MISCONF", "NOREPLICAS", "BUSY ", "OOM", "READONLY", "LOADING", "MASTERDOWN")
+# The same, for codes redis-py's parser has no class for (it keeps the code in the text then).
+_TROUBLE_PREFIXES = ("MISCONF", "NOREPLICAS", "BUSY ")
 
 # The Redis budget of the request running in this context: NO_BUDGET outside requests
 # (background work), INTACT from the start of a request, SPENT once it has seen one timeout or
@@ -300,30 +301,17 @@ class PipelinedRedis(aioredis.Redis):
         self.trouble = RecentEvents(60)  # failures that count as Redis trouble, last minute
         self.last_error = ""  # the latest of them, described for /health
         self.last_error_at = 0.0  # its wall-clock time
-        self.short_circuited = 0  # commands never sent: breaker open or budget spent
         self.probe_key = "heliox:probe"  # written by check(): a write shows OOM and READONLY
         self._probe: asyncio.Task[None] | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if not self.breaker.closed or _budget.get() == SPENT:
-            self.short_circuited += 1
             raise RedisUnavailable(
                 "Redis circuit breaker is open" if not self.breaker.closed
                 else "this request already waited for Redis once"
             )  # fmt: skip
-        # `_send` inlined: one coroutine frame less per command on the hot path.
-        pipe = self.pipe
-        name = args[0] if isinstance(args[0], str) else args[0].decode()
         try:
-            if pipe is None or name.upper() not in PIPELINED:
-                result = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-            else:
-                result = await pipe.execute(*args)
-                callback = self.response_callbacks.get(name)
-                if callback is not None:
-                    options.pop("keys", None)
-                    options.pop(EMPTY_RESPONSE, None)
-                    result = callback(result, **options)
+            result = await self._send(args, options)
         except Exception as exc:
             self._failed(exc)
             raise
@@ -349,17 +337,23 @@ class PipelinedRedis(aioredis.Redis):
             return
         if isinstance(exc, RedisConnectionError | RedisTimeoutError) and _budget.get() == INTACT:
             _budget.set(SPENT)  # this request's later Redis steps are skipped
-        if not is_trouble(exc):
+        if not self._note_trouble(exc):
             return  # a mistake in one command (a missing script, a wrong type): not an outage
-        self.trouble.add(time.monotonic())
-        self.last_error = describe(exc)
-        self.last_error_at = time.time()
         if self.breaker.failure(time.monotonic()):
             log.warning(
                 "Redis circuit breaker open for %.1f s after %s", self.breaker.open_for,
                 self.last_error,
             )  # fmt: skip
             self._start_probe()
+
+    def _note_trouble(self, exc: BaseException) -> bool:
+        """Counts `exc` and keeps it for /health when it means Redis cannot serve (True)."""
+        if not is_trouble(exc):
+            return False
+        self.trouble.add(time.monotonic())
+        self.last_error = describe(exc)
+        self.last_error_at = time.time()
+        return True
 
     def _start_probe(self) -> None:
         if self._probe is not None and not self._probe.done():
@@ -379,10 +373,7 @@ class PipelinedRedis(aioredis.Redis):
             try:
                 await self._check()
             except Exception as exc:
-                if is_trouble(exc):
-                    self.trouble.add(time.monotonic())
-                    self.last_error = describe(exc)
-                    self.last_error_at = time.time()
+                self._note_trouble(exc)
                 breaker.failure(time.monotonic())
                 log.info("Redis probe failed (%s); next in %.1f s", exc, breaker.open_for)
             else:

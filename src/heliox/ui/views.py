@@ -388,11 +388,8 @@ async def dashboard_page(request: Request) -> Response:
 def dependency_notices(runtime: Any) -> list[str]:
     """One line per dependency that is not ok, as /health sees it (the last background check,
     Redis's breaker and recent errors), with the requests admitted without a rate-limit check."""
-    describe = getattr(runtime, "dependency_health", None)
-    if describe is None:
-        return []
     lines = []
-    for name, state in describe().items():
+    for name, state in runtime.dependency_health().items():
         fail_open = state.get("fail_open_admissions_last_minute", 0)
         if state.get("status") == "ok" and not fail_open:
             continue
