@@ -35,6 +35,19 @@ class CachePolicyConfig:
     # Requests carrying Cookie are looked up and stored (the cookie is then not forwarded on a
     # fill); by default they bypass the cache unless Cookie is a vary header.
     cache_with_cookies: bool = False
+    # Seconds an entry that carries a validator (ETag or Last-Modified) is kept after its stale
+    # windows end, so it can be revalidated with a conditional request instead of fetched again
+    # (Varnish's beresp.keep); 0: not kept.
+    keep_seconds: int = 600
+    # How long a request waits for another request's fill of the same entry before going
+    # upstream alone (nginx proxy_cache_lock_timeout); None: the gateway's CACHE_LOCK_TIMEOUT.
+    lock_timeout_seconds: float | None = None
+    # How long a fill may hold the lock before another request may take it over (nginx
+    # proxy_cache_lock_age); None: the gateway's CACHE_LOCK_AGE.
+    lock_age_seconds: float | None = None
+    # Variants stored per URL when the upstream's Vary selects them by request headers; the
+    # least recently stored is dropped beyond it.
+    max_variants: int = 8
 
 
 @dataclass(frozen=True, slots=True)

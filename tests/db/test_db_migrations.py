@@ -31,7 +31,7 @@ from heliox.db.models import Base
 from heliox.seed import seed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0006"
+HEAD = "0007"
 TABLES = {
     "tenants",
     "api_keys",
@@ -140,6 +140,73 @@ async def test_cache_with_cookies_is_added_off_to_existing_policies(db_url: str)
         await engine.dispose()
     assert "cache_with_cookies" not in columns
     assert policies == 2 + 3  # the downgrade keeps the rows, seeded ones included
+
+
+ENGINE_COLUMNS = ("keep_seconds", "lock_timeout_seconds", "lock_age_seconds", "max_variants")
+INSERT_0006_POLICY = (
+    "INSERT INTO cache_policies (name, mode, ttl_seconds, stale_while_revalidate_seconds,"
+    " stale_if_error_seconds, vary_headers, cacheable_methods, cacheable_statuses,"
+    " max_object_bytes, shared, negative_cache, cache_with_cookies, created_at, updated_at)"
+    " VALUES (:name, 'policy', 60, 0, 0, '[]', '[]', '[]', 1, false, true, false,"
+    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+)
+
+
+async def test_cache_engine_columns_get_their_defaults_on_existing_policies(db_url: str) -> None:
+    """0007 on a database with policies: each gets keep 600 s and 8 variants, and a null lock
+    timeout and age (the gateway's CACHE_LOCK_TIMEOUT / CACHE_LOCK_AGE, which deployments may
+    have set), as does a row written without the columns (an instance still on 0006 during a
+    rolling upgrade); a number is stored as given; the downgrade drops the columns and keeps
+    the rows."""
+    cfg = alembic_config(db_url)
+    await asyncio.to_thread(command.upgrade, cfg, "0006")
+    engine = make_engine(db_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(INSERT_0006_POLICY), {"name": "before"})
+        await upgrade_database(db_url)
+        async with engine.begin() as conn:
+            await conn.execute(text(INSERT_0006_POLICY), {"name": "during"})
+            await conn.execute(
+                text(
+                    "UPDATE cache_policies SET lock_timeout_seconds = 0.25, lock_age_seconds = 12.5"
+                    " WHERE name = 'during'"
+                )
+            )
+            lock_columns = await conn.run_sync(
+                lambda c: {
+                    col["name"]: (col["nullable"], col["default"])
+                    for col in inspect(c).get_columns("cache_policies")
+                    if col["name"] in ("lock_timeout_seconds", "lock_age_seconds")
+                }
+            )
+            rows = await conn.execute(
+                text(
+                    "SELECT name, keep_seconds, lock_timeout_seconds, lock_age_seconds,"
+                    " max_variants FROM cache_policies ORDER BY id"
+                )
+            )
+            assert [tuple(row) for row in rows] == [
+                ("before", 600, None, None, 8),
+                ("during", 600, 0.25, 12.5, 8),
+            ]
+        await asyncio.to_thread(command.downgrade, cfg, "0006")
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("cache_policies")}
+            )
+            names = list(await conn.scalars(text("SELECT name FROM cache_policies ORDER BY id")))
+            revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    finally:
+        await engine.dispose()
+    assert lock_columns == {
+        "lock_timeout_seconds": (True, None),
+        "lock_age_seconds": (True, None),
+    }
+    assert revision == "0006"
+    assert not set(ENGINE_COLUMNS) & columns
+    assert "cache_with_cookies" in columns  # only 0007's columns go
+    assert names == ["before", "during"]
 
 
 async def test_compare_detects_drift(db_url: str) -> None:

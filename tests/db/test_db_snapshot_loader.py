@@ -62,6 +62,14 @@ async def test_snapshot_of_seeded_data(seeded: Factory) -> None:
     assert demo.cache_policy.ttl_seconds == 30
     assert demo.cache_policy.stale_while_revalidate_seconds == 120
     assert demo.cache_policy.stale_if_error_seconds == 300
+    # Seeded policies carry the cache engine defaults; a null lock pair leaves the gateway's
+    # CACHE_LOCK_TIMEOUT / CACHE_LOCK_AGE in force.
+    assert (
+        demo.cache_policy.keep_seconds,
+        demo.cache_policy.lock_timeout_seconds,
+        demo.cache_policy.lock_age_seconds,
+        demo.cache_policy.max_variants,
+    ) == (600, None, None, 8)
     assert demo.cache_policy.cacheable_methods == frozenset({"GET", "HEAD"})
     assert 200 in demo.cache_policy.cacheable_statuses
     assert snap.routes["webhooks"].cache_policy is None
@@ -185,6 +193,10 @@ async def test_route_details_are_resolved(seeded: Factory) -> None:
             cacheable_methods=["get"],
             cacheable_statuses=[200, 404],
             shared=True,
+            keep_seconds=86400,
+            lock_timeout_seconds=0.5,
+            lock_age_seconds=2.25,
+            max_variants=3,
         )
         session.add(policy)
         await session.flush()
@@ -222,6 +234,12 @@ async def test_route_details_are_resolved(seeded: Factory) -> None:
     assert v1.cache_policy.cacheable_methods == frozenset({"GET"})
     assert v1.cache_policy.cacheable_statuses == frozenset({200, 404})
     assert v1.cache_policy.shared is True
+    assert (
+        v1.cache_policy.keep_seconds,
+        v1.cache_policy.lock_timeout_seconds,
+        v1.cache_policy.lock_age_seconds,
+        v1.cache_policy.max_variants,
+    ) == (86400, 0.5, 2.25, 3)
     ipv6 = snap.routes["ipv6"]
     assert (ipv6.upstream_host, ipv6.upstream_port, ipv6.upstream_base_path) == (
         "::1",

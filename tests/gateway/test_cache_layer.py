@@ -242,7 +242,10 @@ async def test_miss_then_hit_with_headers(rig: Rig) -> None:
     first = await rig.get("/respond/a")
     second = await rig.get("/respond/a")
     assert first.x_cache == "MISS"
-    assert first.headers["cache-status"] == "heliox; fwd=miss; fwd-status=200"
+    # The entry's key, which POST /admin/cache/purge {"key": ...} takes (RFC 9211 §2.7).
+    key = rig.key("/respond/a")
+    assert first.headers["cache-status"] == f'heliox; fwd=miss; fwd-status=200; key="{key}"'
+    assert second.headers["cache-status"].endswith(f'; key="{key}"')
     assert second.x_cache == "HIT"
     assert second.headers["cache-status"].startswith("heliox; hit; ttl=")
     assert second.headers["age"] == "0"
@@ -770,3 +773,460 @@ async def test_redis_down_means_misses_not_errors(
     finally:
         await layer.close()
         await dead.aclose()
+
+
+# --- the request's own directives on shared answers (RFC 9111 §5.2.1) -----------------------------
+async def _upstream_has_seen(rig: Rig, path: str, calls: int) -> None:
+    """Until the upstream has received `calls` requests for `path` (a fill is under way)."""
+    deadline = time.monotonic() + 5
+    while rig.calls(path) < calls:
+        assert time.monotonic() < deadline, f"the upstream never saw call {calls} of {path}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("directive", ["no-cache", "max-age=0", "min-fresh=120"])
+async def test_a_request_no_fill_can_satisfy_never_takes_another_requests_answer(
+    rig: Rig, directive: str
+) -> None:
+    """§5.2.1.4, §5.2.1.1, §5.2.1.3: the running fill's answer (fresh for 60 s) cannot be used
+    for it, so it asks the origin itself instead of being answered `HIT; collapsed`."""
+    target = "/respond/directive?delay=0.5"
+    leader = asyncio.create_task(rig.get(target))
+    await _upstream_has_seen(rig, "/respond/directive", 1)
+    own = await rig.get(target, headers=[("Cache-Control", directive)])
+    first = await leader
+    assert own.x_cache == "MISS", own.headers
+    assert "collapsed" not in own.headers["cache-status"]
+    assert own.json()["n"] != first.json()["n"]
+    assert rig.calls("/respond/directive") == 2
+
+
+async def test_a_request_the_fill_can_satisfy_still_takes_its_answer(rig: Rig) -> None:
+    target = "/respond/satisfied?delay=0.5"
+    leader = asyncio.create_task(rig.get(target))
+    await _upstream_has_seen(rig, "/respond/satisfied", 1)
+    shared = await rig.get(target, headers=[("Cache-Control", "max-age=30")])
+    first = await leader
+    assert (shared.x_cache, shared.body) == ("HIT", first.body)
+    assert "collapsed" in shared.headers["cache-status"]
+    assert rig.calls("/respond/satisfied") == 1
+
+
+@pytest.mark.parametrize("directive", ["no-cache", "max-age=0", "min-fresh=120"])
+async def test_a_request_no_fill_can_satisfy_never_waits_on_another_instance(
+    make_rig: RigFactory, directive: str
+) -> None:
+    a = await make_rig("redis")
+    b = await make_rig("redis", clock=a.clock)
+    target = "/respond/remote-directive?delay=0.5"
+    leader = asyncio.create_task(a.get(target))
+    await _upstream_has_seen(a, "/respond/remote-directive", 1)  # A holds the fill lock
+    own = await b.get(target, headers=[("Cache-Control", directive)])
+    first = await leader
+    assert own.x_cache == "MISS", own.headers
+    assert "collapsed" not in own.headers["cache-status"]
+    assert own.json()["n"] != first.json()["n"]
+    assert a.calls("/respond/remote-directive") == 2
+
+
+# --- the negative cache in origin mode -----------------------------------------------------------
+async def test_origin_mode_remembers_a_404_only_while_the_origin_allows(rig: Rig) -> None:
+    """§4.2: an `Expires` in the past allows no reuse, so the next request asks the origin
+    (a Bloom filter, which cannot forget one path early, would have answered NEGATIVE)."""
+    rig.policy = policy_of(mode="origin")
+    past = "/respond/gone?status=404&expires=Thu,%2001%20Jan%201970%2000:00:00%20GMT"
+    for _ in range(2):
+        answer = await rig.get(past)
+        assert (answer.status, answer.x_cache) == (404, "MISS")
+    assert rig.calls("/respond/gone") == 2
+    assert not await rig.runtime.negative.might_contain("r", rig.key(past), rig.clock())
+    # A 404 the origin lets be reused for 30 s is the negative cache's answer for 30 s.
+    fresh = "/respond/gone30?status=404&cache_control=max-age%3D30"
+    assert (await rig.get(fresh)).x_cache == "MISS"
+    again = await rig.get(fresh)
+    assert (again.status, again.x_cache) == (404, "NEGATIVE")
+    rig.clock.advance(31)
+    assert (await rig.get(fresh)).x_cache == "MISS"
+    assert rig.calls("/respond/gone30") == 2
+
+
+# --- every fill keeps the in-process copy current ------------------------------------------------
+async def test_a_revalidation_updates_the_copy_kept_in_process(make_rig: RigFactory) -> None:
+    rig = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
+    target = "/respond/kept-rv?etag=%22v1%22"
+    assert (await _with_generation(rig, target)).x_cache == "MISS"
+    rig.clock.advance(10)
+    forced = rig.request(target, headers=[("Cache-Control", "no-cache")])
+    forced.ex.cache_generation = (await _admitted(rig, target)).ex.cache_generation
+    assert (await rig.send(forced)).x_cache == "REVALIDATED"
+    after = await _with_generation(rig, target)
+    assert after.x_cache == "HIT"
+    assert after.headers["age"] == "0"  # the freshened entry, not the copy read 10 s ago
+    assert rig.runtime.metrics.events["cache_l1_hits"] >= 1
+
+
+# --- revalidation: entries with validators are kept past their stale windows (§4.3) ---------------
+@pytest.mark.parametrize(
+    "cache_control",
+    ["max-age%3D2", "no-cache", "max-age%3D0", "max-age%3D2%2C%20must-revalidate"],
+)
+async def test_a_stale_entry_with_a_validator_is_revalidated_not_fetched_again(
+    rig: Rig, cache_control: str
+) -> None:
+    """§4.3.1: kept for `keep_seconds` past its windows, the entry is revalidated with
+    If-None-Match; the 304 freshens it (§4.3.4). `no-cache` and `max-age=0` are stored and
+    revalidated on every use (§5.2.2.4)."""
+    rig.policy = policy_of(mode="origin")
+    target = f"/respond/kept?etag=%22abc%22&cache_control={cache_control}"
+    first = await rig.get(target)
+    assert first.x_cache == "MISS"
+    rig.clock.advance(3)
+    again = await rig.get(target)
+    assert (again.status, again.x_cache) == (200, "REVALIDATED"), again.headers
+    assert again.body == first.body  # the stored body: the upstream answered 304
+    assert "fwd-status=304" in again.headers["cache-status"]
+    assert rig.calls("/respond/kept") == 2
+
+
+async def test_without_a_validator_or_a_keep_window_nothing_is_kept(rig: Rig) -> None:
+    rig.policy = policy_of(mode="origin")
+    plain = "/respond/plain?cache_control=max-age%3D2"
+    await rig.get(plain)
+    rig.clock.advance(3)
+    assert (await rig.get(plain)).x_cache == "MISS"
+    rig.policy = policy_of(mode="origin", keep_seconds=0)
+    tagged = "/respond/nokeep?etag=%22abc%22&cache_control=max-age%3D2"
+    await rig.get(tagged)
+    rig.clock.advance(3)
+    assert (await rig.get(tagged)).x_cache == "MISS"
+    # Past the keep window the entry is gone too.
+    rig.policy = policy_of(mode="origin", keep_seconds=10)
+    late = "/respond/late?etag=%22abc%22&cache_control=max-age%3D2"
+    await rig.get(late)
+    rig.clock.advance(13)
+    assert (await rig.get(late)).x_cache == "MISS"
+    assert rig.calls("/respond/late") == 2
+
+
+async def test_a_background_refresh_updates_the_copy_kept_in_process(make_rig: RigFactory) -> None:
+    """The refresh runs the same filler as a miss: what it stores, this process keeps too."""
+    rig = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
+    rig.policy = policy_of(ttl_seconds=10, stale_while_revalidate_seconds=60)
+    target = "/respond/kept-swr"
+    first = await _with_generation(rig, target)
+    rig.clock.advance(11)
+    assert (await _with_generation(rig, target)).x_cache == "STALE"
+    await rig.layer.refresher.drain()
+    redis: CountingRedis = rig.runtime.redis
+    req = await _admitted(rig, target)
+    redis.commands.clear()
+    fresh = await rig.send(req)
+    assert fresh.x_cache == "HIT"
+    assert fresh.json()["n"] > first.json()["n"]
+    assert redis.commands == []  # served from the refreshed copy kept in process
+
+
+# --- invalidation by the response's Location and Content-Location (§4.4) -------------------------
+@pytest.mark.parametrize("field", ["Location", "Content-Location"])
+async def test_a_successful_write_invalidates_the_same_origin_uri_its_response_names(
+    rig: Rig, field: str
+) -> None:
+    named, absolute, foreign = "/respond/named", "/respond/absolute", "/respond/foreign"
+    for target in (named, absolute, foreign):
+        await rig.get(target)
+        assert (await rig.get(target)).x_cache == "HIT"
+    origin = f"http://127.0.0.1:{rig.port}"
+    for value in (named, f"{origin}{absolute}", f"http://elsewhere.example{foreign}"):
+        query = f"header={field}%3A%20{value}"
+        assert (await rig.get(f"/respond/write?{query}", method="POST")).status == 200
+    assert (await rig.get(named)).x_cache == "MISS"
+    assert (await rig.get(absolute)).x_cache == "MISS"
+    assert (await rig.get(foreign)).x_cache == "HIT"  # another origin's URL: left alone
+
+
+async def test_a_location_outside_the_routes_base_path_is_left_alone(rig: Rig) -> None:
+    based = rig.route(upstream_base_path="/respond")
+    await rig.get("/respond/kept", route=based)
+    assert (await rig.get("/respond/kept", route=based)).x_cache == "HIT"
+    # /kept under the base is the route's /kept; /other/kept is outside the base.
+    for location in ("/other/kept", "/respond/kept"):
+        write = f"/respond/w?header=Location%3A%20{location}"
+        await rig.get(write, method="POST", route=based)
+    assert (await rig.get("/respond/kept", route=based)).x_cache == "HIT"
+    await rig.get(
+        "/respond/w?header=Location%3A%20/respond/respond/kept", method="POST", route=based
+    )
+    assert (await rig.get("/respond/kept", route=based)).x_cache == "MISS"
+
+
+# --- a fill that began before a write does not store the old answer ------------------------------
+async def test_a_fill_that_began_before_a_successful_write_stores_nothing(rig: Rig) -> None:
+    target = "/respond/race?delay=0.5"
+    leader = asyncio.create_task(rig.get(target))
+    await _upstream_has_seen(rig, "/respond/race", 1)
+    # A quick write whose answer names the URI: invalidated while the fill still runs.
+    write = "/respond/race-write?header=Location%3A%20/respond/race%3Fdelay%3D0.5"
+    assert (await rig.get(write, method="POST")).status == 200
+    first = await leader
+    assert first.x_cache == "MISS"
+    assert rig.runtime.metrics.events["cache_fills_outdated"] == 1
+    after = await rig.get(target)
+    assert after.x_cache == "MISS"  # not the answer fetched before the write
+    assert after.json()["n"] > first.json()["n"]
+    assert (await rig.get(target)).x_cache == "HIT"
+
+
+# --- the policy's own lock settings ---------------------------------------------------------------
+async def test_the_policys_lock_timeout_bounds_the_wait_for_another_fill(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig("memory")  # no override: the policy's settings apply
+    rig.policy = policy_of(lock_timeout_seconds=0.2)
+    leader = asyncio.create_task(rig.get("/respond/plock?delay=1"))
+    await _upstream_has_seen(rig, "/respond/plock", 1)
+    late = await rig.get("/respond/plock?delay=1")
+    await leader
+    assert late.x_cache == "MISS"  # went alone after 0.2 s instead of waiting 1 s
+    assert rig.calls("/respond/plock") == 2
+
+
+# --- variants selected by the response's Vary (RFC 9111 §4.1) ------------------------------------
+@dataclass
+class Negotiating:
+    """An upstream that chooses what it sends by request headers, as real ones do: gzip when the
+    request's Accept-Encoding names it, the language it asks for; it records what it was sent."""
+
+    port: int
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+    def calls(self) -> int:
+        return len(self.seen)
+
+
+@pytest.fixture
+async def negotiating() -> AsyncIterator[Negotiating]:
+    import gzip
+
+    upstream = Negotiating(0)
+
+    async def handle(request: web.Request) -> web.Response:
+        upstream.seen.append({k.lower(): v for k, v in request.headers.items()})
+        n = len(upstream.seen)
+        await asyncio.sleep(float(request.query.get("delay", "0")))
+        vary = request.query.get("vary", "Accept-Encoding")
+        headers = {"Vary": vary, "Cache-Control": "max-age=60"}
+        if vary == "Accept-Language":
+            lang = request.headers.get("Accept-Language", "en")
+            return web.Response(body=f"{lang}:{n}".encode(), headers=headers)
+        body = f"plain:{n}".encode()
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+            body = gzip.compress(body)
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    upstream.port = runner.addresses[0][1]
+    try:
+        yield upstream
+    finally:
+        await runner.cleanup()
+
+
+async def _fill_under_way(upstream: Negotiating, calls: int) -> None:
+    """Until the upstream has received `calls` requests."""
+    deadline = time.monotonic() + 5
+    while upstream.calls() < calls:
+        assert time.monotonic() < deadline, f"the upstream never saw call {calls}"
+        await asyncio.sleep(0.01)
+
+
+def _body(answer: Answer) -> str:
+    import gzip
+
+    if answer.headers.get("content-encoding") == "gzip":
+        return gzip.decompress(answer.body).decode()
+    return answer.body.decode()
+
+
+GZIP = [("Accept-Encoding", "gzip, deflate, br")]
+
+
+async def test_variants_are_stored_per_served_coding(rig: Rig, negotiating: Negotiating) -> None:
+    route = rig.route(port=negotiating.port)
+    zipped = await rig.get("/v/a", headers=GZIP, route=route)
+    assert (zipped.x_cache, zipped.headers["content-encoding"]) == ("MISS", "gzip")
+    # The upstream was offered the codings the client accepts, rebuilt.
+    assert negotiating.seen[0]["accept-encoding"] == "gzip, deflate, br"
+    plain = await rig.get("/v/a", route=route)
+    assert plain.x_cache == "MISS"  # not the gzip variant: this client did not ask for it
+    assert "content-encoding" not in plain.headers
+    assert "accept-encoding" not in negotiating.seen[1]
+    assert _body(plain) == "plain:2"
+    # Every spelling that accepts gzip is the one gzip variant; the rest the identity one.
+    for accept in ("gzip", "br;q=1.0, gzip;q=0.8, *;q=0.1", "deflate, gzip;q=1.0"):
+        again = await rig.get("/v/a", headers=[("Accept-Encoding", accept)], route=route)
+        assert (again.x_cache, _body(again)) == ("HIT", "plain:1"), accept
+        assert again.headers["content-encoding"] == "gzip"
+    for accept in ("identity", "deflate", "evil-encoding"):
+        again = await rig.get("/v/a", headers=[("Accept-Encoding", accept)], route=route)
+        assert (again.x_cache, _body(again)) == ("HIT", "plain:2"), accept
+        assert "content-encoding" not in again.headers
+    assert negotiating.calls() == 2
+    # A purge of the URL removes the index and every variant.
+    uri = rig.runtime.cache
+    assert await rig.layer.io.invalidate(rig.request("/v/a", route=route)) == 3
+    assert (await uri.stats()).entries == 0
+    assert (await rig.get("/v/a", headers=GZIP, route=route)).x_cache == "MISS"
+
+
+async def test_variants_per_url_are_bounded(rig: Rig, negotiating: Negotiating) -> None:
+    route = rig.route(policy_of(max_variants=2), port=negotiating.port)
+
+    async def lang(value: str) -> Answer:
+        return await rig.get(
+            "/v/l?vary=Accept-Language", headers=[("Accept-Language", value)], route=route
+        )
+
+    for value in ("fr", "de"):
+        assert (await lang(value)).x_cache == "MISS"
+    # Known to vary on it now: the fill forwards it (the first did not: see the next test).
+    assert negotiating.seen[1]["accept-language"] == "de"
+    assert [(await lang(v)).x_cache for v in ("de",)] == ["HIT"]
+    assert _body(await lang("it")) == "it:3"
+    assert [(await lang(v)).x_cache for v in ("de", "it")] == ["HIT", "HIT"]
+    assert _body(await lang("es")) == "es:4"  # the third: the least recently stored (de) goes
+    assert (await rig.runtime.cache.stats()).entries == 3  # the index and two variants
+    assert [(await lang(v)).x_cache for v in ("it", "es")] == ["HIT", "HIT"]
+    again = await lang("de")
+    assert (again.x_cache, _body(again)) == ("MISS", "de:5")
+
+
+async def test_the_first_fill_keys_unsent_headers_as_absent(
+    rig: Rig, negotiating: Negotiating
+) -> None:
+    route = rig.route(port=negotiating.port)
+    target = "/v/first?vary=Accept-Language"
+    # Nothing says yet that the URL varies on Accept-Language: the first fill does not send it,
+    # so its answer (the upstream's default) is not the French variant.
+    first = await rig.get(target, headers=[("Accept-Language", "fr")], route=route)
+    assert (first.x_cache, _body(first)) == ("MISS", "en:1")
+    assert (await rig.get(target, route=route)).x_cache == "HIT"  # no Accept-Language: that one
+    french = await rig.get(target, headers=[("Accept-Language", "fr")], route=route)
+    assert (french.x_cache, _body(french)) == ("MISS", "fr:2")
+    again = await rig.get(target, headers=[("Accept-Language", "fr")], route=route)
+    assert (again.x_cache, _body(again)) == ("HIT", "fr:2")
+
+
+async def test_a_waiter_is_not_handed_a_variant_for_other_headers(
+    rig: Rig, negotiating: Negotiating
+) -> None:
+    route = rig.route(port=negotiating.port)
+    target = "/v/storm?delay=0.3"
+    leader = asyncio.create_task(rig.get(target, headers=GZIP, route=route))
+    await _fill_under_way(negotiating, 1)
+    answers = await asyncio.gather(
+        *(rig.get(target, headers=GZIP, route=route) for _ in range(5)),
+        *(rig.get(target, route=route) for _ in range(5)),
+    )
+    first = await leader
+    assert first.headers["content-encoding"] == "gzip"
+    zipped, plain = answers[:5], answers[5:]
+    assert all(a.headers.get("content-encoding") == "gzip" for a in zipped)
+    assert all("collapsed" in a.headers["cache-status"] for a in zipped)
+    # Those that do not accept gzip went upstream on their own and got identity.
+    assert all("content-encoding" not in a.headers for a in plain)
+    assert all(_body(a).startswith("plain:") for a in plain)
+    assert negotiating.calls() == 6
+
+
+async def test_waiters_varying_on_other_headers_take_the_stored_variant(
+    rig: Rig, negotiating: Negotiating
+) -> None:
+    route = rig.route(port=negotiating.port)
+    target = "/v/lang?vary=Accept-Language&delay=0.3"
+    fr = [("Accept-Language", "fr")]
+    assert _body(await rig.get(target, headers=fr, route=route)) == "en:1"  # not sent yet
+    assert _body(await rig.get(target, headers=fr, route=route)) == "fr:2"
+    # Gone from the store; this process still knows the URL varies on Accept-Language.
+    assert await rig.layer.io.invalidate(rig.request(target, route=route)) == 3
+    leader = asyncio.create_task(rig.get(target, headers=fr, route=route))
+    await _fill_under_way(negotiating, 3)
+    de = [("Accept-Language", "de")]
+    answers = await asyncio.gather(
+        *(rig.get(target, headers=fr, route=route) for _ in range(4)),
+        *(rig.get(target, headers=de, route=route) for _ in range(2)),
+    )
+    assert _body(await leader) == "fr:3"
+    # The waiters cannot tell from the answer whose Accept-Language chose it: they look their
+    # own variant up in the store, where the fill has just put it; those it is not for go
+    # upstream on their own.
+    assert [_body(a) for a in answers[:4]] == ["fr:3"] * 4
+    assert all("collapsed" in a.headers["cache-status"] for a in answers[:4])
+    assert sorted(_body(a) for a in answers[4:]) == ["de:4", "de:5"]
+    assert negotiating.calls() == 5
+
+
+async def test_a_varying_hit_kept_in_process_costs_no_redis_round_trip(
+    make_rig: RigFactory, negotiating: Negotiating
+) -> None:
+    rig = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
+    route = rig.route(port=negotiating.port)
+    key = rig.runtime.cache.generation_key
+    await rig.runtime.redis.set(key, b"1", nx=True)
+
+    async def admitted(headers: list[tuple[str, str]]) -> Answer:
+        req = rig.request("/v/l1", headers=headers, route=route)
+        req.ex.cache_generation = await rig.runtime.redis.get(key)
+        return await rig.send(req)
+
+    assert (await admitted(GZIP)).x_cache == "MISS"
+    redis: CountingRedis = rig.runtime.redis
+    await asyncio.sleep(0)
+    redis.commands.clear()
+    hit = await admitted(GZIP)
+    assert (hit.x_cache, hit.headers["content-encoding"]) == ("HIT", "gzip")
+    assert redis.commands == ["GET"]  # the generation read above; the index and variant: none
+    assert rig.runtime.metrics.events["cache_l1_hits"] == 2
+
+
+async def test_an_instance_waiting_on_another_takes_only_its_own_variant(
+    make_rig: RigFactory, negotiating: Negotiating
+) -> None:
+    a = await make_rig("redis")
+    b = await make_rig("redis", clock=a.clock)
+    route = a.route(port=negotiating.port)
+    target = "/v/remote?delay=0.5"
+    leader = asyncio.create_task(a.get(target, headers=GZIP, route=route))
+    await _fill_under_way(negotiating, 1)
+    # On b, the gzip request leads (it waits for a's fill, and takes it); the other waits on
+    # b's own, whose gzip answer it does not accept: it goes upstream alone.
+    zipping = asyncio.create_task(b.get(target, headers=GZIP, route=route))
+    deadline = time.monotonic() + 5
+    while not b.layer.flights.busy(b.key(target)):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    plain = await b.get(target, route=route)
+    zipped = await zipping
+    assert (await leader).headers["content-encoding"] == "gzip"
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert "collapsed" in zipped.headers["cache-status"]
+    assert "content-encoding" not in plain.headers
+    assert _body(plain) == "plain:2"
+    assert negotiating.calls() == 2
+
+
+@pytest.mark.parametrize("query", ["cache_control=no-store", "cache_control=private",
+                                   "set_cookie=s%3D1"])  # fmt: skip
+async def test_a_404_the_cache_may_not_keep_is_not_remembered_either(rig: Rig, query: str) -> None:
+    """§5.2.2.5, §5.2.2.7: what forbids storing a 404 forbids the negative cache's memory of
+    it too (the Bloom filter would otherwise answer NEGATIVE without asking the upstream)."""
+    target = f"/respond/unkept?status=404&{query}"
+    for _ in range(2):
+        answer = await rig.get(target)
+        assert (answer.status, answer.x_cache) == (404, "MISS"), answer.headers
+    assert rig.calls("/respond/unkept") == 2

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from heliox.core.cachekey import cache_key, uri_key
+from heliox.core.variants import VariantIndex
 from heliox.state.cache import CacheEntry, CacheStats, CacheStore
 from heliox.state.cache_memory import MemoryCacheStore
 from heliox.state.cache_redis import RedisCacheStore
@@ -318,3 +319,64 @@ async def test_non_ascii_names_index_and_purge(h: Harness) -> None:
     assert await h.store.purge(tag="thé") == 1
     await put(h, entry)
     assert await h.store.purge(prefix="/café/") == 1
+
+
+# --- variant index records ------------------------------------------------------------------
+def _index_entry(now: float, index: VariantIndex, *, tenant: int | None = 1) -> CacheEntry:
+    """A URL's variant index as the cache layer stores it: status 0, the index as the body."""
+    return replace(
+        make_entry(now, tenant=tenant, body=index.encode()),
+        status=0,
+        headers=[],
+        fresh_until=now + 300,
+        stale_until=now + 300,
+        error_until=now + 300,
+    )
+
+
+async def test_variant_index_record_roundtrips_and_purges_with_its_variants(h: Harness) -> None:
+    now = h.now()
+    gzip, plain = make_entry(now, body=b"gz", tags=("t1",)), make_entry(now, body=b"id")
+    keys = [await put(h, gzip, vary=b"gzip"), await put(h, plain, vary=b"identity")]
+    index = VariantIndex(("accept-encoding",), tuple(keys), ("gzip", "identity"))
+    primary = key_of(gzip)
+    await h.store.set(primary, _index_entry(now, index), now)
+    got = await h.store.get(primary)
+    assert got is not None and got.status == 0
+    assert VariantIndex.decode(got.body) == index
+    # Same URI key, route, tenant and path as its variants: a purge by URL takes them all.
+    assert await h.store.purge(uri_key=gzip.uri_key) == 3
+    assert [await h.store.get(k) for k in (primary, *keys)] == [None, None, None]
+    for k in keys:
+        await h.store.set(k, make_entry(now), now)
+    await h.store.set(primary, _index_entry(now, index), now)
+    assert await h.store.invalidate(gzip.uri_key, 1) == 3
+    for k in keys:
+        await h.store.set(k, make_entry(now), now)
+    await h.store.set(primary, _index_entry(now, index), now)
+    assert await h.store.purge(route="demo") == 3
+    assert (await h.store.stats()).entries == 0
+
+
+async def test_set_drops_the_variants_it_is_told_to_without_moving_the_generation(
+    h: Harness,
+) -> None:
+    now = h.now()
+    entry = make_entry(now)
+    old, kept = await put(h, entry, vary=b"old"), await put(h, entry, vary=b"kept")
+    before = await h.store.generation()
+    primary = key_of(entry)
+    index = VariantIndex(("accept",), (kept,), ())
+    stored = await h.store.set(
+        primary, _index_entry(now, index), now, generation=before, drop=(old, "c:" + "0" * 32)
+    )
+    assert stored is True
+    assert await h.store.get(old) is None
+    assert await h.store.get(kept) == entry
+    assert await h.store.generation() == before  # not a removal readers must hear about
+    stats = await h.store.stats()
+    assert stats.entries == 2
+    # A store refused for a moved generation drops nothing either.
+    await h.store.delete("c:" + "1" * 32)
+    assert await h.store.set(primary, entry, now, generation=before, drop=(kept,)) is False
+    assert await h.store.get(kept) == entry

@@ -45,6 +45,17 @@ def test_served_while_fresh_under_the_same_generation() -> None:
     assert len(kept) == 0
 
 
+def test_discard_forgets_one_copy() -> None:
+    kept = FreshEntries(1 << 20)
+    kept.put("a", entry(1), b"7", NOW)
+    kept.put("b", entry(2), b"7", NOW)
+    kept.discard("a")
+    kept.discard("missing")
+    assert kept.get("a", b"7", NOW) is None
+    assert kept.get("b", b"7", NOW) is not None
+    assert (len(kept), kept.stored_bytes) == (1, entry_size("b", entry(2)))
+
+
 def test_entries_that_are_not_fresh_or_too_big_are_not_kept() -> None:
     kept = FreshEntries(64 * 1024)
     kept.put("old", entry(fresh_for=-1), b"1", NOW)

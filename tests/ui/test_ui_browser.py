@@ -300,13 +300,103 @@ def test_an_operator_session_from_sign_in_to_sign_out(browser: Any, gateway: Gat
         page.locator("#policy-save").click()
         standard.locator(".ttl-cell", has_text="45 s").wait_for()
 
+        # the cache engine fields: shown with the stored values, submitted as numbers; the lock
+        # pair is empty while the policy leaves it to the gateway (null)
+        standard.get_by_role("button", name="Edit").click()
+        page.locator("#policy-dialog[open]").wait_for()
+        engine_fields = ("keep_seconds", "max_variants", "lock_timeout_seconds", "lock_age_seconds")
+        shown = {f: page.locator(f"#policy-{f}").input_value() for f in engine_fields}
+        assert shown == {
+            "keep_seconds": "600",
+            "max_variants": "8",
+            "lock_timeout_seconds": "",
+            "lock_age_seconds": "",
+        }
+        lock_settings = {
+            "lock_timeout_seconds": "CACHE_LOCK_TIMEOUT",
+            "lock_age_seconds": "CACHE_LOCK_AGE",
+        }
+        for f, setting in lock_settings.items():
+            hint = page.locator(f"#policy-{f}-hint").inner_text()
+            assert f"Empty: the gateway default ({setting}, 5 s)." in hint, hint
+        edited = {
+            "keep_seconds": "7200",
+            "max_variants": "3",
+            "lock_timeout_seconds": "0.5",
+            "lock_age_seconds": "2.5",
+        }
+        for f, value in edited.items():
+            page.locator(f"#policy-{f}").fill(value)
+        page.locator("#policy-save").click()
+        page.locator("#policy-dialog[open]").wait_for(state="detached")
+
+        def engine_values() -> dict[str, Any]:
+            items = admin.get("/admin/policies").json()["items"]
+            policy = next(p for p in items if p["name"] == "standard")
+            return {f: policy[f] for f in engine_fields}
+
+        wanted = {
+            "keep_seconds": 7200,
+            "max_variants": 3,
+            "lock_timeout_seconds": 0.5,
+            "lock_age_seconds": 2.5,
+        }
+        wait_until(lambda: engine_values() == wanted, timeout=10)
+        standard.get_by_role("button", name="Edit").click()
+        page.locator("#policy-dialog[open]").wait_for()
+        assert {f: page.locator(f"#policy-{f}").input_value() for f in engine_fields} == edited
+
+        # emptied, the lock pair goes back to the gateway's settings: null, not 5
+        for f in lock_settings:
+            page.locator(f"#policy-{f}").fill("")
+        page.locator("#policy-save").click()
+        page.locator("#policy-dialog[open]").wait_for(state="detached")
+        wanted = {**wanted, "lock_timeout_seconds": None, "lock_age_seconds": None}
+        wait_until(lambda: engine_values() == wanted, timeout=10)
+        standard.get_by_role("button", name="Edit").click()
+        page.locator("#policy-dialog[open]").wait_for()
+        assert {f: page.locator(f"#policy-{f}").input_value() for f in engine_fields} == {
+            **edited,
+            "lock_timeout_seconds": "",
+            "lock_age_seconds": "",
+        }
+        page.locator("#policy-dialog").get_by_role("button", name="Cancel").click()
+
+        # a new policy starts with the lock pair empty (after a policy that had numbers) and is
+        # created with null
+        standard.get_by_role("button", name="Edit").click()
+        page.locator("#policy-dialog[open]").wait_for()
+        page.locator("#policy-lock_timeout_seconds").fill("0.75")
+        page.locator("#policy-dialog").get_by_role("button", name="Cancel").click()
+        page.locator("#new-policy").click()
+        page.locator("#policy-dialog[open]").wait_for()
+        assert [page.locator(f"#policy-{f}").input_value() for f in lock_settings] == ["", ""]
+        new_policy = f"browser-policy-{suffix}"
+        page.locator("#policy-name").fill(new_policy)
+        page.locator("#policy-save").click()
+        page.locator("#policy-dialog[open]").wait_for(state="detached")
+
+        def created() -> dict[str, Any] | None:
+            items = admin.get("/admin/policies", params={"limit": 500}).json()["items"]
+            return next((p for p in items if p["name"] == new_policy), None)
+
+        wait_until(lambda: created() is not None, timeout=10)
+        made = created()
+        assert made is not None
+        assert (made["lock_timeout_seconds"], made["lock_age_seconds"]) == (None, None)
+        assert admin.delete(f"/admin/policies/{made['id']}").status_code == 204
+
         watch.expecting_4xx = True
         standard.get_by_role("button", name="Edit").click()
         page.locator("#policy-cacheable_statuses").fill("200, abc")
+        page.locator("#policy-max_variants").fill("0")
         page.locator("#policy-save").click()
         error = page.locator('#policy-form [data-field="cacheable_statuses"] .field-error')
         error.wait_for()
         assert page.locator("#policy-cacheable_statuses").get_attribute("aria-invalid") == "true"
+        variants_error = page.locator('#policy-form [data-field="max_variants"] .field-error')
+        variants_error.wait_for()
+        assert "1" in variants_error.inner_text()
         assert page.locator("#policy-dialog[open]").count() == 1
         shot(page, "routes-validation")
         page.locator("#policy-dialog").get_by_role("button", name="Cancel").click()

@@ -1,4 +1,5 @@
-"""/admin/cache/purge: drop cached responses by URL, route, tenant, path prefix, tag, or all.
+"""/admin/cache/purge: drop cached responses by URL, route, tenant, path prefix, tag, exact cache
+key (the `key` of an answer's Cache-Status), or all.
 
 With Redis the store is shared, so a purge is effective on every instance at once. A purge also
 forgets the remembered 404s (negative cache) of the routes it touches: a purge usually follows
@@ -19,6 +20,7 @@ from heliox.admin.deps import MAX_INT32, AdminDep, AdminRoute
 from heliox.admin.errors import AdminError, invalid_field
 from heliox.core.cachekey import uri_key
 from heliox.core.paths import BadPath, parse_gateway_path
+from heliox.gateway.cache_fill import variant_index
 
 router = APIRouter(route_class=AdminRoute, tags=["cache"])
 
@@ -26,8 +28,8 @@ GATEWAY_PREFIX = "/g/"
 
 
 class PurgeBody(BaseModel):
-    """One of `url`, `all`, or any of `route`, `tenant_id`, `prefix` (with `route`), `tag`
-    (entries must match all of those given)."""
+    """One of `url`, `key`, `all`, or any of `route`, `tenant_id`, `prefix` (with `route`),
+    `tag` (entries must match all of those given)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +38,11 @@ class PurgeBody(BaseModel):
         min_length=1,
         max_length=8000,
         description="a gateway URL such as /g/demo/items?x=1: every variant and tenant of it",
+    )
+    key: str | None = Field(
+        None,
+        pattern=r"^[a-z]{1,4}:[0-9a-f]{32}$",
+        description="one entry's cache key, as the `key` of its answers' Cache-Status shows it",
     )
     route: str | None = Field(None, min_length=1, max_length=100)
     tenant_id: int | None = Field(None, ge=1, le=MAX_INT32)
@@ -51,12 +58,16 @@ class PurgeBody(BaseModel):
     def _one_selection(self) -> PurgeBody:
         criteria = [self.route, self.tenant_id, self.prefix, self.tag]
         given = [value for value in criteria if value is not None]
-        if self.all and (given or self.url is not None):
+        if self.all and (given or self.url is not None or self.key is not None):
             raise ValueError("all=true takes no other criteria")
-        if self.url is not None and given:
+        if self.url is not None and (given or self.key is not None):
             raise ValueError("url takes no other criteria")
-        if not self.all and self.url is None and not given:
-            raise ValueError("name what to purge: url, route, tenant_id, prefix, tag, or all=true")
+        if self.key is not None and given:
+            raise ValueError("key takes no other criteria")
+        if not self.all and self.url is None and self.key is None and not given:
+            raise ValueError(
+                "name what to purge: url, key, route, tenant_id, prefix, tag, or all=true"
+            )
         if self.prefix is not None:
             if self.route is None:
                 raise ValueError("prefix needs route: paths are relative to a route")
@@ -79,12 +90,31 @@ def _url_key(url: str) -> tuple[str, str]:
     return gp.route, uri_key(gp.route, gp.path, parts.query.encode("utf-8"))
 
 
+async def _purge_key(rt: Any, key: str) -> int:
+    """Delete one entry, or a URL's variant index and the variants it lists (the key answers
+    carry for a URL whose responses vary); its route's remembered 404s go too, as with every
+    purge."""
+    try:
+        entry = await rt.cache.get(key)
+        index = variant_index(entry)
+        purged = 0
+        for member in (key, *(index.keys if index is not None else ())):
+            purged += bool(await rt.cache.delete(member))
+        if entry is not None:
+            await rt.negative.clear(entry.route)
+    except RedisError as exc:
+        raise AdminError("the cache store (Redis) is unavailable; retry", status=503) from exc
+    return purged
+
+
 @router.post("/cache/purge")
 async def purge_cache(admin: AdminDep, body: PurgeBody, request: Request) -> dict[str, int]:
     """Remove matching entries from the response cache; returns how many went."""
     rt: Any = request.app.state.runtime
     criteria: dict[str, Any]
-    if body.url is not None:
+    if body.key is not None:
+        purged = await _purge_key(rt, body.key)
+    elif body.url is not None:
         route, key = _url_key(body.url)
         criteria = {"uri_key": key}
         routes = [route]
@@ -103,12 +133,13 @@ async def purge_cache(admin: AdminDep, body: PurgeBody, request: Request) -> dic
             if value is not None
         }
         routes = [body.route] if body.route is not None else list(rt.snapshot.routes)
-    try:
-        purged = int(await rt.cache.purge(**criteria))
-        for route in routes:
-            await rt.negative.clear(route)
-    except RedisError as exc:
-        raise AdminError("the cache store (Redis) is unavailable; retry", status=503) from exc
+    if body.key is None:
+        try:
+            purged = int(await rt.cache.purge(**criteria))
+            for route in routes:
+                await rt.negative.clear(route)
+        except RedisError as exc:
+            raise AdminError("the cache store (Redis) is unavailable; retry", status=503) from exc
     rt.metrics.count("cache_purges")
     async with rt.session_factory() as session:
         await record_audit(

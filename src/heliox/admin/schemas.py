@@ -159,6 +159,47 @@ UpstreamConnections = Annotated[
     ),
 ]
 Algorithm = Literal["token_bucket", "sliding_window"]
+# Cache engine tuning of a policy.
+KeepSeconds = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=7 * 86400,
+        description="seconds an entry that carries a validator (ETag or Last-Modified) is kept "
+        "after its stale windows end, so it can be revalidated with a conditional request "
+        "instead of fetched again (Varnish's beresp.keep), 0 (not kept) to 604800 (7 days)",
+    ),
+]
+LockTimeoutSeconds = Annotated[
+    float,
+    Field(
+        ge=0.05,
+        le=60,
+        allow_inf_nan=False,
+        description="how long a request waits for another request's fill of the same entry "
+        "before going upstream alone (nginx proxy_cache_lock_timeout), 0.05 to 60 seconds; "
+        "null: the gateway's CACHE_LOCK_TIMEOUT",
+    ),
+]
+LockAgeSeconds = Annotated[
+    float,
+    Field(
+        ge=0.05,
+        le=60,
+        allow_inf_nan=False,
+        description="how long a fill may hold the lock before another request may take it over "
+        "(nginx proxy_cache_lock_age), 0.05 to 60 seconds; null: the gateway's CACHE_LOCK_AGE",
+    ),
+]
+MaxVariants = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=64,
+        description="variants stored per URL when the upstream's Vary selects them by request "
+        "headers (the least recently stored is dropped beyond it), 1 to 64",
+    ),
+]
 
 
 class Input(BaseModel):
@@ -334,11 +375,16 @@ class PolicyCreate(PolicyFields):
         description="use the cache for requests that carry a Cookie, without forwarding it on "
         "a fill; off, they bypass the cache unless Cookie is a vary header",
     )
+    keep_seconds: KeepSeconds = 600
+    # Null: the gateway's CACHE_LOCK_TIMEOUT / CACHE_LOCK_AGE, which deployments already tune.
+    lock_timeout_seconds: LockTimeoutSeconds | None = None
+    lock_age_seconds: LockAgeSeconds | None = None
+    max_variants: MaxVariants = 8
 
 
 class PolicyUpdate(PolicyFields, Patch):
-    # Every policy field has a value; null is never meaningful here.
-    NOT_NULL = frozenset(PolicyCreate.model_fields)
+    # Null is meaningful only for the lock pair: it resets them to the gateway's settings.
+    NOT_NULL = frozenset(PolicyCreate.model_fields) - {"lock_timeout_seconds", "lock_age_seconds"}
     name: Slug | None = None
     mode: Literal["policy", "origin"] | None = None
     ttl_seconds: NonNegInt32 | None = None
@@ -351,6 +397,10 @@ class PolicyUpdate(PolicyFields, Patch):
     shared: bool | None = None
     negative_cache: bool | None = None
     cache_with_cookies: bool | None = None
+    keep_seconds: KeepSeconds | None = None
+    lock_timeout_seconds: LockTimeoutSeconds | None = None
+    lock_age_seconds: LockAgeSeconds | None = None
+    max_variants: MaxVariants | None = None
 
 
 class PolicyOut(BaseModel):
@@ -367,6 +417,12 @@ class PolicyOut(BaseModel):
     shared: bool
     negative_cache: bool
     cache_with_cookies: bool
+    keep_seconds: int
+    lock_timeout_seconds: float | None = Field(
+        description="null: the gateway's CACHE_LOCK_TIMEOUT applies"
+    )
+    lock_age_seconds: float | None = Field(description="null: the gateway's CACHE_LOCK_AGE applies")
+    max_variants: int
     route_count: int = Field(description="routes using this policy")
     created_at: datetime
     updated_at: datetime

@@ -18,7 +18,9 @@ __all__ = [
     "MAX_DELTA",
     "MAX_TAGS",
     "MAX_TAG_LENGTH",
+    "TARGETED_FIELDS",
     "CacheControl",
+    "cache_directives",
     "format_http_date",
     "joined",
     "parse_age",
@@ -166,6 +168,206 @@ def parse_cache_control(value: bytes | str | None) -> CacheControl:
     if not value:
         return EMPTY
     return _parse(_text(value))
+
+
+# The fields that target this cache, most specific first: RFC 9213 CDN-Cache-Control, then the
+# Edge Architecture's Surrogate-Control. A gateway cache in front of APIs is what both address.
+TARGETED_FIELDS = (b"cdn-cache-control", b"surrogate-control")
+# What Surrogate-Control is read for (as Varnish and Fastly read it); the rest of it (`content`,
+# ESI processing) is not a caching policy.
+_SURROGATE = frozenset({"max_age", "no_store", "stale_while_revalidate", "stale_if_error"})
+
+_SF_KEY_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz*")
+_SF_KEY = _SF_KEY_FIRST | frozenset("0123456789_-.")
+_SF_TCHAR = frozenset(
+    "!#$%&'*+-.^_`|~:/0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_SF_B64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+class _SFError(ValueError):
+    pass
+
+
+def _sf_key(s: str, i: int) -> tuple[str, int]:
+    # RFC 8941 §4.2.3.3: lower-case only; "Max-Age" is a parse error, not another spelling.
+    if i >= len(s) or s[i] not in _SF_KEY_FIRST:
+        raise _SFError
+    start = i
+    while i < len(s) and s[i] in _SF_KEY:
+        i += 1
+    return s[start:i], i
+
+
+def _sf_bare_item(s: str, i: int) -> tuple[object, int]:
+    """RFC 8941 §4.2.3.1; integers come back as int, booleans as bool, anything else as str
+    (strings, tokens, decimals and byte sequences, which no cache directive takes)."""
+    n = len(s)
+    if i >= n:
+        raise _SFError
+    c = s[i]
+    if c == "-" or c.isdigit():  # §4.2.4
+        start = i
+        if c == "-":
+            i += 1
+        digits = i
+        while i < n and s[i].isdigit():
+            i += 1
+        if i == digits:
+            raise _SFError
+        if i < n and s[i] == ".":
+            if i - digits > 12:
+                raise _SFError
+            i += 1
+            frac = i
+            while i < n and s[i].isdigit():
+                i += 1
+            if not 1 <= i - frac <= 3:
+                raise _SFError
+            return s[start:i], i
+        if i - digits > 15:
+            raise _SFError
+        return int(s[start:i]), i
+    if c == '"':  # §4.2.5
+        i += 1
+        while i < n:
+            ch = s[i]
+            if ch == "\\":
+                if i + 1 >= n or s[i + 1] not in '"\\':
+                    raise _SFError
+                i += 2
+            elif ch == '"':
+                return "", i + 1
+            elif not " " <= ch <= "~":
+                raise _SFError
+            else:
+                i += 1
+        raise _SFError
+    if c == "*" or (c.isascii() and c.isalpha()):  # §4.2.6
+        start = i
+        i += 1
+        while i < n and s[i] in _SF_TCHAR:
+            i += 1
+        return s[start:i], i
+    if c == ":":  # §4.2.7
+        end = s.find(":", i + 1)
+        if end < 0 or any(ch not in _SF_B64 for ch in s[i + 1 : end]):
+            raise _SFError
+        return "", end + 1
+    if c == "?" and i + 1 < n and s[i + 1] in "01":  # §4.2.8
+        return s[i + 1] == "1", i + 2
+    raise _SFError
+
+
+def _sf_parameters(s: str, i: int) -> int:
+    # §4.2.3.2; RFC 9213 §2.2: parameters on a cache directive are ignored.
+    while i < len(s) and s[i] == ";":
+        i += 1
+        while i < len(s) and s[i] == " ":
+            i += 1
+        _, i = _sf_key(s, i)
+        if i < len(s) and s[i] == "=":
+            _, i = _sf_bare_item(s, i + 1)
+    return i
+
+
+def _sf_member_value(s: str, i: int) -> tuple[object, int]:
+    if i < len(s) and s[i] == "(":  # §4.2.1.2: an inner list, which no directive takes
+        i += 1
+        while True:
+            while i < len(s) and s[i] == " ":
+                i += 1
+            if i < len(s) and s[i] == ")":
+                return "", _sf_parameters(s, i + 1)
+            _, i = _sf_bare_item(s, i)
+            i = _sf_parameters(s, i)
+            if i >= len(s) or s[i] not in " )":
+                raise _SFError
+    value, i = _sf_bare_item(s, i)
+    return value, _sf_parameters(s, i)
+
+
+@lru_cache(maxsize=256)
+def _parse_targeted(value: str) -> CacheControl | None:
+    """A targeted field (RFC 9213 §2.2: a Structured Fields Dictionary) as directives; None when
+    it is empty or fails to parse, and so must be ignored."""
+    s = value.strip(" ")
+    if not s:
+        return None
+    members: dict[str, object] = {}
+    i, n = 0, len(s)
+    try:
+        while True:  # RFC 8941 §4.2.2
+            key, i = _sf_key(s, i)
+            if i < n and s[i] == "=":
+                members[key], i = _sf_member_value(s, i + 1)
+            else:
+                members[key] = True
+                i = _sf_parameters(s, i)
+            while i < n and s[i] in " \t":
+                i += 1
+            if i >= n:
+                break
+            if s[i] != ",":
+                raise _SFError
+            i += 1
+            while i < n and s[i] in " \t":
+                i += 1
+            if i >= n:
+                raise _SFError  # a trailing comma
+    except _SFError:
+        return None
+    flags: dict[str, bool] = {}
+    deltas: dict[str, int] = {}
+    for name, member in members.items():
+        # RFC 9213 §2.2: a value of the wrong type (`max-age="60"`, `max-age=1.5`,
+        # `no-store=?0`) is not consumed; unknown directives are ignored, yet still make the
+        # field valid (`CDN-Cache-Control: none` overrides Cache-Control, RFC 9213 §3.1).
+        flag = _FLAGS.get(name)
+        if flag is not None and member is True:
+            flags[flag] = True
+        field = _DELTAS.get(name)
+        if field is not None and type(member) is int and member >= 0:
+            deltas[field] = min(member, MAX_DELTA)
+    return CacheControl(**flags, **deltas)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=256)
+def _parse_surrogate(value: str) -> CacheControl | None:
+    parsed = _parse(value)
+    kept = {
+        name: getattr(parsed, name)
+        for name in _SURROGATE
+        if getattr(parsed, name) not in (None, False)
+    }
+    return CacheControl(**kept) if kept else None
+
+
+def cache_directives(headers: Iterable[tuple[bytes, bytes]]) -> tuple[CacheControl, bytes]:
+    """The response directives this cache stores and ages a response by, and the field they
+    came from (lower-case name).
+
+    RFC 9213 §2.1: the first field of `TARGETED_FIELDS` with a valid, non-empty value decides,
+    and Cache-Control and Expires are then ignored for this cache (Cache-Control still speaks to
+    the caches downstream). A CDN-Cache-Control that is empty or not a valid Dictionary is
+    ignored (§2.2). Surrogate-Control is read like Cache-Control, for `max-age`, `no-store`,
+    `stale-while-revalidate` and `stale-if-error`; one holding none of them, or only
+    directives aimed at another named surrogate (`max-age=60;other`), is ignored.
+    """
+    headers = list(headers)
+    cdn = joined(headers, b"cdn-cache-control")
+    if cdn is not None:
+        targeted = _parse_targeted(_text(cdn))
+        if targeted is not None:
+            return targeted, b"cdn-cache-control"
+    surrogate = joined(headers, b"surrogate-control")
+    if surrogate is not None:
+        # Edge Architecture §3: `directive;device` addresses one named surrogate, not this one.
+        text = ",".join(part for part in _text(surrogate).split(",") if ";" not in part)
+        directives = _parse_surrogate(text)
+        if directives is not None:
+            return directives, b"surrogate-control"
+    return parse_cache_control(joined(headers, b"cache-control")), b"cache-control"
 
 
 def parse_vary(value: bytes | str | None) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from heliox.core.cachecontrol import (
     EMPTY,
     MAX_DELTA,
     CacheControl,
+    cache_directives,
     joined,
     parse_age,
     parse_cache_control,
@@ -33,6 +34,7 @@ from heliox.core.cachecontrol import (
     parse_vary,
 )
 from heliox.core.headers import HOP_BY_HOP, downstream_response_headers
+from heliox.core.variants import response_vary
 from heliox.snapshot import CachePolicyConfig
 
 __all__ = [
@@ -54,8 +56,11 @@ __all__ = [
     "initial_age",
     "lookup_bypass",
     "lookup_state",
+    "must_ask_origin",
     "not_modified",
     "not_modified_headers",
+    "remembers_404s",
+    "request_accepts",
     "storable",
     "ttl_seconds",
 ]
@@ -145,6 +150,17 @@ def cacheable_request(policy: CachePolicyConfig, method: str) -> bool:
     return method in policy.cacheable_methods and method in ("GET", "HEAD")
 
 
+def remembers_404s(policy: CachePolicyConfig) -> bool:
+    """Whether the route's 404s go into its Bloom filter of remembered 404s (the negative cache).
+
+    Only in "policy" mode: a Bloom filter cannot forget one path early, and in "origin" mode a
+    404 may be reused only while the origin's own freshness allows (§4.2; an `Expires` in the
+    past allows nothing). There the stored 404 entry is the negative cache: it is kept, served
+    as NEGATIVE and aged exactly like any other response.
+    """
+    return policy.negative_cache and policy.mode != "origin"
+
+
 def lookup_bypass(policy: CachePolicyConfig, request_headers: Headers) -> str | None:
     """Why a GET or HEAD must go past the cache (answered by the upstream, nothing stored), or
     None; `request_headers` as the upstream would see them.
@@ -201,7 +217,8 @@ def storable(
     request_cc = parse_cache_control(joined(request_headers, b"cache-control"))
     if request_cc.no_store:
         return StoreDecision(False, "request_no_store")  # §5.2.1.5
-    cc = parse_cache_control(joined(response_headers, b"cache-control"))
+    # RFC 9213 §2.1: a field targeting this cache replaces Cache-Control here, in both modes.
+    cc, field = cache_directives(response_headers)
     if cc.no_store:
         return StoreDecision(False, "no_store")  # §5.2.2.5
     if cc.private:
@@ -212,10 +229,8 @@ def storable(
     vary = parse_vary(joined(response_headers, b"vary"))
     if "*" in vary:
         return StoreDecision(False, "vary_star")  # §4.1: never matches a later request
-    unkeyed = [name for name in vary if name not in policy.vary_headers]
-    if unkeyed:
-        # §4.1: the key only holds the policy's vary headers; a variant selected by any other
-        # header would be served to requests it was not chosen for.
+    if response_vary(policy.vary_headers, response_headers) is None:
+        # Naming more headers than a variant key holds: stored, it could not be found again.
         return StoreDecision(False, "vary_unkeyed")
 
     if (
@@ -225,7 +240,10 @@ def storable(
     ):
         return StoreDecision(False, "authorization")  # §3.5
 
-    if policy.mode == "origin" and not _has_origin_freshness(status, cc, response_headers):
+    targeted = field != b"cache-control"
+    if policy.mode == "origin" and not _has_origin_freshness(
+        status, cc, response_headers, targeted=targeted
+    ):
         return StoreDecision(False, "no_freshness")  # §3: nothing says it may be reused
     if policy.mode != "origin" and (
         policy.ttl_seconds <= 0
@@ -240,13 +258,16 @@ def storable(
     return StoreDecision(True, "ok")
 
 
-def _has_origin_freshness(status: int, cc: CacheControl, headers: Headers) -> bool:
+def _has_origin_freshness(
+    status: int, cc: CacheControl, headers: Headers, *, targeted: bool = False
+) -> bool:
     # §3 (last bullet list): explicit freshness, `public`, or a heuristically cacheable status.
+    # With `targeted` directives, Expires is ignored like Cache-Control (RFC 9213 §2.1).
     return (
         cc.max_age is not None
         or cc.s_maxage is not None
         or cc.public
-        or _value(headers, b"expires") is not None
+        or (not targeted and _value(headers, b"expires") is not None)
         or status in HEURISTIC_STATUSES
     )
 
@@ -294,7 +315,10 @@ def entry_times(
             fresh_until + max(0, policy.stale_if_error_seconds),
         )
 
-    cc = parse_cache_control(joined(response_headers, b"cache-control"))
+    cc, field = cache_directives(response_headers)
+    if field != b"cache-control":
+        # RFC 9213 §2.1: a targeted field's directives replace Cache-Control and Expires alike.
+        response_headers = [(n, v) for n, v in response_headers if n != b"expires"]
     lifetime = min(_origin_lifetime(policy, status, cc, response_headers, now), MAX_DELTA)
     if cc.no_cache:
         lifetime = 0.0  # §5.2.2.4: never reused without a successful validation
@@ -329,14 +353,8 @@ def lookup_state(entry: StoredTimes, now: float, request_cc: CacheControl = EMPT
     """
     if now >= entry.stale_until and now >= entry.error_until:
         return LookupState.EXPIRED
-    if request_cc is not EMPTY:
-        if request_cc.no_cache:
-            return LookupState.MUST_REVALIDATE  # §5.2.1.4
-        if request_cc.max_age is not None and age_seconds(entry, now) > request_cc.max_age:
-            # §5.2.1.1: without max-stale the client does not want a stale response either.
-            return LookupState.MUST_REVALIDATE
-        if request_cc.min_fresh is not None and entry.fresh_until - now < request_cc.min_fresh:
-            return LookupState.MUST_REVALIDATE  # §5.2.1.3
+    if request_cc is not EMPTY and not request_accepts(entry, now, request_cc):
+        return LookupState.MUST_REVALIDATE
     if now < entry.fresh_until:
         return LookupState.HIT
     if now < entry.stale_until:
@@ -344,6 +362,24 @@ def lookup_state(entry: StoredTimes, now: float, request_cc: CacheControl = EMPT
     # Past the stale window but inside the error window: the upstream must be asked, and the
     # entry answers only if that fails.
     return LookupState.MUST_REVALIDATE
+
+
+def request_accepts(entry: StoredTimes, now: float, request_cc: CacheControl) -> bool:
+    """Whether the request's own directives let it be answered with `entry` without asking the
+    origin: also a fill's result that another request started (§5.2.1)."""
+    if request_cc.no_cache:
+        return False  # §5.2.1.4
+    if request_cc.max_age is not None and age_seconds(entry, now) > request_cc.max_age:
+        # §5.2.1.1: without max-stale the client does not want a stale response either.
+        return False
+    # §5.2.1.3
+    return request_cc.min_fresh is None or entry.fresh_until - now >= request_cc.min_fresh
+
+
+def must_ask_origin(request_cc: CacheControl) -> bool:
+    """A request no stored or shared answer can satisfy, whatever its age: `no-cache` (§5.2.1.4)
+    or `max-age=0` (§5.2.1.1). It never waits on another request's fill."""
+    return request_cc.no_cache or request_cc.max_age == 0
 
 
 def can_serve_stale_on_error(entry: StoredTimes, now: float) -> bool:

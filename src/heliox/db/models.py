@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -127,6 +128,16 @@ class CachePolicy(Timestamps, Base):
     # they bypass it unless Cookie is a vary header. Added by 0002: the server default fills
     # existing rows and those an instance still on 0001 inserts during a rolling upgrade.
     cache_with_cookies: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Cache engine tuning, added by 0007 (server defaults as for 0002). Seconds an entry with a
+    # validator is kept past its stale windows for a conditional revalidation (0: not kept).
+    keep_seconds: Mapped[int] = mapped_column(Integer, default=600, server_default=text("600"))
+    # How long a request waits for another's fill of the same entry, and how long a fill may hold
+    # that lock before another request may take it over. Null (no server default, so also what
+    # rows from before 0007 have): the gateway's CACHE_LOCK_TIMEOUT / CACHE_LOCK_AGE.
+    lock_timeout_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    lock_age_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    # Variants stored per URL under Vary; the least recently stored is dropped beyond it.
+    max_variants: Mapped[int] = mapped_column(Integer, default=8, server_default=text("8"))
 
 
 class Route(Timestamps, Base):

@@ -181,6 +181,10 @@ def _policy_config(policy: CachePolicy) -> CachePolicyConfig:
         shared=policy.shared,
         negative_cache=policy.negative_cache,
         cache_with_cookies=policy.cache_with_cookies,
+        keep_seconds=policy.keep_seconds,
+        lock_timeout_seconds=policy.lock_timeout_seconds,
+        lock_age_seconds=policy.lock_age_seconds,
+        max_variants=policy.max_variants,
     )
 
 

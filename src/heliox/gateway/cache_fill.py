@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
 
+from heliox.core.cache_engine import keep_until
 from heliox.core.cachecontrol import response_tags
 from heliox.core.cachekey import cache_key, uri_key, vary_values
 from heliox.core.freshness import (
@@ -25,10 +28,24 @@ from heliox.core.freshness import (
     headers_to_store,
     initial_age,
 )
-from heliox.core.headers import cache_fill_forwarded
+from heliox.core.headers import cache_fill_forwarded, header_value
+from heliox.core.paths import BadPath, parse_gateway_path
+from heliox.core.variants import (
+    ACCEPT_ENCODING,
+    VariantIndex,
+    accepts_coding,
+    added,
+    content_coding,
+    forwarded_accept_encoding,
+    response_vary,
+    select_coding,
+    variant_vary,
+)
 from heliox.gateway.cache_responses import gateway_owned
+from heliox.gateway.coalescing import PASSED, STORED, FillNotices
 from heliox.gateway.exchange import ProxyRequest
 from heliox.gateway.upstream_client import UpstreamResponse
+from heliox.snapshot import RouteConfig
 from heliox.state.cache import CacheEntry
 from heliox.state.lock_redis import RedisLocks
 
@@ -37,8 +54,12 @@ __all__ = [
     "entry_key",
     "fill_headers",
     "freshened",
+    "index_record",
     "new_entry",
+    "route_target",
     "tenant_of",
+    "variant_index",
+    "variant_key",
 ]
 
 log = logging.getLogger("heliox.cache")
@@ -53,6 +74,7 @@ _CLIENT_PRECONDITIONS = frozenset(
 )
 _UNSTORED = frozenset({b"content-length"})  # recomputed from the stored body when served
 _REDIS_FAILURES = (RedisError, OSError)
+_MEMO_SIZE = 4096  # URLs (and fills in progress) whose variant names this process remembers
 
 
 def _kept(name: bytes) -> bool:
@@ -73,21 +95,121 @@ def entry_key(req: ProxyRequest) -> str:
     return cache_key("GET", req.route.name, req.path, req.raw_query, vary, tenant_of(req))
 
 
-def fill_headers(req: ProxyRequest, entry: CacheEntry | None) -> list[tuple[bytes, bytes]]:
-    """The upstream request headers of a fill: of the client's, only those the cache key holds
-    or that cannot shape a stored answer unnoticed (`cache_fill_forwarded`), never its
-    preconditions or Range; plus the gateway's own, and the entry's validators when
-    revalidating it (RFC 9111 §4.3.1)."""
+def variant_key(
+    req: ProxyRequest, names: Sequence[str], coding: str, unsent: frozenset[str] = frozenset()
+) -> str:
+    """The key of the request's variant selected by the response-Vary `names` (beyond the
+    policy's), Accept-Encoding taken as `coding`, the headers in `unsent` taken as absent."""
     policy = req.route.cache_policy
-    keep = cache_fill_forwarded(policy.vary_headers if policy is not None else ())
+    policy_names = policy.vary_headers if policy is not None else ()
+    headers = req.lookup_headers
+    if unsent:
+        dropped = {name.encode("latin-1") for name in unsent}
+        headers = [(name, value) for name, value in headers if name not in dropped]
+    vary = variant_vary(policy_names, names, headers, coding)
+    return cache_key("GET", req.route.name, req.path, req.raw_query, vary, tenant_of(req))
+
+
+# A variant index is kept under the URL's primary key as a CacheEntry with this status (no HTTP
+# status is 0), so both stores keep, expire and purge it like the entries it leads to: it
+# carries the same URI key, route, tenant and path.
+INDEX_STATUS = 0
+
+
+def variant_index(entry: CacheEntry | None) -> VariantIndex | None:
+    """The variant index `entry` holds, if it is one."""
+    if entry is None or entry.status != INDEX_STATUS:
+        return None
+    return VariantIndex.decode(entry.body)
+
+
+def index_record(
+    req: ProxyRequest, index: VariantIndex, expires_at: float, now: float
+) -> CacheEntry:
+    """The entry holding `index` for the request's URL until `expires_at` (its last variant's)."""
+    return CacheEntry(
+        status=INDEX_STATUS,
+        headers=[],
+        body=index.encode(),
+        stored_at=now,
+        fresh_until=expires_at,
+        stale_until=expires_at,
+        error_until=expires_at,
+        uri_key=uri_key(req.route.name, req.path, req.raw_query),
+        route=req.route.name,
+        tenant_id=tenant_of(req),
+        path=req.path,
+        keep_until=expires_at,
+    )
+
+
+def _accept_encoding(req: ProxyRequest) -> bytes | None:
+    values = [value for name, value in req.lookup_headers if name == b"accept-encoding"]
+    return b",".join(values) if values else None
+
+
+def fill_headers(
+    req: ProxyRequest, entry: CacheEntry | None, names: Sequence[str] = ()
+) -> list[tuple[bytes, bytes]]:
+    """The upstream request headers of a fill: of the client's, only those the cache key holds
+    (the policy's vary headers and the response-Vary `names` its variant is keyed on) or that
+    cannot shape a stored answer unnoticed (`cache_fill_forwarded`), never its preconditions
+    or Range; Accept-Encoding rebuilt from the codings it accepts (`forwarded_accept_encoding`:
+    the variant is keyed on the coding served); plus the gateway's own, and the entry's
+    validators when revalidating it (RFC 9111 §4.3.1)."""
+    policy = req.route.cache_policy
+    keyed = tuple(policy.vary_headers) if policy is not None else ()
+    extra = tuple(name for name in names if name != ACCEPT_ENCODING and name not in keyed)
+    keep = cache_fill_forwarded(keyed + extra)
     out = [
         (name, value)
         for name, value in req.kept_headers(keep)
         if name not in _CLIENT_PRECONDITIONS and name != b"range"
     ]
+    if ACCEPT_ENCODING not in keyed:
+        codings = forwarded_accept_encoding(req.lookup_headers)
+        if codings is not None:
+            out.append((b"accept-encoding", codings))
     if entry is not None:
         out.extend(conditional_headers(entry.headers))
     return out
+
+
+def route_target(route: RouteConfig, location: bytes) -> tuple[str, bytes] | None:
+    """(canonical path under `route`, query) of a Location or Content-Location value that names
+    a URL of the route's upstream (a path, or an absolute URL of the same scheme, host and port)
+    under its base path; None for anything else."""
+    try:
+        parts = urlsplit(location.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if parts.scheme or parts.netloc:
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return None
+        same = (
+            parts.scheme == route.upstream_scheme
+            and (parts.hostname or "").lower() == route.upstream_host.lower()
+            and port == route.upstream_port
+        )
+        if not same:
+            return None
+    path = parts.path
+    if not path.startswith("/"):
+        return None  # relative to the request's own path: rare in APIs, left alone
+    base = route.upstream_base_path
+    if base:
+        if path != base and not path.startswith(base + "/"):
+            return None
+        path = path[len(base) :] or "/"
+    try:
+        parsed = parse_gateway_path(f"/g/{route.name}{path}".encode("ascii"))
+    except BadPath:
+        return None
+    if parsed is None or parsed.route != route.name:
+        return None
+    return parsed.path, parts.query.encode("ascii")
 
 
 def new_entry(
@@ -96,7 +218,8 @@ def new_entry(
     """The entry for an upstream response received at `now` (already judged storable)."""
     policy = req.route.cache_policy
     assert policy is not None
-    fresh_until, stale_until, error_until = entry_times(policy, status, headers, now)
+    times = entry_times(policy, status, headers, now)
+    fresh_until, stale_until, error_until = times
     return CacheEntry(
         status=status,
         headers=[(n, v) for n, v in headers_to_store(headers) if _kept(n)],
@@ -111,6 +234,7 @@ def new_entry(
         tags=response_tags(headers),
         path=req.path,
         age_at_store=initial_age(headers),
+        keep_until=keep_until(policy, times, headers),
     )
 
 
@@ -119,7 +243,8 @@ def freshened(req: ProxyRequest, entry: CacheEntry, headers_304: Headers, now: f
     policy = req.route.cache_policy
     assert policy is not None
     headers = [(n, v) for n, v in freshen_headers(entry.headers, headers_304) if _kept(n)]
-    fresh_until, stale_until, error_until = entry_times(policy, entry.status, headers, now)
+    times = entry_times(policy, entry.status, headers, now)
+    fresh_until, stale_until, error_until = times
     return dataclasses.replace(
         entry,
         headers=headers,
@@ -128,15 +253,102 @@ def freshened(req: ProxyRequest, entry: CacheEntry, headers_304: Headers, now: f
         stale_until=stale_until,
         error_until=error_until,
         age_at_store=initial_age(headers_304),
+        keep_until=keep_until(policy, times, headers),
     )
 
 
 class CacheIO:
-    """The cache's store, negative cache, locks and upstream calls, failing soft on Redis."""
+    """The cache's store, negative cache, locks, fill notices and upstream calls, failing soft
+    on Redis. A foreground fill and a background refresh store and announce through the same
+    methods, so they cannot drift apart."""
 
-    def __init__(self, runtime: Any, locks: RedisLocks | None) -> None:
+    def __init__(
+        self, runtime: Any, locks: RedisLocks | None, notices: FillNotices | None = None
+    ) -> None:
         self.runtime = runtime
         self.locks = locks
+        self.notices = notices
+        # Primary key → the names its variant index selects by, as last seen here: what a fill
+        # of the URL forwards so that the upstream can choose.
+        self._varies: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        # id(request) → the response-Vary names its fill forwarded: its variant is keyed on
+        # these only (one the upstream never saw is keyed as absent).
+        self._sent: OrderedDict[int, tuple[str, ...]] = OrderedDict()
+
+    @staticmethod
+    def _remember(
+        memo: OrderedDict[Any, tuple[str, ...]], key: Any, names: tuple[str, ...]
+    ) -> None:
+        memo[key] = names
+        memo.move_to_end(key)
+        while len(memo) > _MEMO_SIZE:
+            memo.popitem(last=False)
+
+    def fill_headers(
+        self, req: ProxyRequest, entry: CacheEntry | None
+    ) -> list[tuple[bytes, bytes]]:
+        """`fill_headers` with the names the URL's variants are known to vary on."""
+        names = self._varies.get(entry_key(req), ())
+        if entry is not None:
+            policy = req.route.cache_policy
+            seen = response_vary(policy.vary_headers if policy is not None else (), entry.headers)
+            names = tuple(sorted({*names, *(seen or ())}))
+        self._remember(self._sent, id(req), names)
+        return fill_headers(req, entry, names)
+
+    async def resolve(
+        self,
+        req: ProxyRequest,
+        key: str,
+        read: Callable[[str], Awaitable[CacheEntry | None]],
+    ) -> tuple[str, CacheEntry | None]:
+        """(the key the request's answer lives under, the entry there) given what its primary
+        `key` holds (read with `read`): that entry, or the variant its index selects for the
+        request's headers. A URL whose responses do not vary costs one read."""
+        found = await read(key)
+        if found is None or found.status != INDEX_STATUS:
+            return key, found
+        return await self.variant(req, key, found, read)
+
+    async def variant(
+        self,
+        req: ProxyRequest,
+        key: str,
+        found: CacheEntry,
+        read: Callable[[str], Awaitable[CacheEntry | None]],
+    ) -> tuple[str, CacheEntry | None]:
+        """`resolve` once the primary `key` was read and `found` holds a variant index."""
+        index = variant_index(found)
+        if index is None:
+            return key, None
+        self._remember(self._varies, key, index.names)
+        coding = select_coding(_accept_encoding(req), index.encodings)
+        vkey = variant_key(req, index.names, coding)
+        return vkey, await read(vkey)
+
+    async def lookup(self, req: ProxyRequest) -> CacheEntry | None:
+        """The request's entry in the shared store (never this process's copies)."""
+        return (await self.resolve(req, entry_key(req), self.get))[1]
+
+    def selects(self, req: ProxyRequest, entry: CacheEntry) -> bool | None:
+        """Whether `entry`, the answer to another request's fill of the same key, is the variant
+        for `req` too: True, False, or None when only the store can tell (it varies on headers
+        other than Accept-Encoding, whose values that request's fill may have sent otherwise)."""
+        policy = req.route.cache_policy
+        policy_names = policy.vary_headers if policy is not None else ()
+        names = response_vary(policy_names, entry.headers)
+        if names is None:
+            return False
+        coding = content_coding(entry.headers)
+        if (
+            coding != "identity"
+            and ACCEPT_ENCODING not in policy_names
+            and not accepts_coding(_accept_encoding(req), coding)
+        ):
+            return False  # a compressed answer only goes to who accepts its coding
+        if any(name != ACCEPT_ENCODING for name in names):
+            return None
+        return True
 
     def failed(self, what: str, exc: BaseException) -> None:
         self.runtime.metrics.count("redis_errors")
@@ -150,13 +362,125 @@ class CacheIO:
             return None
         return entry
 
-    async def put(self, key: str, entry: CacheEntry, now: float) -> bool:
+    async def generation(self, req: ProxyRequest) -> bytes | None:
+        """The removal generation a fill starts from: the one the request's admission read
+        (Redis), else the store's own now; None when the store cannot say (Redis failing)."""
+        if req.ex.cache_generation is not None:
+            return req.ex.cache_generation
         try:
-            await self.runtime.cache.set(key, entry, now)
+            generation: bytes = await self.runtime.cache.generation()
+        except _REDIS_FAILURES as exc:
+            self.failed("generation", exc)
+            return None
+        return generation
+
+    async def put(
+        self,
+        key: str,
+        entry: CacheEntry,
+        now: float,
+        generation: bytes | None = None,
+        drop: tuple[str, ...] = (),
+    ) -> bool:
+        """Store `entry` (removing the entries under `drop`); False when it was not (Redis
+        failing, or entries were removed since `generation` was read)."""
+        try:
+            if drop:
+                stored = await self.runtime.cache.set(
+                    key, entry, now, generation=generation, drop=drop
+                )
+            else:
+                stored = await self.runtime.cache.set(key, entry, now, generation=generation)
         except _REDIS_FAILURES as exc:
             self.failed("write", exc)
             return False
+        if not stored:
+            self.runtime.metrics.count("cache_fills_outdated")
+        return bool(stored)
+
+    async def _keep(
+        self,
+        req: ProxyRequest,
+        key: str,
+        entry: CacheEntry,
+        now: float,
+        generation: bytes | None,
+        drop: tuple[str, ...] = (),
+    ) -> bool:
+        stored = await self.put(key, entry, now, generation, drop)
+        kept = self.runtime.fresh_entries
+        if stored and kept is not None:
+            # Dropped variants go from this process too; other instances' copies stay fresh
+            # answers until they expire, as after any refresh elsewhere.
+            for gone in drop:
+                kept.discard(gone)
+            if req.ex.cache_generation is not None:
+                kept.put(key, entry, req.ex.cache_generation, now)
+        return stored
+
+    async def store(
+        self,
+        req: ProxyRequest,
+        key: str,
+        entry: CacheEntry,
+        now: float,
+        generation: bytes | None = None,
+    ) -> bool:
+        """Store `entry` for `req` (unless entries were removed since `generation`, the fill's
+        start, was read) and, with Redis, keep it in this process too, under the generation
+        the request's lookup read: a purge since then retires the copy.
+
+        Where it goes is the entry's own business, whatever `key` the request was looked up
+        under: a response that varies on no header beyond the policy's goes to the primary key;
+        one that does goes to its variant key (the header values its fill sent, Accept-Encoding
+        as the coding it was served with), and the primary key gets the URL's variant index,
+        which keeps at most the policy's `max_variants`, the least recently stored going."""
+        policy = req.route.cache_policy
+        assert policy is not None
+        primary = entry_key(req)
+        sent = self._sent.pop(id(req), ())
+        offered = forwarded_accept_encoding(req.lookup_headers) is not None
+        names = response_vary(policy.vary_headers, entry.headers, offered_codings=offered)
+        if names is None:
+            return False  # never storable: `storable` refused it already
+        if not names:
+            # The URL stopped varying: its old variants are unreachable behind this entry.
+            drop: tuple[str, ...] = ()
+            if key != primary:
+                drop = tuple(k for k in (await self._known_variants(primary)) if k != primary)
+            stored = await self._keep(req, primary, entry, now, generation, drop)
+            if stored:
+                self._varies.pop(primary, None)
+            return stored
+        coding = content_coding(entry.headers)
+        # A header the fill did not send is keyed as absent: the upstream chose without it.
+        unsent = frozenset(name for name in names if name != ACCEPT_ENCODING and name not in sent)
+        vkey = variant_key(req, names, coding, unsent)
+        current = await self.get(primary)
+        old = variant_index(current)
+        index, dropped = added(old, names, vkey, coding, policy.max_variants)
+        if not await self._keep(req, vkey, entry, now, generation):
+            return False
+        expires = entry.expires_at
+        if old is not None and current is not None:
+            expires = max(expires, current.expires_at)
+        record = index_record(req, index, expires, now)
+        await self._keep(req, primary, record, now, generation, dropped)
+        self._remember(self._varies, primary, names)
         return True
+
+    async def _known_variants(self, primary: str) -> tuple[str, ...]:
+        index = variant_index(await self.get(primary))
+        return () if index is None else index.keys
+
+    async def announce(self, key: str, stored: bool) -> None:
+        """Tell the other instances' waiters that this instance's fill of `key` has ended."""
+        if self.notices is None:
+            return
+        try:
+            await self.notices.publish(key, STORED if stored else PASSED)
+        except Exception as exc:
+            self.failed("fill notice", exc)
 
     async def invalidate(self, req: ProxyRequest) -> int:
         """Drop the entries of the request's URI that its tenant is served (its own and the
@@ -170,6 +494,26 @@ class CacheIO:
         except _REDIS_FAILURES as exc:
             self.failed("invalidation", exc)
         await self.negative_clear(req.route.name)
+        return purged
+
+    async def invalidate_locations(self, req: ProxyRequest, response_headers: Headers) -> int:
+        """§4.4: a successful unsafe request also invalidates the URIs its response names in
+        Location and Content-Location, when they are of the same origin (the route's upstream)
+        and so map back to a URL under the same route. Others are left alone: invalidating
+        another origin's entries would let one upstream evict another's."""
+        purged = 0
+        for name in (b"location", b"content-location"):
+            value = header_value(response_headers, name)
+            target = None if value is None else route_target(req.route, value)
+            if target is None:
+                continue
+            path, query = target
+            try:
+                purged += await self.runtime.cache.invalidate(
+                    uri_key(req.route.name, path, query), req.tenant_id
+                )
+            except _REDIS_FAILURES as exc:
+                self.failed("invalidation", exc)
         return purged
 
     async def negative_has(self, route: str, key: str, now: float) -> bool:

@@ -1,18 +1,22 @@
-"""The response cache on the request path.
+"""The response cache on the request path: it performs what `heliox.core.cache_engine` decides.
 
 One request, top to bottom:
 
-  unsafe method → write through, then invalidate the URI for the writer (RFC 9111 §4.4)
-  uncacheable method, Range, or a Cookie the policy does not allow → bypass
-  key → one store read → HIT: serve (or 304)
-                       → STALE: serve, refresh once in the background (RFC 5861 §3)
-                       → no usable entry: negative cache (remembered 404s) → coalesced fill
+  classify: unsafe method → write through, then invalidate (RFC 9111 §4.4)
+            uncacheable method, Range, or a Cookie the policy does not allow → bypass
+  key → one store read → judge: HIT → serve (or 304)
+                                STALE → serve, refresh once in the background (RFC 5861 §3)
+                                FILL / REVALIDATE → negative cache (remembered 404s), then
+                                the filler
+  filler: join this process's fill of the key, or lead one: the Redis lock across instances
+          (or wait for the holder's notice), re-check the store, fetch (conditionally when
+          revalidating), settle the answer, store it here and in Redis, announce, unlock.
 
-A fill streams the upstream's answer to its client while keeping a copy (up to the policy's
-`max_object_bytes`) for the store and for the requests that waited on it; see `coalescing` for
-how waiting works within and across instances, `refresh` for the background refresh and
-`cache_fill` for what a fill sends and builds. On a HIT nothing but the one store read happens;
-bookkeeping (negative-cache adds, gauges) is done after the response or in the background.
+There is one filler: a MISS, a revalidation and the background refresh of a stale entry
+(`send` None: no client waits) all run it. A fill streams the upstream's answer to its client
+while keeping a copy (up to the policy's `max_object_bytes`) for the store and for the requests
+that waited on it; see `coalescing` for how waiting works within and across instances and
+`cache_fill` for what a fill sends and builds. On a HIT nothing but the one store read happens.
 
 `X-Cache` carries the documented vocabulary: HIT, MISS, STALE, UPDATING (stale while this process
 already refreshes it), REVALIDATED (a 304 from upstream freshened the entry), NEGATIVE (a
@@ -29,21 +33,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from heliox.core.cachecontrol import CacheControl, joined, parse_cache_control
+from heliox.core.cache_engine import (
+    Action,
+    Decision,
+    Outcome,
+    classify,
+    judge,
+    live,
+    settle,
+)
+from heliox.core.cachecontrol import EMPTY, CacheControl, joined, parse_cache_control
 from heliox.core.freshness import (
     LookupState,
     cache_status,
-    cacheable_request,
-    can_serve_stale_on_error,
     conditional_headers,
-    lookup_bypass,
     lookup_state,
+    must_ask_origin,
     not_modified,
     not_modified_headers,
-    storable,
+    remembers_404s,
+    request_accepts,
     ttl_seconds,
 )
-from heliox.gateway.cache_fill import CacheIO, entry_key, fill_headers, freshened, new_entry
+from heliox.gateway.cache_fill import INDEX_STATUS, CacheIO, entry_key, freshened, new_entry
 from heliox.gateway.cache_responses import (
     from_upstream,
     send_entry,
@@ -62,7 +74,6 @@ from heliox.gateway.coalescing import (
 )
 from heliox.gateway.exchange import ClientGone, ProxyRequest, ResponseSink
 from heliox.gateway.proxy import VIA, call_upstream, send_upstream_error
-from heliox.gateway.refresh import Refresher
 from heliox.gateway.upstream_client import UpstreamError, UpstreamResponse
 from heliox.runtime import Runtime
 from heliox.snapshot import CachePolicyConfig
@@ -74,7 +85,6 @@ __all__ = ["GAUGE_INTERVAL", "CacheLayer"]
 log = logging.getLogger("heliox.cache")
 
 GAUGE_INTERVAL = 10.0  # seconds between cache size gauge updates
-SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(slots=True)
@@ -84,6 +94,24 @@ class _Fill:
     result: FillResult | None = None
     stored: bool = False
     client_gone: bool = False
+
+
+class Refreshes:
+    """The background refreshes in progress (RFC 5861 §3), so shutdown and tests can wait."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 class CacheLayer:
@@ -96,23 +124,33 @@ class CacheLayer:
         lock_age: float = LOCK_AGE,
         recheck: float = RECHECK,
     ) -> None:
+        """`lock_timeout` and `lock_age` (CACHE_LOCK_TIMEOUT, CACHE_LOCK_AGE) apply to the
+        routes whose policy sets none of its own."""
         self.runtime = runtime
         self.clock = clock
-        self.lock_timeout = lock_timeout
-        self.lock_age = lock_age
+        self._lock_timeout = lock_timeout
+        self._lock_age = lock_age
         self.recheck = recheck
         redis = runtime.redis
         prefix = runtime.settings.redis_key_prefix + "cache:"
         locks = RedisLocks(redis, prefix=prefix + "lock:") if redis is not None else None
         self.notices = FillNotices(redis, prefix + "fill") if redis is not None else None
-        self.io = CacheIO(runtime, locks)
+        self.io = CacheIO(runtime, locks, self.notices)
         # With Redis: fresh entries kept in process, checked against the removal generation.
         self.fresh = runtime.fresh_entries
         self.flights = SingleFlight()
-        self.refresher = Refresher(
-            self.io, self.flights, self.notices, runtime.metrics, clock, lock_age
-        )
+        self.refresher = Refreshes()
         self._background: list[asyncio.Task[None]] = []
+
+    def lock_timeout(self, policy: CachePolicyConfig) -> float:
+        """How long a request waits for another's fill (nginx's proxy_cache_lock_timeout)."""
+        own = policy.lock_timeout_seconds
+        return self._lock_timeout if own is None else own
+
+    def lock_age(self, policy: CachePolicyConfig) -> float:
+        """How long a fill holds its lock before another may take it (proxy_cache_lock_age)."""
+        own = policy.lock_age_seconds
+        return self._lock_age if own is None else own
 
     # --- the request ------------------------------------------------------------------------
     async def serve(self, req: ProxyRequest, send: ResponseSink) -> None:
@@ -120,66 +158,66 @@ class CacheLayer:
             self._start_background()
         policy = req.route.cache_policy
         assert policy is not None, "the pipeline only sends routes with a cache policy here"
-        if req.method not in SAFE_METHODS:
-            await self._write_through(req, send)
-            return
-        if not cacheable_request(policy, req.method):
-            await self._bypass(req, send, "method")
-            return
-        bypass = lookup_bypass(policy, req.lookup_headers)
-        if bypass is not None:
-            await self._bypass(req, send, bypass)
+        early = classify(policy, req.method, req.lookup_headers)
+        if early is not None:
+            if early.action is Action.WRITE_THROUGH:
+                await self._write_through(req, send)
+            else:
+                await self._bypass(req, send, early.detail or "method")
             return
 
         request_cc = parse_cache_control(joined(req.lookup_headers, b"cache-control"))
         key = entry_key(req)
-        generation = req.ex.cache_generation
-        kept = self.fresh
-        if kept is not None and generation is not None:
-            entry = kept.get(key, generation, self.clock())
-            if entry is None:
-                entry = await self.io.get(key)
-                if entry is not None:
-                    kept.put(key, entry, generation, self.clock())
-            else:
-                self.runtime.metrics.count("cache_l1_hits")
-        else:
-            entry = await self.io.get(key)
+        entry = await self._read_one(req, key)
+        if entry is not None and entry.status == INDEX_STATUS:
+            # The URL's responses vary beyond the policy's headers: read the request's variant.
+            key, entry = await self.io.variant(req, key, entry, lambda at: self._read_one(req, at))
+        req.ex.cache_key = key
         now = self.clock()
-        state = LookupState.EXPIRED if entry is None else lookup_state(entry, now, request_cc)
-
-        if entry is not None and state is LookupState.HIT:
-            status = _hit_status(policy, entry, now)
-            await send_entry(send, req, entry, now, _label(policy, entry, "HIT"), status)
+        entry = live(entry, now)
+        updating = self.flights.busy(key)
+        decision = judge(policy, req.method, request_cc, entry, now, updating=updating)
+        action = decision.action
+        if action is Action.HIT:
+            assert entry is not None
+            status = cache_status(hit=True, ttl=ttl_seconds(entry, now), detail=decision.detail)
+            await send_entry(send, req, entry, now, decision.label, status)
             return
-        if entry is not None and state is LookupState.STALE:
-            updating = self.flights.busy(key)
-            label = _label(policy, entry, "UPDATING" if updating else "STALE")
-            await send_entry(send, req, entry, now, label, _hit_status(policy, entry, now))
+        if action is Action.STALE:
+            assert entry is not None
+            await send_entry(send, req, entry, now, decision.label, _hit_status(policy, entry, now))
             if not updating:
-                self.refresher.start(req, key, entry)
+                self._refresh(req, key, entry)
             return
-        if request_cc.only_if_cached:
+        if action is Action.ONLY_IF_CACHED:
             # RFC 9111 §5.2.1.7: nothing stored that may be served, and no forwarding allowed.
             req.ex.cache_status = "MISS"
             await send.problem(
                 504,
                 "Not cached",
                 "only-if-cached was requested and no usable stored response exists",
-                status_headers("MISS", cache_status(fwd="miss", detail="only-if-cached")),
+                status_headers("MISS", cache_status(fwd="miss", detail="only-if-cached"), key),
             )
             return
+        if decision.negative_lookup and await self.io.negative_has(req.route.name, key, now):
+            await self._negative(req, send, entry, now)
+            return
+        await self._fill(req, send, key, entry, request_cc, decision)
 
-        negative_bypassed = False
-        if policy.negative_cache and (
-            entry is None or state is LookupState.EXPIRED or entry.status == 404
-        ):
-            if request_cc.no_cache:
-                negative_bypassed = True
-            elif await self.io.negative_has(req.route.name, key, now):
-                await self._negative(req, send, entry, now)
-                return
-        await self._fill(req, send, key, entry, request_cc, negative_bypassed)
+    async def _read_one(self, req: ProxyRequest, key: str) -> CacheEntry | None:
+        """The stored entry: this process's fresh copy when it has one (Redis), else the store's."""
+        kept = self.fresh
+        generation = req.ex.cache_generation
+        if kept is None or generation is None:
+            return await self.io.get(key)
+        entry = kept.get(key, generation, self.clock())
+        if entry is not None:
+            self.runtime.metrics.count("cache_l1_hits")
+            return entry
+        entry = await self.io.get(key)
+        if entry is not None:
+            kept.put(key, entry, generation, self.clock())
+        return entry
 
     # --- answers without a fill --------------------------------------------------------------
     async def _negative(
@@ -204,6 +242,7 @@ class CacheLayer:
         if resp.status < 400:
             # Before the answer goes out, so the client's next read cannot meet the old entry.
             await self.io.invalidate(req)
+            await self.io.invalidate_locations(req, resp.headers)
         await self._pass(req, send, resp, cache_status(fwd="method", fwd_status=resp.status))
 
     async def _pass(
@@ -217,7 +256,7 @@ class CacheLayer:
         if fill.client_gone:
             raise ClientGone
 
-    # --- fills -------------------------------------------------------------------------------
+    # --- the filler --------------------------------------------------------------------------
     async def _fill(
         self,
         req: ProxyRequest,
@@ -225,94 +264,149 @@ class CacheLayer:
         key: str,
         entry: CacheEntry | None,
         request_cc: CacheControl,
-        negative_bypassed: bool,
+        decision: Decision,
     ) -> None:
         fill = _Fill()
         running = self.flights.current(key)
         if running is not None:
-            _, result = await SingleFlight.wait(running, within=self.lock_timeout)
-            if result is not None:
-                await self._serve_collapsed(req, send, result)
-                return
-            # Past the lock timeout, or the fill had nothing shareable: go upstream alone and
-            # store nothing (nginx's proxy_cache_lock_timeout).
+            if decision.join:
+                policy = req.route.cache_policy
+                assert policy is not None
+                _, result = await SingleFlight.wait(running, within=self.lock_timeout(policy))
+                if result is not None and request_accepts(result.entry, self.clock(), request_cc):
+                    # The fill's answer may be a variant for other header values than ours.
+                    fits = self.io.selects(req, result.entry)
+                    if fits is None:
+                        current = await self._filled_since(req, entry, request_cc)
+                        if current is not None:
+                            result = FillResult(current)
+                            fits = True
+                    if fits:
+                        await self._serve_collapsed(req, send, result)
+                        return
+            # Past the lock timeout, the fill had nothing shareable, or nothing it can bring
+            # satisfies this request's own directives (no-cache, max-age, min-fresh): go
+            # upstream alone and store nothing (nginx's proxy_cache_lock_timeout).
             await self._fetch(req, send, key, entry, fill, store=False)
-        elif request_cc.no_store or req.method == "HEAD":
-            # §5.2.1.5: nothing of a no-store exchange may be stored; a HEAD has no body to
-            # store. Neither can fill for others, so they go upstream on their own.
+        elif not decision.store:
+            # A no-store request or a HEAD cannot fill for others: upstream on its own.
             await self._fetch(req, send, key, entry, fill, store=False)
         else:
             future = self.flights.start(key)
             try:
-                await self._lead(req, send, key, entry, fill, negative_bypassed)
+                await self._lead(
+                    req, send, key, entry, fill, request_cc, decision.negative_bypassed
+                )
             finally:
                 self.flights.finish(key, future, fill.result)
         if fill.client_gone:
             raise ClientGone
 
+    def _refresh(self, req: ProxyRequest, key: str, entry: CacheEntry) -> None:
+        """Refresh `entry` in the background (RFC 5861 §3) with the filler, no client waiting.
+
+        The key's single-flight slot is taken now, before the task runs, so the next stale
+        request of this process is told UPDATING; across instances the Redis fill lock makes
+        it one refresh in all. A refresh that fails, times out or gets a 5xx keeps the stale
+        copy and stores nothing; a 304 freshens the entry without a body transfer."""
+        if self.flights.busy(key):
+            return
+        future = self.flights.start(key)
+
+        async def run() -> None:
+            fill = _Fill()
+            try:
+                await self._lead(req, None, key, entry, fill, EMPTY, False)
+            except Exception:
+                log.exception("background refresh of %s failed", req.route.name)
+            finally:
+                self.flights.finish(key, future, fill.result)
+
+        self.refresher.add(asyncio.create_task(run(), name="heliox-swr"))
+
     async def _lead(
         self,
         req: ProxyRequest,
-        send: ResponseSink,
+        send: ResponseSink | None,
         key: str,
         entry: CacheEntry | None,
         fill: _Fill,
+        request_cc: CacheControl,
         negative_bypassed: bool,
     ) -> None:
-        """This process's one fill of `key`, coordinated with the other instances."""
-        token = await self.io.lock(key, self.lock_age)
+        """This process's one fill of `key`, coordinated with the other instances. A request
+        that must ask the origin itself never takes another instance's answer."""
+        policy = req.route.cache_policy
+        assert policy is not None
+        token = await self.io.lock(key, self.lock_age(policy))
+        if token is None and must_ask_origin(request_cc):
+            await self._fetch(req, send, key, entry, fill, store=False)
+            return
         if token is None:
-            outcome = await self._await_other_instance(key, entry)
+            outcome = await self._await_other_instance(req, key, entry, request_cc)
             if isinstance(outcome, CacheEntry):
                 fill.result = FillResult(outcome)
-                await self._serve_collapsed(req, send, fill.result)
+                if send is not None:
+                    await self._serve_collapsed(req, send, fill.result)
                 return
             if outcome is None:
+                if send is None:
+                    return  # their refresh, or none: the stale copy stays until the next one
                 # Timed out, or their answer was not shareable: fetch for ourselves only, but
                 # what we get may still serve this process's own waiters.
                 await self._fetch(req, send, key, entry, fill, store=False)
                 return
             token = outcome  # their lock aged out and we took it over
         try:
-            if token:
+            if token and not must_ask_origin(request_cc):
                 # Another instance may have filled it between our read and our lock.
-                current = await self._filled_since(key, entry)
+                current = await self._filled_since(req, entry, request_cc)
                 if current is not None:
                     fill.result = FillResult(current)
-                    await self._serve_collapsed(req, send, fill.result)
+                    if send is not None:
+                        await self._serve_collapsed(req, send, fill.result)
                     return
             await self._fetch(req, send, key, entry, fill, store=True)
             if negative_bypassed and fill.result is not None:
                 await self._forget_negative(req, key, fill.result.entry)
         finally:
             if token:
-                await self._announce(key, fill.stored)
+                await self.io.announce(key, fill.stored)
                 await self.io.unlock(key, token)
 
-    async def _filled_since(self, key: str, seen: CacheEntry | None) -> CacheEntry | None:
-        """A fresh entry stored after `seen` (the one this request already judged), if any."""
-        current = await self.io.get(key)
-        if current is None or lookup_state(current, self.clock()) is not LookupState.HIT:
+    async def _filled_since(
+        self, req: ProxyRequest, seen: CacheEntry | None, request_cc: CacheControl
+    ) -> CacheEntry | None:
+        """A fresh entry stored after `seen` (the one this request already judged) that the
+        request's own directives accept, if any: the request's own variant, looked up anew (the
+        URL's variant index may have changed with the fill)."""
+        current = await self.io.lookup(req)
+        if current is None:
+            return None
+        if lookup_state(current, self.clock(), request_cc) is not LookupState.HIT:
             return None
         if seen is not None and current.stored_at <= seen.stored_at:
             return None  # the same entry: this request still needs its own answer
         return current
 
     async def _await_other_instance(
-        self, key: str, seen: CacheEntry | None
+        self, req: ProxyRequest, key: str, seen: CacheEntry | None, request_cc: CacheControl
     ) -> CacheEntry | str | None:
         """Wait for another instance's fill of `key`: the entry it stored, our own lock token
         when its lock aged out and we took it, or None (time out, or nothing shareable)."""
         notices = self.notices
         assert notices is not None  # a lock is only ever held elsewhere with Redis
+        policy = req.route.cache_policy
+        assert policy is not None
+        timeout = self.lock_timeout(policy)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.lock_timeout
-        await notices.ready(within=min(self.recheck, self.lock_timeout))
+        deadline = loop.time() + timeout
+        await notices.ready(within=min(self.recheck, timeout))
         while True:
             notice = notices.register(key)
             try:
                 # Registered first, then read: a fill that ends in between is seen either way.
-                current = await self._filled_since(key, seen)
+                current = await self._filled_since(req, seen, request_cc)
                 if current is not None:
                     return current
                 remaining = deadline - loop.time()
@@ -330,91 +424,111 @@ class CacheLayer:
             if outcome == STORED:
                 continue
             # No word: the filler may be gone. Its lock ages out after lock_age; try to take it.
-            token = await self.io.lock(key, self.lock_age)
+            token = await self.io.lock(key, self.lock_age(policy))
             if token == "":
                 return None  # Redis is failing: stop coordinating
             if token is not None:
                 return token
 
-    async def _announce(self, key: str, stored: bool) -> None:
-        if self.notices is None:
-            return
-        try:
-            await self.notices.publish(key, STORED if stored else PASSED)
-        except Exception as exc:
-            self.io.failed("fill notice", exc)
-
     async def _fetch(
         self,
         req: ProxyRequest,
-        send: ResponseSink,
+        send: ResponseSink | None,
         key: str,
         entry: CacheEntry | None,
         fill: _Fill,
         *,
         store: bool,
     ) -> None:
-        """Go upstream (revalidating `entry` when it has validators), answer the client, and
-        keep what may be shared in `fill`."""
+        """Go upstream (revalidating `entry` when it has validators), settle the answer, answer
+        the client if there is one, and keep what may be shared in `fill`."""
         policy = req.route.cache_policy
         assert policy is not None
+        metrics = self.runtime.metrics
+        background = send is None
+        # A refresh fetches the GET whatever request found the entry stale (a HEAD, say).
+        method = "GET" if background else req.method
         validating = entry is not None and bool(conditional_headers(entry.headers))
+        if background:
+            metrics.count("swr_refresh")
+        # Read before the upstream is asked: a write whose invalidation lands while this fill
+        # runs moves it, and the answer (maybe from before the write) is then not stored.
+        generation = await self.io.generation(req) if store else None
         try:
-            resp = await self.io.fetch(req, fill_headers(req, entry), method=req.method)
+            resp = await self.io.fetch(
+                req, self.io.fill_headers(req, entry), method=method, background=background
+            )
         except UpstreamError as exc:
-            self.runtime.metrics.upstream_errors[(req.route.name, exc.status)] += 1
+            metrics.upstream_errors[(req.route.name, exc.status)] += 1
             now = self.clock()
-            if entry is not None and can_serve_stale_on_error(entry, now):
+            settled = settle(policy, req.lookup_headers, entry, None, (), None, now)
+            if send is None:
+                metrics.count("swr_refresh_failed")
+                return
+            if settled.outcome is Outcome.SERVE_STALE:
+                assert entry is not None
                 req.ex.error = exc.detail  # answered from the stale copy, but still logged
                 await self._stale_on_error(req, send, entry, now, None, fill)
                 return
             req.ex.cache_status = "MISS"
-            status = cache_status(fwd="miss", detail="upstream-error")
-            await send_upstream_error(send, exc, status_headers("MISS", status))
+            status = cache_status(fwd="miss", detail=settled.detail)
+            await send_upstream_error(send, exc, status_headers("MISS", status, key))
             return
 
         now = self.clock()
-        if entry is not None and resp.status == 304 and validating:
+        settled = settle(
+            policy,
+            req.lookup_headers,
+            entry,
+            resp.status,
+            resp.headers,
+            resp.content_length,
+            now,
+            method=method,
+            validating=validating,
+        )
+        if settled.outcome is Outcome.FRESHEN:
+            assert entry is not None
             resp.release()
             fresh = freshened(req, entry, resp.headers, now)
-            if store:
-                fill.stored = await self.io.put(key, fresh, now)
+            if store and not resp.overran:  # a 304 with a body: not trusted to freshen
+                fill.stored = await self.io.store(req, key, fresh, now, generation)
             fill.result = FillResult(fresh)
-            status = cache_status(
-                fwd="stale", fwd_status=304, ttl=ttl_seconds(fresh, now), stored=fill.stored
-            )
-            await send_entry(send, req, fresh, now, "REVALIDATED", status)
+            if send is not None:
+                status = cache_status(
+                    fwd="stale", fwd_status=304, ttl=ttl_seconds(fresh, now), stored=fill.stored
+                )
+                await send_entry(send, req, fresh, now, settled.label, status)
             return
-        if entry is not None and resp.status >= 500 and can_serve_stale_on_error(entry, now):
+        if settled.outcome is Outcome.SERVE_STALE:
+            assert entry is not None
             resp.close()
+            if send is None:
+                metrics.count("swr_refresh_failed")  # the stale copy stays (RFC 5861 §3)
+                return
             await self._stale_on_error(req, send, entry, now, resp.status, fill)
             return
 
-        decision = storable(
-            policy,
-            req.method,
-            resp.status,
-            resp.headers,
-            resp.content_length or 0,
-            req.lookup_headers,
-            now=now,
-        )
-        status = cache_status(
-            fwd="miss" if entry is None else "stale",
-            fwd_status=resp.status,
-            detail=None if decision.ok else decision.reason,
-        )
-        keep = policy.max_object_bytes if decision.ok else None
-        body = await self._relay(req, send, resp, "MISS", status, keep=keep, fill=fill)
+        keep = policy.max_object_bytes if settled.outcome is Outcome.STORE else None
+        if send is None:
+            body = await _read_to_store(resp, keep)
+        else:
+            status = cache_status(
+                fwd="miss" if entry is None else "stale",
+                fwd_status=resp.status,
+                detail=settled.detail,
+            )
+            body = await self._relay(req, send, resp, settled.label, status, keep=keep, fill=fill)
         if body is not None:
             new = new_entry(req, resp.status, resp.headers, body, now)
             if store:
-                fill.stored = await self.io.put(key, new, now)
-                generation = req.ex.cache_generation
-                if fill.stored and self.fresh is not None and generation is not None:
-                    self.fresh.put(key, new, generation, now)
+                fill.stored = await self.io.store(req, key, new, now, generation)
             fill.result = FillResult(new)
-        if resp.status == 404 and policy.negative_cache:
+        elif send is None:
+            metrics.count("swr_refresh_failed")  # not storable, or broke off: nothing stored
+        if resp.status == 404 and remembers_404s(policy) and settled.outcome is Outcome.STORE:
+            # Only a 404 the cache may keep: no-store, private, Set-Cookie or Authorization
+            # forbid remembering it as much as storing it.
             await self.io.negative_add(req.route.name, key, now)
 
     async def _relay(
@@ -441,7 +555,7 @@ class CacheLayer:
         if conditional:
             out = not_modified_headers(out)  # the client's own validators match: answer 304
         out.append((b"via", VIA))
-        out.extend(status_headers(x_cache, status_value))
+        out.extend(status_headers(x_cache, status_value, req.ex.cache_key))
         to_client = not conditional and req.method != "HEAD"
         parts: list[bytes] | None = [] if keep is not None else None
         size = 0
@@ -472,6 +586,10 @@ class CacheLayer:
                 if parts is None and not to_client:
                     resp.close()
                     return None
+            if resp.overran:
+                # Bytes beyond its Content-Length (the client got the declared length, as from
+                # nginx): a response that broke the framing is never stored.
+                parts = None
         except UpstreamError as exc:
             req.ex.error = exc.detail
             resp.close()
@@ -564,6 +682,24 @@ class CacheLayer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.refresher.drain()
+
+
+async def _read_to_store(resp: UpstreamResponse, keep: int | None) -> bytes | None:
+    """A background fill's body, whole, when it may be stored and fits in `keep` bytes; the
+    connection goes back to the pool only when the body was read to its end."""
+    if keep is None:
+        resp.close()
+        return None
+    try:
+        body = await resp.read_all(keep)
+    except UpstreamError:
+        resp.close()  # broke off mid-body: nothing is stored
+        return None
+    if body is None or resp.overran:
+        resp.close()  # too large (the rest unread), or more than its Content-Length: not stored
+        return None
+    resp.release()
+    return body
 
 
 def _label(policy: CachePolicyConfig, entry: CacheEntry, label: str) -> str:

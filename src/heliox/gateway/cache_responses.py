@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from heliox.core.freshness import age_header, not_modified, not_modified_headers
 from heliox.gateway.exchange import ProxyRequest, ResponseSink
-from heliox.gateway.proxy import VIA, from_upstream, gateway_owned
+from heliox.gateway.proxy import CONSUMED_FIELDS, VIA, from_upstream, gateway_owned
 from heliox.state.cache import CacheEntry
 
 __all__ = [
@@ -27,7 +27,13 @@ NEGATIVE_DETAIL = (
 )
 
 
-def status_headers(x_cache: str, cache_status: bytes) -> list[tuple[bytes, bytes]]:
+def status_headers(
+    x_cache: str, cache_status: bytes, key: str | None = None
+) -> list[tuple[bytes, bytes]]:
+    """X-Cache and Cache-Status; with the entry's `key` (RFC 9211 §2.7; "c:" and a hex digest: no
+    escaping needed), which `POST /admin/cache/purge {"key": ...}` takes."""
+    if key is not None:
+        cache_status += b'; key="' + key.encode("ascii") + b'"'
     return [(b"x-cache", x_cache.encode("ascii")), (b"cache-status", cache_status)]
 
 
@@ -46,14 +52,18 @@ async def send_entry(
         status = 304
         body = b""
     else:
-        headers = [(n, v) for n, v in entry.headers if n != b"content-length"]
+        # The fields targeting this cache stay in the entry (a 304 that freshens it recomputes
+        # its times from them, RFC 9111 §4.3.4) but are never replayed to a client.
+        headers = [
+            (n, v) for n, v in entry.headers if n != b"content-length" and n not in CONSUMED_FIELDS
+        ]
         status = entry.status
         if status not in _NO_LENGTH:
             headers.append((b"content-length", b"%d" % len(entry.body)))
         body = b"" if req.method == "HEAD" else entry.body
     headers.append((b"age", age_header(entry, now)))
     headers.append((b"via", VIA))
-    headers.extend(status_headers(x_cache, cache_status))
+    headers.extend(status_headers(x_cache, cache_status, req.ex.cache_key))
     await send.start(status, headers)
     await send.body(body, more=False)
 
@@ -65,6 +75,6 @@ async def send_negative(send: ResponseSink, req: ProxyRequest, cache_status: byt
         404,
         "Not Found",
         NEGATIVE_DETAIL,
-        [(b"via", VIA), *status_headers("NEGATIVE", cache_status)],
+        [(b"via", VIA), *status_headers("NEGATIVE", cache_status, req.ex.cache_key)],
         negative_cache=True,
     )

@@ -46,8 +46,8 @@ class Exchange:
 
     __slots__ = (
         "body_detail", "body_error", "body_failed", "bytes_in", "bytes_out", "cache_generation",
-        "cache_status", "client_ip", "error", "key", "method", "path", "request_id", "route",
-        "route_name", "start", "status", "upstream_seconds", "user_agent",
+        "cache_key", "cache_status", "client_ip", "error", "key", "method", "path", "request_id",
+        "route", "route_name", "start", "status", "upstream_seconds", "user_agent",
     )  # fmt: skip
 
     def __init__(self, method: str, start: float) -> None:
@@ -73,6 +73,7 @@ class Exchange:
         self.body_failed: asyncio.Event | None = None
         # From admission on Redis: what the cache's in-process copies are checked against.
         self.cache_generation: bytes | None = None
+        self.cache_key: str | None = None  # the entry's key, shown in Cache-Status (purge by it)
 
 
 class ResponseSink:

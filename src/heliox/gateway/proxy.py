@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 
+from heliox.core.cachecontrol import TARGETED_FIELDS
 from heliox.core.headers import downstream_response_headers
 from heliox.gateway.exchange import (
     BodyTimeout,
@@ -26,6 +27,13 @@ _GATEWAY_OWNED = frozenset({b"x-cache", b"cache-status", b"x-request-id"})
 _GATEWAY_OWNED_PREFIXES = (b"x-heliox-", b"ratelimit", b"x-ratelimit-")
 
 
+# The fields that address the gateway's cache (RFC 9213 CDN-Cache-Control, Surrogate-Control):
+# consumed here, whether or not the route caches, and never relayed. RFC 9213 §3 lets a cache
+# that uses CDN-Cache-Control remove it; the gateway is the last cache before API clients, and
+# the value would tell every client how the origin tunes the gateway.
+CONSUMED_FIELDS = frozenset(TARGETED_FIELDS)
+
+
 def gateway_owned(name: bytes) -> bool:
     """Whether header `name` (lower-case) is the gateway's alone to set."""
     return name in _GATEWAY_OWNED or name.startswith(_GATEWAY_OWNED_PREFIXES)
@@ -33,7 +41,11 @@ def gateway_owned(name: bytes) -> bool:
 
 def from_upstream(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """An upstream response's headers as the client may see them."""
-    return [(n, v) for n, v in downstream_response_headers(headers) if not gateway_owned(n)]
+    return [
+        (n, v)
+        for n, v in downstream_response_headers(headers, drop=CONSUMED_FIELDS)
+        if not gateway_owned(n)
+    ]
 
 
 async def call_upstream(

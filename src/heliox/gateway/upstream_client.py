@@ -12,23 +12,33 @@ Pooled connections are closed before a typical upstream would close them (`helio
 UPSTREAM_KEEPALIVE_TIMEOUT, or less when the upstream announces a shorter `Keep-Alive: timeout=`),
 and a request that fails on a reused connection before any byte of the response is sent once more
 on a new connection when it can be replayed.
+
+A response with more body than its `Content-Length` declares is handled as nginx does: it is cut
+at the declared length, its connection is closed rather than pooled (the surplus is never read as
+the start of the next response on it), and `UpstreamResponse.overran` says so, for the cache not
+to store it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.http import RawResponseMessage
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 from yarl import URL
@@ -124,17 +134,150 @@ class _Attempt:
     """One try of an upstream request, as the connector sees it (through `_ATTEMPT`, which the
     request's task sets): whether it got a pooled connection, and whether it must not."""
 
-    __slots__ = ("fresh", "reused")
+    __slots__ = ("fresh", "protocol", "reused")
 
     def __init__(self) -> None:
         self.fresh = False
         self.reused = False
+        self.protocol: ResponseHandler | None = None  # the connection's, once it has one
 
 
 _ATTEMPT: ContextVar[_Attempt | None] = ContextVar("heliox_upstream_attempt", default=None)
 # An origin as the pool knows it: (host, port, TLS).
 Origin = tuple[str, int | None, bool]
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+
+
+# `_ResponseHandler._left` besides a count of body bytes still due.
+_HEAD = -1  # a response head is due
+_UNFRAMED = -2  # no Content-Length to hold the bytes to (chunked, until close, upgraded), or idle
+_DROP = -3  # after a surplus: nothing more reaches the parser
+
+
+class _ResponseHandler(ResponseHandler):
+    """aiohttp's protocol for one upstream connection, which gives its HTTP parser no byte past a
+    response's declared `Content-Length`. aiohttp's parser reads any such surplus as the start of
+    the next response on the connection: arrived with the body, it fails the response being read;
+    arrived later, it fails or forges the next one. Here the surplus is dropped, the connection
+    is closed instead of pooled, and `overran` is set.
+
+    The cost on the way of every response: one search for the end of its head (in the bytes that
+    hold it, which are fed to the parser in two calls instead of one), then one comparison per
+    read. Relies on aiohttp's `ResponseHandler` feeding each parsed response head to its own
+    `feed_data`, and on `data_received` being where every byte read goes (aiohttp is pinned;
+    tests/gateway/test_upstream_overrun.py breaks if either changes)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._left = _UNFRAMED
+        self._carry = b""  # the end of the previous read, while a head is due: "\r\n\r" spans reads
+        self.overran = False
+        self.requests = 0  # requests sent on the connection so far
+        self.overran_at = 0  # the one whose response overran (1 for the first)
+        # Where a response head was due came bytes that are none: on a reused connection, most
+        # likely the surplus of the previous response, sent after it.
+        self.stray = False
+
+    def set_response_params(self, **kwargs: Any) -> None:
+        # Called for each request on the connection, before the request is sent.
+        if self._left != _DROP:
+            self._left = _HEAD
+            self._carry = b""
+            self.requests += 1
+        super().set_response_params(**kwargs)
+
+    def data_received(self, data: bytes) -> None:
+        left = self._left
+        # Body bytes within the declared length, unframed bytes, or b"" (resuming the parser).
+        if len(data) <= left or left == _UNFRAMED or not data:
+            if left > 0:
+                self._left = left - len(data)
+            super().data_received(data)
+        elif left != _DROP:
+            self._framed(data)
+
+    def _framed(self, data: bytes) -> None:
+        """`data` holds (the end of) a response head, or more than the body still due."""
+        while data:
+            left = self._left
+            if left == _HEAD:
+                joined = self._carry + data if self._carry else data
+                end = joined.find(b"\r\n\r\n")
+                if end < 0:
+                    self._carry = joined[-3:]
+                    super().data_received(data)
+                    self._check_head()
+                    return
+                cut = end + 4 - len(self._carry)
+                self._carry = b""
+                # The head alone: a parsed head sets `_left` (feed_data) before the body is read.
+                super().data_received(data[:cut])
+                data = data[cut:]
+                if self._check_head():
+                    return
+            elif left == _UNFRAMED:
+                super().data_received(data)
+                return
+            elif len(data) <= left:
+                self._left = left - len(data)
+                super().data_received(data)
+                return
+            else:
+                if left:
+                    super().data_received(data[:left])
+                self._left = 0
+                self._overrun(len(data) - left)
+                return
+
+    def _check_head(self) -> bool:
+        """Whether the parser refused the bytes where a head was due (aiohttp has then failed
+        the request and closed the connection)."""
+        if self._left == _HEAD and isinstance(self.exception(), HttpProcessingError):
+            self.stray = True
+            self._left = _DROP
+            return True
+        return False
+
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        # aiohttp's `data_received` queues each response head here, with the body's stream.
+        super().feed_data(data, size)
+        if self._left == _UNFRAMED:
+            return
+        message, payload = data
+        if message.code == 101 or message.upgrade:
+            self._left = _UNFRAMED  # another protocol from here on
+        elif message.code < 200:
+            self._left = _HEAD  # an interim response: the final one follows
+        elif payload is EMPTY_PAYLOAD:
+            self._left = 0  # HEAD, 204, 304: no body whatever the headers say
+        elif message.chunked or "Transfer-Encoding" in message.headers:
+            self._left = _UNFRAMED
+        else:
+            declared = message.headers.get("Content-Length")
+            try:
+                # The parser has taken the body bytes of this read already.
+                self._left = max(int(declared) - payload.total_bytes, 0)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                self._left = _UNFRAMED  # none (read until close), or one the parser took as is
+
+    def _overrun(self, surplus: int) -> None:
+        self.overran = True
+        self.overran_at = self.requests
+        self._left = _DROP
+        self.force_close()  # never pooled: released, the connection is closed
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        log.warning(
+            "upstream %s sent more data than its Content-Length declared (%d bytes or more): "
+            "response cut at the declared length, connection closed",
+            peer[:2] if peer else "?",
+            surplus,
+        )
+        payload = self._payload  # aiohttp's: the last response's body stream
+        if self.transport is not None and (payload is None or payload.is_eof()):
+            # The body is all with its reader: close now, which is also what ends a connection
+            # that idles in the pool. A body the parser still holds back (its reader was full)
+            # keeps the connection until the response is released.
+            self.transport.close()
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -145,6 +288,11 @@ class _Connector(aiohttp.TCPConnector):
 
     def __init__(self, *, idle_timeout: float, **kwargs: Any) -> None:
         super().__init__(keepalive_timeout=idle_timeout, **kwargs)
+        # aiohttp's protocol factory, replaced to hold responses to their Content-Length.
+        self._factory = cast(
+            "functools.partial[ResponseHandler]",
+            functools.partial(_ResponseHandler, loop=self._loop),
+        )
         self._idle_timeout = idle_timeout
         self._limits: dict[Origin, float] = {}  # origins that announced a shorter timeout
         self._announced: dict[str, float] = {}  # Keep-Alive values already parsed
@@ -165,6 +313,18 @@ class _Connector(aiohttp.TCPConnector):
         elif origin in self._limits:
             del self._limits[origin]
 
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> aiohttp.connector.Connection:
+        conn = await super().connect(req, traces, timeout)
+        attempt = _ATTEMPT.get()
+        if attempt is not None:
+            attempt.protocol = conn.protocol
+        return conn
+
     async def _get(
         self, key: ConnectionKey, traces: list[Trace]
     ) -> aiohttp.connector.Connection | None:
@@ -182,6 +342,15 @@ class _Connector(aiohttp.TCPConnector):
         if conn is not None and attempt is not None:
             attempt.reused = True
         return conn
+
+
+def _stray_head(attempt: _Attempt) -> bool:
+    """Whether the attempt's connection failed on bytes where the response head was due. On a
+    reused connection they are, as a rule, the previous response's surplus that arrived after it
+    (`_ResponseHandler`): not this response's first byte, so the request may be sent again as
+    when the connection had closed under it."""
+    protocol = attempt.protocol
+    return isinstance(protocol, _ResponseHandler) and protocol.stray
 
 
 class _TrackedBody:
@@ -215,10 +384,18 @@ def _before_response(exc: BaseException) -> bool:
 
 
 class UpstreamResponse:
-    __slots__ = ("_permit", "_resp", "headers", "status")
+    __slots__ = ("_permit", "_protocol", "_request_no", "_resp", "headers", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse, permit: Permit | None = None) -> None:
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        permit: Permit | None = None,
+        protocol: ResponseHandler | None = None,
+    ) -> None:
         self._resp = resp
+        # Its connection's, to tell `overran`; the connection may serve later requests.
+        self._protocol = protocol
+        self._request_no = protocol.requests if isinstance(protocol, _ResponseHandler) else 0
         # The request's share of its route's connections and its key's cap: held until the
         # response is released or closed, which is when its connection is free again.
         self._permit = permit
@@ -230,6 +407,19 @@ class UpstreamResponse:
     @property
     def content_length(self) -> int | None:
         return self._resp.content_length
+
+    @property
+    def overran(self) -> bool:
+        """True once the upstream sent more body than its Content-Length declares: the body read
+        is cut at the declared length and the connection closed, and the response is not one to
+        store. Known by the time the body's last byte is read when the surplus came with it; a
+        surplus sent later still closes the connection, but may come after the body was used."""
+        protocol = self._protocol
+        return (
+            isinstance(protocol, _ResponseHandler)
+            and protocol.overran_at == self._request_no
+            and protocol.overran
+        )
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises UpstreamError when the upstream breaks off mid-body."""
@@ -384,11 +574,11 @@ class UpstreamClient:
             except Busy as exc:
                 raise UpstreamBusy(_busy_detail(exc, route)) from None
         try:
-            resp = await self._send(session, method, target, headers, body, timeout)
+            resp, protocol = await self._send(session, method, target, headers, body, timeout)
             keep_alive = resp.headers.get("Keep-Alive")
             if keep_alive is not None and isinstance(connector := session.connector, _Connector):
                 connector.learn((target.host, target.port, target.scheme == "https"), keep_alive)
-            return UpstreamResponse(resp, permit)
+            return UpstreamResponse(resp, permit, protocol)
         except BaseException:
             if permit is not None:
                 permit.release()
@@ -402,7 +592,7 @@ class UpstreamClient:
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterable[bytes] | None,
         timeout: float | None,  # noqa: ASYNC109 - a per-route socket read timeout, not a deadline
-    ) -> aiohttp.ClientResponse:
+    ) -> tuple[aiohttp.ClientResponse, ResponseHandler | None]:
         # Built from parts, never by joining strings: the host can only ever be the route's host.
         url = URL.build(
             scheme=target.scheme,
@@ -444,7 +634,7 @@ class UpstreamClient:
                     # timeout ran out first): once more on a new connection, if replayable.
                     if last or not (
                         attempt.reused
-                        and _before_response(exc)
+                        and (_before_response(exc) or _stray_head(attempt))
                         and may_replay(
                             method, body_streamed=None if tracked is None else tracked.started
                         )
@@ -477,7 +667,7 @@ class UpstreamClient:
             raise UpstreamError(502, f"upstream {target.host}:{target.port} failed: {exc}") from exc
         finally:
             _ATTEMPT.reset(token)
-        return resp
+        return resp, attempt.protocol
 
     def _log_denied(self, target: UpstreamTarget, address: str) -> None:
         """Tell the operator once per host and address (a route's every request would repeat it)."""

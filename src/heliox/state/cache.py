@@ -2,7 +2,7 @@
 
 Stores keep entries and find them again; every decision (what to store, for how long, whether an
 entry may be served) is made by `heliox.core.freshness` before and after. An entry lives in a
-store until `expires_at`, the later of its stale and error windows.
+store until `expires_at`, the latest of its stale, error and keep windows.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ class CacheEntry:
     tags: tuple[str, ...] = ()
     path: str = ""  # canonical path under the route: what purge-by-prefix matches
     age_at_store: int = 0  # the upstream's Age when stored
+    # Kept past the stale windows until then for revalidation (validators only; 0: not kept).
+    keep_until: float = 0.0
 
     @property
     def expires_at(self) -> float:
-        return max(self.stale_until, self.error_until)
+        return max(self.stale_until, self.error_until, self.keep_until)
 
     @property
     def etag(self) -> bytes | None:
@@ -114,9 +116,27 @@ class CacheStore(Protocol):
         """The entry stored under `key`, or None. One round trip at most."""
         ...
 
-    async def set(self, key: str, entry: CacheEntry, now: float) -> None:
+    async def generation(self) -> bytes:
+        """The removal generation: it changes whenever entries are deleted or purged."""
+        ...
+
+    async def set(
+        self,
+        key: str,
+        entry: CacheEntry,
+        now: float,
+        *,
+        generation: bytes | None = None,
+        drop: tuple[str, ...] = (),
+    ) -> bool:
         """Store `entry` until `entry.expires_at`; one already past it at `now` is not stored
-        and removes what `key` held (it is the newer answer)."""
+        and removes what `key` held (it is the newer answer). With `generation` (as read when
+        the fill began), nothing is stored if entries were removed since: a fill that began
+        before a write must not store the old answer. False only then.
+
+        The entries under `drop` go in the same step (the variants a variant index no longer
+        holds): no longer reachable, not removed for being outdated, so the removal generation
+        does not move for them."""
         ...
 
     async def delete(self, key: str) -> bool:

@@ -87,6 +87,12 @@ class FreshEntries:
             self._bytes -= dropped
             self.evictions += 1
 
+    def discard(self, key: str) -> None:
+        """Forget the copy of `key`, if any (a variant its URL's index no longer holds)."""
+        item = self._entries.pop(key, None)
+        if item is not None:
+            self._bytes -= item[2]
+
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0

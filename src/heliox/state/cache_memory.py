@@ -71,6 +71,7 @@ class MemoryCacheStore:
         self._by_route: dict[str, set[str]] = {}
         self._by_tenant: dict[str, set[str]] = {}
         self._by_tag: dict[str, set[str]] = {}
+        self._generation = 0  # raised by every delete, purge and invalidation
 
     async def get(self, key: str) -> CacheEntry | None:
         slot = self._lru.get(key)
@@ -82,12 +83,28 @@ class MemoryCacheStore:
         self._lru.move_to_end(key)
         return slot[0]
 
-    async def set(self, key: str, entry: CacheEntry, now: float) -> None:
+    async def generation(self) -> bytes:
+        return b"%d" % self._generation
+
+    async def set(
+        self,
+        key: str,
+        entry: CacheEntry,
+        now: float,
+        *,
+        generation: bytes | None = None,
+        drop: tuple[str, ...] = (),
+    ) -> bool:
+        if generation is not None and generation != b"%d" % self._generation:
+            return False
+        for gone in drop:
+            if gone != key and gone in self._lru:
+                self._remove(gone)
         if key in self._lru:
             self._remove(key)
         size = entry_size(key, entry)
         if entry.expires_at <= now or size > self.max_bytes:
-            return
+            return True
         while self._bytes + size > self.max_bytes:
             self._remove(next(iter(self._lru)))
         self._lru[key] = (entry, size)
@@ -98,8 +115,10 @@ class MemoryCacheStore:
             _index_add(self._by_tenant, str(entry.tenant_id), key)
         for tag in entry.tags:
             _index_add(self._by_tag, tag, key)
+        return True
 
     async def delete(self, key: str) -> bool:
+        self._generation += 1
         if key not in self._lru:
             return False
         self._remove(key)
@@ -124,6 +143,7 @@ class MemoryCacheStore:
         return self._purge(PurgeFilter.seen_by(uri_key, tenant_id))
 
     def _purge(self, selector: PurgeFilter) -> int:
+        self._generation += 1
         if selector.everything:
             count = len(self._lru)
             self._clear()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 from importlib import resources
 from typing import Any
 
@@ -30,11 +31,11 @@ from heliox.state.cache import CacheEntry, CacheStats, PurgeFilter
 
 __all__ = ["RedisCacheStore", "decode_entry", "encode_entry"]
 
-_MAGIC = b"HXC2"
+_MAGIC = b"HXC3"  # HXC3 added keep_until: older entries read as misses
 # magic, status, age_at_store, stored_at, fresh_until, stale_until, error_until, then the sizes
 # of what follows: tenant, tag count, header count, route, uri key, path, the whole index part.
 # cache_common.lua reads the same layout: change both together (and the magic).
-_FIXED = struct.Struct(">4sHIddddHHHHHII")
+_FIXED = struct.Struct(">4sHIdddddHHHHHII")
 _DEFAULT_PREFIX = "heliox:cache:"
 
 
@@ -66,6 +67,7 @@ def encode_entry(entry: CacheEntry) -> bytes:
         entry.fresh_until,
         entry.stale_until,
         entry.error_until,
+        entry.keep_until,
         len(tenant),
         len(tags),
         len(entry.headers),
@@ -96,6 +98,7 @@ def decode_entry(blob: bytes) -> CacheEntry | None:
             fresh_until,
             stale_until,
             error_until,
+            keep_until,
             tenant_len,
             tag_count,
             header_count,
@@ -147,6 +150,7 @@ def decode_entry(blob: bytes) -> CacheEntry | None:
             tags=tuple(tags),
             path=path,
             age_at_store=age,
+            keep_until=keep_until,
         )
     except (struct.error, ValueError, UnicodeError):
         return None
@@ -191,15 +195,31 @@ class RedisCacheStore:
         blob = await self._get(self.prefix + "e:" + key)
         return None if blob is None else decode_entry(blob)
 
-    async def set(self, key: str, entry: CacheEntry, now: float) -> None:
+    async def generation(self) -> bytes:
+        value = await self._client.get(self.generation_key)
+        if value is None:
+            # First use (admit.lua creates it too): from the clock, above any earlier value.
+            await self._client.set(self.generation_key, b"%d" % time.time_ns(), nx=True)
+            value = await self._client.get(self.generation_key)
+        return value if isinstance(value, bytes) else b""
+
+    async def set(
+        self,
+        key: str,
+        entry: CacheEntry,
+        now: float,
+        *,
+        generation: bytes | None = None,
+        drop: tuple[str, ...] = (),
+    ) -> bool:
         remaining = entry.expires_at - now
         if remaining <= 0:
             await self.delete(key)
-            return
+            return True
         blob = encode_entry(entry)
         ttl_ms = max(1, math.ceil((remaining + self.ttl_margin) * 1000))
         tenant = b"" if entry.tenant_id is None else b"%d" % entry.tenant_id
-        await self._eval(
+        stored = await self._eval(
             self._set_script,
             [
                 self.prefix,
@@ -210,9 +230,13 @@ class RedisCacheStore:
                 _utf8(entry.route),  # as encode_entry writes them, so the scripts agree
                 _utf8(entry.uri_key),
                 tenant,
+                b"" if generation is None else generation,
+                len(drop),
+                *drop,
                 *map(_utf8, entry.tags),
             ],
         )
+        return bool(stored)
 
     async def delete(self, key: str) -> bool:
         return bool(await self._eval(self._delete_script, [self.prefix, key]))

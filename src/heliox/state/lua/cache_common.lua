@@ -1,8 +1,8 @@
 -- Shared head of the cache_*.lua scripts (heliox.state.cache_redis prepends it to each).
 --
 -- Layout under prefix P:
---   P e:<key>         the entry (heliox.state.cache_redis.encode_entry): a 60-byte fixed header
---                     '>4sHIddddHHHHHII' (magic 'HXC2', status, age, four times, then the sizes of
+--   P e:<key>         the entry (heliox.state.cache_redis.encode_entry): a 68-byte fixed header
+--                     '>4sHIdddddHHHHHII' (magic 'HXC3', status, age, five times, then the sizes of
 --                     tenant, tag count, header count, route, uri key, path, index part), the index
 --                     part (route, uri key, path, tenant, tag sizes as u16, tags), headers, body
 --   P i:all           zset of every key, score = expiry (ms, Redis clock)
@@ -10,11 +10,12 @@
 --                     zsets of keys per dimension, same scores, TTL >= their latest member
 --   P sz              hash key -> serialised size;  P bytes   the sum of those sizes
 --   P gen             the removal generation: raised after every delete and purge step, read by
---                     admit.lua, so instances know when entries they keep in process may be gone
+--                     admit.lua, so instances know when entries they keep in process may be gone,
+--                     and by fills, which store only if it has not moved since they started
 -- Index keys are derived from P and the entry's own index part, so a standalone Redis (not a
 -- cluster) is assumed.
 
-local FIXED = 60
+local FIXED = 68
 
 -- After removing entries: any copy an instance read before now is suspect. A missing counter
 -- (first use, or Redis lost its data) starts from Redis's clock in microseconds, above any value
@@ -37,11 +38,11 @@ end
 -- the key is missing or holds something else. Reads the head of the value, never the body.
 local function read_index(entry_key)
   local head = redis.call('GETRANGE', entry_key, 0, FIXED - 1)
-  if #head < FIXED or string.sub(head, 1, 4) ~= 'HXC2' then
+  if #head < FIXED or string.sub(head, 1, 4) ~= 'HXC3' then
     return nil
   end
   local tenant_len, tag_count, _, route_len, uri_len, path_len, index_len =
-    struct.unpack('>HHHHHI4I4', head, 43)
+    struct.unpack('>HHHHHI4I4', head, 51)
   local part = ''
   if index_len > 0 then
     part = redis.call('GETRANGE', entry_key, FIXED, FIXED + index_len - 1)

@@ -1,7 +1,21 @@
--- Store one entry and index it.
--- ARGV: P, key, blob, ttl_ms, size, route, uri key, tenant ('' for shared), tag...
+-- Store one entry and index it, unless entries were removed since the caller read the removal
+-- generation (a fill that started before a write must not store the old answer). Returns 1 when
+-- stored, 0 when the generation moved.
+-- ARGV: P, key, blob, ttl_ms, size, route, uri key, tenant ('' for shared), generation ('' for
+-- no check), n, then n keys to drop (variants their index no longer holds: removed without
+-- moving the generation), then tag...
 local P, member = ARGV[1], ARGV[2]
 local entry_key = P .. 'e:' .. member
+if ARGV[9] ~= '' and redis.call('GET', P .. 'gen') ~= ARGV[9] then
+  return 0
+end
+local dropped = tonumber(ARGV[10])
+for i = 11, 10 + dropped do
+  if ARGV[i] ~= member then
+    local gone = P .. 'e:' .. ARGV[i]
+    remove_entry(P, ARGV[i], read_index(gone))
+  end
+end
 local ttl = tonumber(ARGV[4])
 local now = now_ms()
 local expiry = now + ttl
@@ -32,7 +46,7 @@ index(P .. 'i:u:' .. ARGV[7])
 if ARGV[8] ~= '' then
   index(P .. 'i:t:' .. ARGV[8])
 end
-for i = 9, #ARGV do
+for i = 11 + dropped, #ARGV do
   index(P .. 'i:g:' .. ARGV[i])
 end
 return 1

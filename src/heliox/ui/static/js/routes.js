@@ -154,7 +154,8 @@ function openPolicy(policy) {
   policyForm.reset();
   if (policy) {
     for (const name of ["name", "mode", "ttl_seconds", "stale_while_revalidate_seconds", "stale_if_error_seconds",
-      "max_object_bytes", "shared", "negative_cache", "cache_with_cookies"]) setField(policyForm, name, policy[name]);
+      "max_object_bytes", "shared", "negative_cache", "cache_with_cookies", "keep_seconds", "max_variants",
+      "lock_timeout_seconds", "lock_age_seconds"]) setField(policyForm, name, policy[name]);
     setField(policyForm, "vary_headers", policy.vary_headers.join(", "));
     setField(policyForm, "cacheable_methods", policy.cacheable_methods.join(", "));
     setField(policyForm, "cacheable_statuses", policy.cacheable_statuses.join(", "));
@@ -179,6 +180,13 @@ onSubmit(policyForm, async () => {
     shared: fieldValue(policyForm, "shared"),
     negative_cache: fieldValue(policyForm, "negative_cache"),
     cache_with_cookies: fieldValue(policyForm, "cache_with_cookies"),
+    // Blank: 0 for the keep window (not kept), as for the stale windows; max_variants has no
+    // "none", so blank means the default a new policy gets.
+    keep_seconds: numberValue(policyForm, "keep_seconds") ?? 0,
+    max_variants: numberValue(policyForm, "max_variants") ?? 8,
+    // Blank is null: the gateway's CACHE_LOCK_TIMEOUT / CACHE_LOCK_AGE apply.
+    lock_timeout_seconds: numberValue(policyForm, "lock_timeout_seconds"),
+    lock_age_seconds: numberValue(policyForm, "lock_age_seconds"),
   };
   if (editingPolicy) {
     await api("PATCH", `/admin/policies/${editingPolicy.id}`, { body });
