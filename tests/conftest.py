@@ -10,6 +10,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,14 +84,30 @@ def drop_pg_database(admin_dsn: str, name: str) -> None:
     asyncio.run(drop())
 
 
-@pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, as a postgresql+asyncpg:// URL."""
-    name, url = make_pg_database(pg_server)
+@contextmanager
+def fresh_pg_database(admin_dsn: str) -> Iterator[str]:
+    """A fresh, empty database as a postgresql+asyncpg:// URL, dropped on leaving."""
+    name, url = make_pg_database(admin_dsn)
     try:
         yield url
     finally:
-        drop_pg_database(pg_server, name)
+        drop_pg_database(admin_dsn, name)
+
+
+# One database each way: per test where a test needs it empty, per module where the module's
+# gateway processes (module-scoped, so needing a module-scoped database) share one.
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, as a postgresql+asyncpg:// URL."""
+    with fresh_pg_database(pg_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_server: str) -> Iterator[str]:
+    """A fresh PostgreSQL database shared by one test module, as a postgresql+asyncpg:// URL."""
+    with fresh_pg_database(pg_server) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -106,20 +123,35 @@ def redis_server() -> str:
     return REDIS_URL
 
 
-@pytest.fixture
-def redis_prefix(redis_server: str) -> Iterator[str]:
-    """A key prefix no other test uses; its keys are deleted afterwards."""
+@contextmanager
+def fresh_redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix nobody else uses; its keys are deleted on leaving."""
     import redis
 
     prefix = f"heliox-test:{uuid.uuid4().hex[:10]}:"
     yield prefix
-    client = redis.Redis.from_url(redis_server)
+    client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
         if keys:
             client.delete(*keys)
     finally:
         client.close()
+
+
+# As with the databases: per test, and per module for the module-scoped gateway processes.
+@pytest.fixture
+def redis_prefix(redis_server: str) -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted afterwards."""
+    with fresh_redis_prefix(redis_server) as prefix:
+        yield prefix
+
+
+@pytest.fixture(scope="module")
+def redis_module_prefix(redis_server: str) -> Iterator[str]:
+    """A key prefix no other test module uses; its keys are deleted after the module."""
+    with fresh_redis_prefix(redis_server) as prefix:
+        yield prefix
 
 
 @pytest.fixture

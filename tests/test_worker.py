@@ -42,9 +42,9 @@ class Counter:
 @pytest.fixture
 async def redis(redis_server: str) -> AsyncIterator[Any]:
     from heliox.config import load_settings
-    from heliox.runtime import _redis_client
+    from heliox.state.redis_client import redis_client
 
-    client = _redis_client(load_settings(redis_url=redis_server, deployment_mode="demo"))
+    client = redis_client(load_settings(redis_url=redis_server, deployment_mode="demo"))
     try:
         yield client
     finally:

@@ -739,12 +739,12 @@ async def _with_admin(settings: Settings, action: Callable[[Any], Awaitable[int]
     from heliox.admin.deps import Admin
     from heliox.admin.errors import AdminError
     from heliox.db.engine import make_engine, make_session_factory
-    from heliox.runtime import _redis_client
+    from heliox.state.redis_client import redis_client
 
     engine = make_engine(
         settings.effective_database_url, pool_size=1, connect_timeout=settings.database_timeout
     )
-    redis = _redis_client(settings) if settings.redis_url else None
+    redis = redis_client(settings) if settings.redis_url else None
     runtime = _CliRuntime(settings, make_session_factory(engine), redis)
     try:
         return await action(Admin(runtime=runtime, actor=_actor()))
@@ -952,7 +952,7 @@ def cmd_abuse_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from heliox.core.abuse_replay import CorpusError, load_corpus, replay, table
-    from heliox.gateway.abuse import detector_config
+    from heliox.runtime import detector_config
 
     config = detector_config(_tool_settings())
     try:

@@ -1,6 +1,8 @@
-"""Settings: every environment variable Heliox reads, validated once at start-up.
+"""Settings: every environment variable an operator sets, validated once at start-up.
 
-A bad value stops start-up with a message that names the variable (see `load_settings`).
+A bad value stops start-up with a message that names the variable (see `load_settings`). Two are
+read where they are used (runtime.py), as each worker process of a server reads them after the
+CLI may have set them: HELIOX_SPILL_DIR and HELIOX_METRICS_DIR.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class Settings(BaseSettings):
         "", description="address the metrics port listens on; empty = the gateway's --host"
     )
 
-    # --- upstream bulkheads and address checks (gateway/bulkhead.py, core/netdeny.py) ----------
+    # --- upstream bulkheads and address checks (net/bulkhead.py, core/netdeny.py) --------------
     upstream_pool_timeout: float = Field(
         5.0,
         gt=0,
@@ -175,7 +177,7 @@ class Settings(BaseSettings):
         "resolved address (empty = none); routes with allow_private_upstream are exempt",
     )
 
-    # --- upstream keep-alive: idle pooled connections (gateway/upstream_client.py,
+    # --- upstream keep-alive: idle pooled connections (net/upstream_client.py,
     # core/keepalive.py) ---------------------------------------------------------------------------
     upstream_keepalive_timeout: float = Field(
         4.0,

@@ -1,8 +1,12 @@
 """Everything one gateway process holds while it runs, started and stopped in one place.
 
 The hot path reads `runtime.snapshot` (swapped whole on a config change) and calls the state
-backends; the admin API and UI use the session factory. Background tasks: the config watcher
-(Redis pub/sub plus polling as the fallback) and the request-log writer.
+backends; the admin API and UI use the session factory. Background work, all started by `start`
+and stopped by `stop`: the request-log writer, the dependency health checks, the periodic jobs
+(`BACKGROUND_JOBS`), the config poll and, with Redis, the config and abuse-forget subscription,
+the workers' shared metrics dump (several workers) and the periodic heap trim
+(`MEMORY_TRIM_INTERVAL`). HELIOX_SPILL_DIR and HELIOX_METRICS_DIR are read here rather than in
+`Settings`: the worker processes of a server read them after the CLI may have set them.
 """
 
 from __future__ import annotations
@@ -24,21 +28,19 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from heliox.config import Settings
-from heliox.core.anomaly import AbuseDetector
-from heliox.core.breaker import Breaker, RecentEvents
+from heliox.core.anomaly import AbuseDetector, DetectorConfig
+from heliox.core.breaker import RecentEvents
 from heliox.db.engine import make_engine, make_session_factory
 from heliox.db.logwriter import LogWriter
 from heliox.db.migrate import upgrade_database
 from heliox.db.snapshot_loader import load_snapshot, read_config_version
-from heliox.gateway.abuse import detector_config
-from heliox.gateway.admission_step import key_subject
-from heliox.gateway.upstream_client import UpstreamClient
 from heliox.jobs import periodic_jobs
 from heliox.memory_trim import trim_periodically
 from heliox.metrics import Metrics, SharedMetrics
+from heliox.net.upstream_client import UpstreamClient
 from heliox.seed import seed
 from heliox.snapshot import Snapshot
-from heliox.state.admission import AdmissionBackend
+from heliox.state.admission import AdmissionBackend, key_subject
 from heliox.state.admission_memory import MemoryAdmission
 from heliox.state.admission_redis import RedisAdmission
 from heliox.state.bloom_store import MemoryNegativeCache, NegativeCache, RedisNegativeCache
@@ -46,7 +48,8 @@ from heliox.state.cache import CacheStore
 from heliox.state.cache_l1 import FreshEntries
 from heliox.state.cache_memory import MemoryCacheStore
 from heliox.state.cache_redis import RedisCacheStore
-from heliox.state.redis_pipe import PipelinedRedis, describe
+from heliox.state.redis_client import redis_client
+from heliox.state.redis_pipe import describe
 from heliox.worker import JobScheduler
 
 log = logging.getLogger("heliox")
@@ -59,6 +62,21 @@ ABUSE_FORGET_CHANNEL = "abuse-forget"
 REDIS_TROUBLE_WINDOW = 10.0
 # At stop, how long closing the database connections may take (a hung server never answers).
 ENGINE_DISPOSE_TIMEOUT = 2.0
+
+
+def detector_config(settings: Settings) -> DetectorConfig:
+    """The detector the ABUSE_* settings describe (the gateway's and `heliox abuse replay`'s)."""
+    return DetectorConfig(
+        window_seconds=settings.abuse_window_seconds,
+        alpha=settings.abuse_ewma_alpha,
+        threshold=settings.abuse_zscore_threshold,
+        min_samples=settings.abuse_min_samples,
+        min_rate=settings.abuse_min_rate,
+        min_baseline_requests=settings.abuse_min_baseline_requests,
+        min_ratio=settings.abuse_min_spike_ratio,
+        limit_fraction=settings.abuse_min_limit_fraction,
+        action=settings.abuse_action,
+    )
 
 
 class DependencyState:
@@ -127,7 +145,7 @@ class Runtime:
         s = settings
         if s.redis_url:
             # Connections open lazily; building the clients here lets every step hold them.
-            self.redis = _redis_client(s)
+            self.redis = redis_client(s)
             self.redis.probe_key = s.redis_key_prefix + "probe:" + self.instance_id
             cache = RedisCacheStore(self.redis, prefix=s.redis_key_prefix + "cache:")
             self.cache = cache
@@ -439,29 +457,3 @@ class Runtime:
             "dependencies": details,
             "time": time.time(),
         }
-
-
-def _redis_client(settings: Settings) -> Any:
-    """The Redis client for REDIS_URL (db index and rediss:// TLS options come from the URL)."""
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry  # redis-py warns when handed the synchronous one
-    from redis.backoff import NoBackoff
-
-    # Bounded pool that waits (not fails) when busy; no retries, so an outage is seen in one
-    # timeout and the hot path can fail open at once.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_pool_size,
-        timeout=settings.redis_timeout,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_connect_timeout,
-        health_check_interval=15,
-        retry=Retry(NoBackoff(), 0),
-    )
-    client = PipelinedRedis(connection_pool=pool)
-    client.breaker = Breaker(
-        threshold=settings.redis_breaker_failures,
-        base_open=settings.redis_breaker_open_seconds,
-        max_open=max(settings.redis_breaker_open_seconds, settings.redis_breaker_max_open_seconds),
-    )
-    return client

@@ -204,7 +204,7 @@ async def run_worker(
     from heliox.db.engine import make_engine, make_session_factory
     from heliox.db.migrate import upgrade_database
     from heliox.jobs import periodic_jobs
-    from heliox.runtime import _redis_client
+    from heliox.state.redis_client import redis_client
 
     engine = make_engine(  # connects lazily
         settings.effective_database_url,
@@ -220,7 +220,7 @@ async def run_worker(
                 f"unknown job(s) {', '.join(unknown)}; jobs: {', '.join(j.name for j in jobs)}"
             )
         jobs = [job for job in jobs if job.name in only]
-    redis = _redis_client(settings) if settings.redis_url else None
+    redis = redis_client(settings) if settings.redis_url else None
     scheduler = JobScheduler(jobs, redis=redis, prefix=settings.redis_key_prefix)
     try:
         await upgrade_database(settings.effective_database_url, progress=progress)

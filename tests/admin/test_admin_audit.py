@@ -68,7 +68,7 @@ async def test_filters(client: httpx.AsyncClient) -> None:
     await client.patch(f"/admin/tenants/{a['id']}", json={"name": "A2"})
     await client.post("/admin/policies", json={"name": "p"})
 
-    async def actions(**params: object) -> list[str]:
+    async def actions(**params: str) -> list[str]:
         response = await client.get("/admin/audit", params=params)
         assert response.status_code == 200, response.text
         return [r["action"] for r in response.json()["items"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -55,10 +56,11 @@ async def test_postgres_unreachable_is_503() -> None:
 async def test_unexpected_errors_are_500_without_details(
     runtime: FakeRuntime, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def exploding_factory() -> AsyncSession:
-        raise RuntimeError("secret internal detail")
+    class ExplodingSessions(async_sessionmaker[AsyncSession]):
+        def __call__(self, **local_kw: Any) -> AsyncSession:
+            raise RuntimeError("secret internal detail")
 
-    runtime.session_factory = exploding_factory
+    runtime.session_factory = ExplodingSessions()
     with caplog.at_level(logging.ERROR, logger="heliox.admin"):
         async with client_for(build_app(runtime)) as client:
             response = await client.get("/admin/tenants")

@@ -66,7 +66,9 @@ async def test_create_returns_the_plaintext_once_and_stores_its_hash(
     assert (created["rate_limit_rps"], created["rate_limit_burst"]) == (50, 100)
     assert created["rate_limit_algorithm"] == "sliding_window"
     assert (created["daily_quota"], created["monthly_quota"]) == (1000, 20000)
-    assert (await stored_hashes(engine))[created["id"]] == hash_key(plaintext)
+    key_id = created["id"]
+    assert isinstance(key_id, int)
+    assert (await stored_hashes(engine))[key_id] == hash_key(plaintext)
     assert runtime.changes == 2
 
     # Never again: not in the detail, the list, nor the audit log (neither is the hash).

@@ -115,7 +115,8 @@ def test_tables_carry_ratios_and_added_latency() -> None:
     _head, body = report.latency_table(rep.latency_rows)
     assert body[1][4] == "300 µs"  # p50 0.5 ms minus 0.2 ms
     pair = _pair(report.HIT, report.EMBEDDED, 2_500, 0.020)
-    _head, body = report.throughput_table([pair.baseline, pair])  # type: ignore[list-item]
+    assert pair.baseline is not None
+    _head, body = report.throughput_table([pair.baseline, pair])
     assert body[1][9] == "0.25" and body[1][11] == "2.00x"
     assert "missed" in body[1][12] and "met" in body[1][12]
 

@@ -4,6 +4,7 @@ stored entry at a given moment, and the section of RFC 9111 (or RFC 5861, 9110) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -110,7 +111,12 @@ DECIDE = [
 @pytest.mark.parametrize(
     ("section", "entry", "kwargs", "expected"), DECIDE, ids=[r[0] for r in DECIDE]
 )
-def test_decide(section: str, entry: Stored | None, kwargs: dict, expected: tuple) -> None:
+def test_decide(
+    section: str,
+    entry: Stored | None,
+    kwargs: dict[str, Any],
+    expected: tuple[Action, str, str | None],
+) -> None:
     assert run(entry, **kwargs) == expected
 
 
@@ -190,8 +196,8 @@ def test_settle(
     entry: Stored | None,
     status: int | None,
     headers: list[tuple[bytes, bytes]] | None,
-    kwargs: dict,
-    expected: tuple,
+    kwargs: dict[str, Any],
+    expected: tuple[Outcome, str, str | None],
 ) -> None:
     assert answer(entry, status, headers, **kwargs) == expected
 

@@ -141,7 +141,9 @@ def test_response_vary(
     assert response_vary(policy, headers, offered_codings=offered) == names
 
 
-def _key(policy: tuple[str, ...], names: tuple[str, ...], headers: list, coding: str) -> str:
+def _key(
+    policy: tuple[str, ...], names: tuple[str, ...], headers: list[tuple[bytes, bytes]], coding: str
+) -> str:
     return cache_key("GET", "r", "/x", b"", variant_vary(policy, names, headers, coding), None)
 
 

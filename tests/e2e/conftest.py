@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import drop_pg_database, make_pg_database
 from tests.e2e.faults import OwnRedis, TcpProxy
 from tests.e2e.harness import Gateway, Upstream, gateway_env, gateway_in
 
@@ -21,30 +19,6 @@ def embedded_gateway(workdir: Path, upstream: Upstream) -> Iterator[Gateway]:
     env["ADMIN_API_KEY"] = "admin-secret-key"  # demo mode: the documented default admin key
     with gateway_in(workdir, "embedded", env) as gw:
         yield gw
-
-
-@pytest.fixture(scope="module")
-def pg_database(pg_server: str) -> Iterator[str]:
-    name, url = make_pg_database(pg_server)
-    try:
-        yield url
-    finally:
-        drop_pg_database(pg_server, name)
-
-
-@pytest.fixture(scope="module")
-def redis_module_prefix(redis_server: str) -> Iterator[str]:
-    import redis
-
-    prefix = f"heliox-test:{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_server)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,8 @@ def _create_key(
 def _seeded_key_id(gw: Gateway, raw: str) -> int:
     with gw.admin() as admin:
         items = admin.get("/admin/keys", params={"limit": 1000}).json()["items"]
-    return next(k["id"] for k in items if raw.startswith(k["key_prefix"]))
+    key_id: int = next(k["id"] for k in items if raw.startswith(k["key_prefix"]))
+    return key_id
 
 
 def _get(gw: Gateway, key: str) -> int:

@@ -26,7 +26,7 @@ def get(gw: Gateway, path: str, key: str = ACME, **kw: Any) -> httpx.Response:
 
 
 def calls(upstream: Upstream, path: str) -> int:
-    by_path: dict[str, int] = upstream.stats()["by_path"]  # type: ignore[assignment]
+    by_path: dict[str, int] = upstream.stats()["by_path"]
     return by_path.get(path, 0)
 
 

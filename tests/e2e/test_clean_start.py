@@ -57,7 +57,8 @@ def test_production_serve_and_keys_print_no_warning(
 
         def healthy() -> bool:
             assert serve.poll() is None, "heliox serve exited"
-            return httpx.get(url + "/health", timeout=1).json()["status"] == "ok"
+            status: str = httpx.get(url + "/health", timeout=1).json()["status"]
+            return status == "ok"
 
         wait_until(healthy, 60)
         # Use Redis and PostgreSQL the way traffic and operators do: admission, the cache, admin.

@@ -43,7 +43,8 @@ HEALTH_BOUND = HEALTH_TIMEOUT + 0.5
 
 
 def _health(gw: Gateway, timeout: float = 10) -> dict[str, Any]:
-    return httpx.get(gw.url + "/health", timeout=timeout).json()  # type: ignore[no-any-return]
+    health: dict[str, Any] = httpx.get(gw.url + "/health", timeout=timeout).json()
+    return health
 
 
 def _healthy(gw: Gateway) -> None:
@@ -51,12 +52,13 @@ def _healthy(gw: Gateway) -> None:
 
 
 def _redis_state(gw: Gateway) -> dict[str, Any]:
-    return _health(gw)["dependencies"]["redis"]  # type: ignore[no-any-return]
+    state: dict[str, Any] = _health(gw)["dependencies"]["redis"]
+    return state
 
 
 def _pause(r: OwnRedis, seconds: float) -> None:
     """Redis keeps its connections but answers nothing (it cannot be unpaused early)."""
-    r.client().execute_command("CLIENT", "PAUSE", str(int(seconds * 1000)), "ALL")
+    r.client().client_pause(int(seconds * 1000), all=True)
 
 
 def _timed_get(c: httpx.Client, path: str) -> tuple[httpx.Response, float]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import httpx
 import pytest
 
@@ -68,10 +71,10 @@ def test_admin_lists_seeded_tenants_routes_and_keys_without_plaintext(gateway: G
     assert "hx_prod_acme" in prefixes
 
 
-def _items(payload: object) -> list[dict[str, object]]:
-    if isinstance(payload, dict):
-        return payload["items"]  # type: ignore[return-value]
-    return payload  # type: ignore[return-value]
+def _items(payload: Any) -> list[dict[str, Any]]:
+    """The listed objects, whether the endpoint pages them (under "items") or not."""
+    items: list[dict[str, Any]] = payload["items"] if isinstance(payload, dict) else payload
+    return items
 
 
 @pytest.mark.parametrize(
@@ -209,7 +212,7 @@ def test_declared_oversize_body_is_413_without_reading(gateway: Gateway) -> None
 
 
 def test_streamed_upload_within_limit_is_forwarded(gateway: Gateway) -> None:
-    def chunks() -> object:
+    def chunks() -> Iterator[bytes]:
         for _ in range(64):
             yield b"y" * 16384
 
@@ -221,7 +224,7 @@ def test_streamed_upload_within_limit_is_forwarded(gateway: Gateway) -> None:
 
 
 def test_chunked_upload_over_limit_is_413(gateway: Gateway) -> None:
-    def chunks() -> object:
+    def chunks() -> Iterator[bytes]:
         for _ in range(12 * 64):  # 12 MiB > 10 MiB default
             yield b"z" * 16384
 

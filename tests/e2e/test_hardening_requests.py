@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
@@ -47,11 +47,20 @@ ACME_H = {"X-API-Key": ACME}
 
 
 def _get(
-    gw: Gateway, path: str, headers: dict[str, str] | None = None, **kw: object
+    gw: Gateway,
+    path: str,
+    headers: dict[str, str] | None = None,
+    *,
+    params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
 ) -> httpx.Response:
+    # A tuple of pairs, not a list: httpx's list type is invariant in its value type.
+    query = params if params is None or isinstance(params, Mapping) else tuple(params)
     return httpx.get(
-        gw.url + path, headers=headers if headers is not None else ACME_H, timeout=10, **kw
-    )  # type: ignore[arg-type]
+        gw.url + path,
+        headers=headers if headers is not None else ACME_H,
+        params=query,
+        timeout=10,
+    )
 
 
 def _raw_get(

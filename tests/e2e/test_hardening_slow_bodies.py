@@ -143,7 +143,7 @@ def test_a_body_that_keeps_up_is_delivered(body_gateway: Gateway, upstream: Upst
 
 
 def test_route_body_limits_are_validated(body_gateway: Gateway, upstream: Upstream) -> None:
-    bad = [
+    bad: list[dict[str, object]] = [
         {"request_body_timeout_seconds": 0},
         {"request_body_timeout_seconds": -1},
         {"request_body_timeout_seconds": 86_401},

@@ -290,7 +290,8 @@ def test_stale_if_error_serves_the_old_entry_inside_its_window(
             r = _get(gateway, f"/g/{name}/ok/{t}")
             assert r.status_code == 200, r.text
             assert r.content == filled.content
-            return r.headers.get("x-cache") != "HIT"
+            x_cache: str | None = r.headers.get("x-cache")
+            return x_cache != "HIT"
 
         wait_until(served_stale, timeout=10)
         assert _get(gateway, f"/g/{name}/ok/{t}-never-cached").status_code == 502

@@ -252,13 +252,13 @@ def test_keys_from_the_cli_reach_every_running_instance(
         return r.status_code
 
     for gw in (pg_gateway, pg_gateway_b):
-        wait_until(lambda gw=gw: answer(gw) == 200, PROPAGATION, 0.02)  # type: ignore[misc]
+        wait_until(lambda gw=gw: answer(gw) == 200, PROPAGATION, 0.02)
     status, out, _ = heliox("keys", "list", "--tenant", "CloudBridge")
     assert status == 0 and " cli " in out and key not in out
     status, _, err = heliox("keys", "revoke", str(key_id))
     assert status == 0, err
     for gw in (pg_gateway, pg_gateway_b):
-        wait_until(lambda gw=gw: answer(gw) == 401, PROPAGATION, 0.02)  # type: ignore[misc]
+        wait_until(lambda gw=gw: answer(gw) == 401, PROPAGATION, 0.02)
     with pg_gateway.admin() as admin:
         audit = admin.get("/admin/audit", params={"entity_type": "key", "entity_id": key_id})
     actions = [(e["action"], e["actor"].split(":")[0]) for e in audit.json()["items"]]
@@ -331,7 +331,7 @@ def test_gateway_over_tls_redis_uses_the_db_index_from_the_url(
     try:
         assert any(k.startswith(b"heliox:") for k in client.scan_iter(count=1000))
         assert client.dbsize() > 0
-        client.select(0)  # type: ignore[no-untyped-call]
+        client.select(0)
         assert client.dbsize() == 0
     finally:
         client.close()
@@ -339,10 +339,10 @@ def test_gateway_over_tls_redis_uses_the_db_index_from_the_url(
 
 async def test_redis_client_verifies_tls_with_the_ca_from_the_url(tls_redis: TlsRedis) -> None:
     from heliox.config import load_settings
-    from heliox.runtime import _redis_client
+    from heliox.state.redis_client import redis_client
 
     url = f"rediss://localhost:{tls_redis.port}/0?ssl_ca_certs={tls_redis.ca}"
-    client = _redis_client(load_settings(redis_url=url, deployment_mode="demo"))
+    client = redis_client(load_settings(redis_url=url, deployment_mode="demo"))
     try:
         assert await client.execute_command("CLIENT", "INFO")  # pool connection
         assert await client.ping()  # pipelined connection
@@ -353,11 +353,11 @@ async def test_redis_client_verifies_tls_with_the_ca_from_the_url(tls_redis: Tls
 
 def test_unverified_tls_is_refused_by_default(tls_redis: TlsRedis) -> None:
     from heliox.config import load_settings
-    from heliox.runtime import _redis_client
+    from heliox.state.redis_client import redis_client
 
     async def ping() -> object:
         url = f"rediss://127.0.0.1:{tls_redis.port}/0"
-        client = _redis_client(load_settings(redis_url=url, deployment_mode="demo"))
+        client = redis_client(load_settings(redis_url=url, deployment_mode="demo"))
         try:
             return await client.execute_command("CLIENT", "INFO")
         finally:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from heliox.gateway.bulkhead import Bulkheads, Busy
+from heliox.net.bulkhead import Bulkheads, Busy
 
 SHORT = 0.05  # the bounded wait under test: long enough to be a wait, short enough for a test
 

@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 from heliox.core.cachekey import cache_key
 from heliox.gateway.cache_layer import CacheLayer
 from heliox.gateway.exchange import ClientGone, Exchange, ProxyRequest, ResponseSink
-from heliox.gateway.upstream_client import UpstreamClient, UpstreamError, UpstreamTarget
 from heliox.metrics import Metrics
+from heliox.net.upstream_client import UpstreamClient, UpstreamError, UpstreamTarget
 from heliox.snapshot import CachePolicyConfig, RouteConfig
 from heliox.state.bloom_store import MemoryNegativeCache, RedisNegativeCache
 from heliox.state.cache_l1 import FreshEntries
@@ -28,21 +28,11 @@ from heliox.state.cache_redis import RedisCacheStore
 from heliox.upstream import app as upstream_app
 from heliox.upstream.catalogue import ITEMS
 from heliox.upstream.stats import STATS, RequestStats
+from tests.support import FakeClock
 
 STORES = ["memory", "redis"]
 ACME = 1
 TECHFLOW = 2
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class CountingRedis(Redis):
@@ -193,7 +183,7 @@ async def make_rig(
     shared: dict[str, str] = {}
 
     async def build(kind: str, **layer_kw: Any) -> Rig:
-        clock = layer_kw.pop("clock", None) or FakeClock()
+        clock = layer_kw.pop("clock", None) or FakeClock(time.time())
         negative_kw: dict[str, Any] = {"expected_items": 1000, "false_positive_rate": 0.01}
         redis: Redis | None = None
         if kind == "memory":
@@ -751,7 +741,7 @@ async def test_redis_down_means_misses_not_errors(
 ) -> None:
     port, stats = upstream
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     runtime = SimpleNamespace(
         fresh_entries=None,
         cache=RedisCacheStore(dead, prefix="x:"),

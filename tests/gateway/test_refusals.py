@@ -6,17 +6,12 @@ from heliox.config import load_settings
 from heliox.gateway.exchange import Exchange
 from heliox.gateway.refusals import RefusalGuard
 from heliox.metrics import Metrics
+from tests.support import FakeClock
+
+T0 = 1_795_780_800.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_795_780_800.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def guard(clock: Clock, **settings: object) -> tuple[RefusalGuard, Metrics]:
+def guard(clock: FakeClock, **settings: object) -> tuple[RefusalGuard, Metrics]:
     metrics = Metrics()
     s = load_settings(auth_failure_rate=2, auth_failure_burst=5, **settings)
     return RefusalGuard(s, metrics, clock=clock, max_addresses=50), metrics
@@ -29,7 +24,7 @@ def refused(address: str, status: int = 401) -> Exchange:
 
 
 def test_bad_keys_get_401_up_to_the_burst_then_429_with_the_wait() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     g, metrics = guard(clock)
     assert [g.bad_key("192.0.2.1") for _ in range(7)] == [None] * 5 + [1, 1]
     assert g.bad_key("192.0.2.2") is None  # per address
@@ -40,7 +35,7 @@ def test_bad_keys_get_401_up_to_the_burst_then_429_with_the_wait() -> None:
 
 
 def test_rows_of_refusals_are_sampled_per_address_and_for_the_process() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     g, metrics = guard(clock, refused_log_rate=8)
     kept = [g.keep_row(refused("192.0.2.1")) for _ in range(20)]
     assert kept == [True] * 5 + [False] * 15
@@ -50,7 +45,7 @@ def test_rows_of_refusals_are_sampled_per_address_and_for_the_process() -> None:
 
 
 def test_answers_that_are_not_refusals_are_always_logged() -> None:
-    g, _ = guard(Clock(), refused_log_rate=0)
+    g, _ = guard(FakeClock(T0), refused_log_rate=0)
     served = refused("192.0.2.1", 200)
     upstream_404 = refused("192.0.2.1", 404)
     upstream_404.upstream_seconds = 0.01
@@ -62,7 +57,7 @@ def test_answers_that_are_not_refusals_are_always_logged() -> None:
 
 
 def test_the_maps_of_addresses_are_capped() -> None:
-    g, _ = guard(Clock())
+    g, _ = guard(FakeClock(T0))
     for i in range(1000):
         g.bad_key(f"2001:db8::{i:x}")
         g.keep_row(refused(f"2001:db8::{i:x}"))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.http_exceptions import HttpProcessingError
 
-from heliox.gateway.upstream_client import (
+from heliox.net.upstream_client import (
     UpstreamClient,
     UpstreamTarget,
     _Connector,

@@ -33,6 +33,7 @@ from heliox.state.admission import (
 )
 from heliox.state.admission_memory import MemoryAdmission
 from heliox.state.admission_redis import RedisAdmission
+from tests.support import FakeClock
 
 T0 = datetime(2026, 11, 27, 12, tzinfo=UTC).timestamp()
 NY = "America/New_York"
@@ -40,17 +41,6 @@ NY = "America/New_York"
 
 def local(tz: str, y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
     return datetime(y, mo, d, h, mi, s, tzinfo=ZoneInfo(tz)).timestamp()
-
-
-@dataclass
-class FakeClock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 Factory = Callable[..., AdmissionBackend]
@@ -84,7 +74,7 @@ async def pooled_client(redis_server: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)], name="h")
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     if request.param == "memory":
 
         def memory(clk: FakeClock | None, tz: str) -> AdmissionBackend:

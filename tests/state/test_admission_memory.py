@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from heliox.state.admission import SLIDING_WINDOW, TOKEN_BUCKET, AdmissionRequest, LimitSpec
 from heliox.state.admission_memory import ExpiringMap, MemoryAdmission
+from tests.support import FakeClock
 
 T0 = 1_795_780_800.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_many_distinct_subjects_stay_within_the_caps() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     b = MemoryAdmission(clock=clock, max_subjects=1000, max_quota_counters=2000, max_blocks=10)
     spec = LimitSpec(TOKEN_BUCKET, 1, 5)
     window = LimitSpec(SLIDING_WINDOW, 1, 1, 10)
@@ -33,7 +26,7 @@ def test_many_distinct_subjects_stay_within_the_caps() -> None:
 
 
 def test_expired_entries_are_dropped_as_writes_pass_them() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     b = MemoryAdmission(clock=clock, max_subjects=10_000)
     spec = LimitSpec(TOKEN_BUCKET, 10, 10)  # one token taken: full again in 0.1 s
     for i in range(500):
@@ -46,7 +39,7 @@ def test_expired_entries_are_dropped_as_writes_pass_them() -> None:
 
 
 def test_an_expired_bucket_equals_a_full_one() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     b = MemoryAdmission(clock=clock)
     req = AdmissionRequest("k:1", LimitSpec(TOKEN_BUCKET, 1, 3))
     for _ in range(3):

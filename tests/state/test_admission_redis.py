@@ -35,19 +35,12 @@ from heliox.state.admission import (
 )
 from heliox.state.admission_memory import MemoryAdmission
 from heliox.state.admission_redis import LuaScript, RedisAdmission
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.redis
 
 T0 = datetime(2026, 11, 27, 12, tzinfo=UTC).timestamp()
 NY = "America/New_York"
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Counting:
@@ -78,7 +71,7 @@ async def keys_of(client: Any, prefix: str) -> dict[str, int]:
 
 
 async def test_keys_share_one_hash_tag_and_all_expire(redis_client: Any, redis_prefix: str) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     b = RedisAdmission(redis_client, prefix=redis_prefix, clock=clock)
     req = AdmissionRequest(
         "k:1:r:7", LimitSpec(TOKEN_BUCKET, 2, 10), daily_quota=10, monthly_quota=100,
@@ -142,7 +135,7 @@ async def test_a_skewed_local_clock_costs_one_retry_then_is_learned(
 
 
 async def test_period_retry_lands_in_the_right_period(redis_client: Any, redis_prefix: str) -> None:
-    clock = Clock(datetime(2026, 11, 28, 0, 0, 1, tzinfo=ZoneInfo(NY)).timestamp())
+    clock = FakeClock(datetime(2026, 11, 28, 0, 0, 1, tzinfo=ZoneInfo(NY)).timestamp())
     counting = Counting(redis_client)
     b = RedisAdmission(counting, prefix=redis_prefix, quota_tz=NY, clock=clock)  # type: ignore[arg-type]
     # Force a stale guess: pretend the calendar last saw the previous day.
@@ -197,7 +190,7 @@ async def test_redis_down_raises_admission_unavailable() -> None:
 
 
 async def test_flushed_keys_restart_the_counters(redis_client: Any, redis_prefix: str) -> None:
-    b = RedisAdmission(redis_client, prefix=redis_prefix, clock=Clock())
+    b = RedisAdmission(redis_client, prefix=redis_prefix, clock=FakeClock(T0))
     req = AdmissionRequest(
         "k:1", LimitSpec(TOKEN_BUCKET, 0.001, 3), daily_quota=5, quota_subject="k:1"
     )
@@ -212,7 +205,7 @@ async def test_flushed_keys_restart_the_counters(redis_client: Any, redis_prefix
 async def test_braces_in_subjects_cannot_break_out_of_the_hash_tag(
     redis_client: Any, redis_prefix: str
 ) -> None:
-    b = RedisAdmission(redis_client, prefix=redis_prefix, clock=Clock())
+    b = RedisAdmission(redis_client, prefix=redis_prefix, clock=FakeClock(T0))
     spec = LimitSpec(TOKEN_BUCKET, 0.001, 1)
     assert (await b.admit(AdmissionRequest("ip:{x}", spec))).allowed
     assert (await b.admit(AdmissionRequest("ip:%7Bx%7D", spec))).allowed  # a distinct subject
@@ -228,7 +221,7 @@ async def test_braces_in_subjects_cannot_break_out_of_the_hash_tag(
 async def test_string_replies_work_too(redis_server: str, redis_prefix: str) -> None:
     client = aioredis.Redis.from_url(redis_server, decode_responses=True)
     try:
-        b = RedisAdmission(client, prefix=redis_prefix, clock=Clock())
+        b = RedisAdmission(client, prefix=redis_prefix, clock=FakeClock(T0))
         r = await b.admit(AdmissionRequest("k:1", LimitSpec(TOKEN_BUCKET, 1, 2), daily_quota=9))
         assert (r.allowed, r.remaining, r.daily_remaining) == (True, 1, 8)
         await b.block("k:2", T0 + 5, {"reason": "x"})
@@ -242,7 +235,7 @@ async def test_redis_and_memory_agree_bit_for_bit_on_random_traffic(
 ) -> None:
     """The Lua script repeats the core's float arithmetic; any drift shows up here as inequality."""
     rng = random.Random(4242)
-    clock = Clock(datetime(2026, 11, 30, 23, 58, tzinfo=ZoneInfo(NY)).timestamp())
+    clock = FakeClock(datetime(2026, 11, 30, 23, 58, tzinfo=ZoneInfo(NY)).timestamp())
     memory = MemoryAdmission(clock=clock, quota_tz=NY)
     on_redis = RedisAdmission(redis_client, prefix=redis_prefix, quota_tz=NY, clock=clock)
     specs = [

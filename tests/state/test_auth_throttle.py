@@ -10,16 +10,10 @@ import pytest
 
 from heliox.core.auth_throttle import ThrottlePolicy
 from heliox.state.auth_throttle import AuthThrottle
+from tests.support import FakeClock
 
+T0 = 1_795_780_800.0
 POLICY = ThrottlePolicy(max_failures=3, base_lockout=60.0, max_lockout=600.0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_795_780_800.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _streak(throttle: AuthThrottle, address: str) -> list[tuple[int, float]]:
@@ -27,7 +21,7 @@ async def _streak(throttle: AuthThrottle, address: str) -> list[tuple[int, float
 
 
 async def test_memory_locks_out_after_the_allowed_failures_and_success_clears() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     throttle = AuthThrottle(POLICY, clock=clock)
     assert await _streak(throttle, "192.0.2.1") == [(1, 0), (2, 0), (3, 60), (4, 120)]
     standing = await throttle.standing("192.0.2.1")
@@ -40,7 +34,7 @@ async def test_memory_locks_out_after_the_allowed_failures_and_success_clears() 
 
 
 async def test_the_map_of_addresses_is_capped() -> None:
-    throttle = AuthThrottle(POLICY, clock=Clock(), max_addresses=100)
+    throttle = AuthThrottle(POLICY, clock=FakeClock(T0), max_addresses=100)
     for i in range(1000):
         await throttle.failed(f"2001:db8::{i:x}")
     assert len(throttle) == 100
@@ -76,7 +70,7 @@ async def test_with_redis_unreachable_the_process_keeps_the_records() -> None:
         POLICY,
         redis=client,
         prefix=f"t-{uuid.uuid4().hex[:6]}:",
-        clock=Clock(),
+        clock=FakeClock(T0),
         on_redis_error=lambda: errors.append(1),
     )
     try:

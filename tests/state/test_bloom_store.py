@@ -27,7 +27,7 @@ def make(client: Any = None, prefix: str = "", **kwargs: Any) -> NegativeCache:
     return RedisNegativeCache(client, prefix=prefix, **options)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def factory(request: pytest.FixtureRequest) -> Iterator[Any]:
     if request.param == "memory":
         yield make

@@ -19,14 +19,7 @@ from heliox.core.variants import VariantIndex
 from heliox.state.cache import CacheEntry, CacheStats, CacheStore
 from heliox.state.cache_memory import MemoryCacheStore
 from heliox.state.cache_redis import RedisCacheStore
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 @dataclass
@@ -42,7 +35,7 @@ async def _poll_until_gone(store: CacheStore, key: str, deadline: float) -> None
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture(params=["memory", "redis"], name="h")
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)], name="h")
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if request.param == "memory":
         clock = FakeClock(1_700_000_000.0)

@@ -7,16 +7,9 @@ import tracemalloc
 
 from heliox.state.cache import CacheEntry
 from heliox.state.cache_memory import MemoryCacheStore, entry_size
+from tests.support import FakeClock
 
 NOW = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def entry(i: int, body: bytes = b"x" * 100, *, error: float = 300) -> CacheEntry:
@@ -42,7 +35,7 @@ def key(i: int) -> str:
 
 async def test_stays_under_its_cap_with_many_distinct_keys() -> None:
     cap = 1024 * 1024
-    store = MemoryCacheStore(max_bytes=cap, clock=Clock())
+    store = MemoryCacheStore(max_bytes=cap, clock=FakeClock(NOW))
     for i in range(120_000):
         await store.set(key(i), entry(i), NOW)
         if i % 1000 == 0:
@@ -62,7 +55,7 @@ async def test_stays_under_its_cap_with_many_distinct_keys() -> None:
 
 async def test_size_estimate_bounds_real_memory() -> None:
     cap = 2 * 1024 * 1024
-    store = MemoryCacheStore(max_bytes=cap, clock=Clock())
+    store = MemoryCacheStore(max_bytes=cap, clock=FakeClock(NOW))
     entries = [(key(i), entry(i)) for i in range(30_000)]  # built outside the measurement
     gc.collect()
     tracemalloc.start()
@@ -83,7 +76,7 @@ async def test_size_estimate_bounds_real_memory() -> None:
 
 async def test_least_recently_used_goes_first() -> None:
     one = entry_size(key(0), entry(0))
-    store = MemoryCacheStore(max_bytes=one * 3, clock=Clock())
+    store = MemoryCacheStore(max_bytes=one * 3, clock=FakeClock(NOW))
     for i in range(3):
         await store.set(key(i), entry(i), NOW)
     assert await store.get(key(0)) is not None  # 0 is now the most recent
@@ -93,7 +86,7 @@ async def test_least_recently_used_goes_first() -> None:
 
 
 async def test_an_entry_larger_than_the_cap_is_not_stored() -> None:
-    store = MemoryCacheStore(max_bytes=10_000, clock=Clock())
+    store = MemoryCacheStore(max_bytes=10_000, clock=FakeClock(NOW))
     await store.set(key(1), entry(1), NOW)
     await store.set(key(2), entry(2, body=b"x" * 20_000), NOW)
     assert await store.get(key(2)) is None
@@ -105,7 +98,7 @@ async def test_an_entry_larger_than_the_cap_is_not_stored() -> None:
 
 
 async def test_expired_entries_go_lazily_on_the_injected_clock() -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     store = MemoryCacheStore(clock=clock)
     await store.set(key(1), entry(1, error=90), NOW)
     clock.now = NOW + 89.9
@@ -117,7 +110,7 @@ async def test_expired_entries_go_lazily_on_the_injected_clock() -> None:
 
 
 async def test_purge_skips_expired_entries_without_counting_them() -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     store = MemoryCacheStore(clock=clock)
     await store.set(key(1), entry(1, error=90), NOW)
     await store.set(key(2), entry(2, error=900), NOW)
@@ -127,6 +120,6 @@ async def test_purge_skips_expired_entries_without_counting_them() -> None:
 
 
 async def test_zero_cap_stores_nothing() -> None:
-    store = MemoryCacheStore(max_bytes=0, clock=Clock())
+    store = MemoryCacheStore(max_bytes=0, clock=FakeClock(NOW))
     await store.set(key(1), entry(1), NOW)
     assert await store.get(key(1)) is None

@@ -335,7 +335,7 @@ def test_an_operator_session_from_sign_in_to_sign_out(browser: Any, gateway: Gat
             policy = next(p for p in items if p["name"] == "standard")
             return {f: policy[f] for f in engine_fields}
 
-        wanted = {
+        wanted: dict[str, float | None] = {
             "keep_seconds": 7200,
             "max_variants": 3,
             "lock_timeout_seconds": 0.5,

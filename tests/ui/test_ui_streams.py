@@ -179,7 +179,7 @@ async def test_streams_authenticate_their_own_api_reads_with_the_session(app: Ga
 async def test_streams_end_at_once_when_the_gateway_starts_draining(
     app: Gateway, signed_in: httpx.AsyncClient
 ) -> None:
-    app.runtime.draining = True  # type: ignore[attr-defined]
+    app.runtime.draining = True
     for path in ("/ui/stream/dashboard", "/ui/stream/logs"):
         events = parse_sse((await read_stream(signed_in, path)).text)
         # One round of events, then the end: no second poll.

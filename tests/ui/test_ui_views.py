@@ -63,7 +63,9 @@ async def test_the_cookie_is_secure_over_https(app: Gateway) -> None:
     async with client_for(app, "https://gateway.test") as client:
         answer = await sign_in(client)
     assert answer.status_code == 303
-    assert all(c.get("secure") is True for c in _cookies(answer, auth.COOKIE_NAME))
+    cookies = _cookies(answer, auth.COOKIE_NAME)
+    assert sorted(str(c["path"]) for c in cookies) == ["/admin", "/ui"]  # both, so none unchecked
+    assert all(c.get("secure") is True for c in cookies)
 
 
 @pytest.mark.parametrize(("peer", "secure"), [("10.1.2.3", True), ("192.0.2.7", False)])
@@ -198,7 +200,7 @@ async def test_static_files_are_served_with_nosniff_and_nothing_else(
 
 # --- the admin API with the session cookie ------------------------------------------------------
 async def test_the_session_reads_the_admin_api_but_writes_need_the_csrf_token(
-    signed_in: httpx.AsyncClient,
+    app: Gateway, signed_in: httpx.AsyncClient
 ) -> None:
     csrf = csrf_of((await signed_in.get("/ui/tenants")).text)
     assert (await signed_in.get("/admin/tenants")).status_code == 200
@@ -216,18 +218,14 @@ async def test_the_session_reads_the_admin_api_but_writes_need_the_csrf_token(
         refused = await signed_in.request(method, f"/admin/tenants/{tid}", json={"name": "y"})
         assert refused.status_code == 403
     audit = (await signed_in.get("/admin/audit", params={"entity_type": "tenant"})).json()
-    assert audit["items"][0]["actor"] == auth.ui_actor(signed_in_settings(signed_in))
-
-
-def signed_in_settings(client: httpx.AsyncClient) -> object:
-    app = client._transport.app  # type: ignore[attr-defined]
-    return app.runtime.settings
+    assert audit["items"][0]["actor"] == auth.ui_actor(app.runtime.settings)
 
 
 async def test_a_tampered_session_cookie_is_no_session(app: Gateway) -> None:
     async with client_for(app) as client:
         await sign_in(client)
         token = next(c.value for c in client.cookies.jar if c.name == auth.COOKIE_NAME)
+        assert token is not None
         client.cookies.clear()
         head, payload, sig = token.split(".")
         forged = f"{head}.{payload[:-2]}AA.{sig}"

@@ -13,7 +13,7 @@ from heliox.admin.audit import record_audit
 from heliox.admin.deps import MAX_INT32, AdminDep, AdminRoute, get_or_404
 from heliox.admin.errors import invalid_field
 from heliox.db.models import AbuseEvent, ApiKey
-from heliox.gateway.admission_step import key_subject, parse_key_subject, slowdown_subject
+from heliox.state.admission import key_subject, parse_key_subject, slowdown_subject
 
 router = APIRouter(route_class=AdminRoute, tags=["abuse"])
 

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from redis.exceptions import RedisError
 
 from heliox.admin.audit import record_audit
 from heliox.admin.deps import MAX_INT32, AdminDep, AdminRoute
@@ -21,6 +20,7 @@ from heliox.admin.errors import AdminError, invalid_field
 from heliox.core.cachekey import uri_key
 from heliox.core.paths import BadPath, parse_gateway_path
 from heliox.gateway.cache_fill import variant_index
+from heliox.state.cache import CacheUnavailable
 
 router = APIRouter(route_class=AdminRoute, tags=["cache"])
 
@@ -102,7 +102,7 @@ async def _purge_key(rt: Any, key: str) -> int:
             purged += bool(await rt.cache.delete(member))
         if entry is not None:
             await rt.negative.clear(entry.route)
-    except RedisError as exc:
+    except CacheUnavailable as exc:
         raise AdminError("the cache store (Redis) is unavailable; retry", status=503) from exc
     return purged
 
@@ -138,7 +138,7 @@ async def purge_cache(admin: AdminDep, body: PurgeBody, request: Request) -> dic
             purged = int(await rt.cache.purge(**criteria))
             for route in routes:
                 await rt.negative.clear(route)
-        except RedisError as exc:
+        except CacheUnavailable as exc:
             raise AdminError("the cache store (Redis) is unavailable; retry", status=503) from exc
     rt.metrics.count("cache_purges")
     async with rt.session_factory() as session:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from heliox.admin.audit import record_audit
 from heliox.admin.deps import AdminDep, AdminRoute, PageDep, get_or_404
 from heliox.admin.errors import Conflict
-from heliox.admin.schemas import Page, PolicyCreate, PolicyOut, PolicyUpdate
+from heliox.admin.schemas import Page, PolicyCreate, PolicyOut, PolicyUpdate, from_row
 from heliox.db.models import CachePolicy, Route
 
 router = APIRouter(route_class=AdminRoute, tags=["policies"])
@@ -29,28 +29,8 @@ async def _route_counts(session: AsyncSession, policy_ids: Sequence[int]) -> dic
 
 
 def _out(policy: CachePolicy, route_counts: dict[int, int]) -> PolicyOut:
-    return PolicyOut(
-        id=policy.id,
-        name=policy.name,
-        mode=policy.mode,
-        ttl_seconds=policy.ttl_seconds,
-        stale_while_revalidate_seconds=policy.stale_while_revalidate_seconds,
-        stale_if_error_seconds=policy.stale_if_error_seconds,
-        vary_headers=list(policy.vary_headers),
-        cacheable_methods=list(policy.cacheable_methods),
-        cacheable_statuses=list(policy.cacheable_statuses),
-        max_object_bytes=policy.max_object_bytes,
-        shared=policy.shared,
-        negative_cache=policy.negative_cache,
-        cache_with_cookies=policy.cache_with_cookies,
-        keep_seconds=policy.keep_seconds,
-        lock_timeout_seconds=policy.lock_timeout_seconds,
-        lock_age_seconds=policy.lock_age_seconds,
-        max_variants=policy.max_variants,
-        route_count=route_counts.get(policy.id, 0),
-        created_at=policy.created_at,
-        updated_at=policy.updated_at,
-    )
+    # Every other field is the column of the same name; only the route count is computed.
+    return from_row(PolicyOut, policy, route_count=route_counts.get(policy.id, 0))
 
 
 async def _one(session: AsyncSession, policy: CachePolicy) -> PolicyOut:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from heliox.admin.audit import record_audit
 from heliox.admin.deps import AdminDep, AdminRoute, PageDep, get_or_404, id_in_range
 from heliox.admin.errors import Conflict, invalid_field
-from heliox.admin.schemas import Page, RouteCreate, RouteOut, RouteUpdate
+from heliox.admin.schemas import Page, RouteCreate, RouteOut, RouteUpdate, from_row
 from heliox.admin.upstream_validation import UpstreamUrlError, validate_upstream_url
 from heliox.db.models import CachePolicy, Route
 
@@ -30,30 +30,12 @@ async def _policy_names(session: AsyncSession, ids: Iterable[int | None]) -> dic
 
 
 def _out(route: Route, policy_names: dict[int, str]) -> RouteOut:
+    # Every other field is the column of the same name; only the policy's name is looked up.
     policy_id = route.cache_policy_id
-    return RouteOut(
-        id=route.id,
-        name=route.name,
-        path_pattern=route.path_pattern,
-        upstream_url=route.upstream_url,
-        methods=list(route.methods),
-        cache_policy_id=policy_id,
+    return from_row(
+        RouteOut,
+        route,
         cache_policy=policy_names.get(policy_id) if policy_id is not None else None,
-        is_public=route.is_public,
-        rate_limit_rps=route.rate_limit_rps,
-        rate_limit_burst=route.rate_limit_burst,
-        rate_limit_algorithm=route.rate_limit_algorithm,
-        fail_mode=route.fail_mode,
-        max_request_body_bytes=route.max_request_body_bytes,
-        timeout_seconds=route.timeout_seconds,
-        request_body_timeout_seconds=route.request_body_timeout_seconds,
-        request_body_min_rate=route.request_body_min_rate,
-        max_upstream_connections=route.max_upstream_connections,
-        hide_ratelimit_headers=route.hide_ratelimit_headers,
-        allow_private_upstream=route.allow_private_upstream,
-        is_active=route.is_active,
-        created_at=route.created_at,
-        updated_at=route.updated_at,
     )
 
 

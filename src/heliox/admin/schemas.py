@@ -232,6 +232,20 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
+OutT = TypeVar("OutT", bound=BaseModel)
+
+
+def from_row(model: type[OutT], row: object, **derived: Any) -> OutT:
+    """An output body filled from the row's attributes of the same names, plus `derived` (the
+    fields that are not columns of the row).
+
+    A field of the model that is neither on the row nor derived is an AttributeError, so a new
+    field cannot silently come out empty.
+    """
+    values = {name: getattr(row, name) for name in model.model_fields if name not in derived}
+    return model.model_validate({**values, **derived})
+
+
 # --- tenants ------------------------------------------------------------------------------------
 class TenantCreate(Input):
     name: DisplayName

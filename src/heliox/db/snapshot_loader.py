@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from dataclasses import fields
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -48,6 +49,22 @@ _KEY_COLUMNS = (
     ApiKey.abuse_zscore_threshold,
 )
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# The snapshot's configs take every field from the row's column of the same name, except these,
+# which the loader computes (normalised, parsed or resolved) below.
+ROUTE_DERIVED = frozenset(
+    {
+        "upstream_url",
+        "methods",
+        "cache_policy",
+        "upstream_scheme",
+        "upstream_host",
+        "upstream_port",
+        "upstream_base_path",
+    }
+)
+POLICY_DERIVED = frozenset({"vary_headers", "cacheable_methods", "cacheable_statuses"})
+_ROUTE_COPIED = tuple(f.name for f in fields(RouteConfig) if f.name not in ROUTE_DERIVED)
+_POLICY_COPIED = tuple(f.name for f in fields(CachePolicyConfig) if f.name not in POLICY_DERIVED)
 
 
 class UpstreamURLError(ValueError):
@@ -168,23 +185,10 @@ async def _read_version(session: AsyncSession) -> int:
 
 def _policy_config(policy: CachePolicy) -> CachePolicyConfig:
     return CachePolicyConfig(
-        id=policy.id,
-        name=policy.name,
-        mode=policy.mode,
-        ttl_seconds=policy.ttl_seconds,
-        stale_while_revalidate_seconds=policy.stale_while_revalidate_seconds,
-        stale_if_error_seconds=policy.stale_if_error_seconds,
+        **{name: getattr(policy, name) for name in _POLICY_COPIED},
         vary_headers=tuple(str(h).strip().lower() for h in policy.vary_headers or ()),
         cacheable_methods=frozenset(str(m).upper() for m in policy.cacheable_methods or ()),
         cacheable_statuses=frozenset(int(s) for s in policy.cacheable_statuses or ()),
-        max_object_bytes=policy.max_object_bytes,
-        shared=policy.shared,
-        negative_cache=policy.negative_cache,
-        cache_with_cookies=policy.cache_with_cookies,
-        keep_seconds=policy.keep_seconds,
-        lock_timeout_seconds=policy.lock_timeout_seconds,
-        lock_age_seconds=policy.lock_age_seconds,
-        max_variants=policy.max_variants,
     )
 
 
@@ -194,26 +198,12 @@ def _route_config(route: Route, policies: dict[int, CachePolicyConfig]) -> Route
     if port != DEFAULT_PORTS[scheme]:
         authority = f"{authority}:{port}"
     return RouteConfig(
-        id=route.id,
-        name=route.name,
+        **{name: getattr(route, name) for name in _ROUTE_COPIED},
         upstream_url=f"{scheme}://{authority}{base_path}",
-        path_pattern=route.path_pattern,
         methods=frozenset(str(m).upper() for m in route.methods or ()),
         cache_policy=policies.get(route.cache_policy_id)
         if route.cache_policy_id is not None
         else None,
-        is_public=route.is_public,
-        rate_limit_rps=route.rate_limit_rps,
-        rate_limit_burst=route.rate_limit_burst,
-        rate_limit_algorithm=route.rate_limit_algorithm,
-        fail_mode=route.fail_mode,
-        max_request_body_bytes=route.max_request_body_bytes,
-        timeout_seconds=route.timeout_seconds,
-        request_body_timeout_seconds=route.request_body_timeout_seconds,
-        request_body_min_rate=route.request_body_min_rate,
-        hide_ratelimit_headers=route.hide_ratelimit_headers,
-        max_upstream_connections=route.max_upstream_connections,
-        allow_private_upstream=route.allow_private_upstream,
         upstream_scheme=scheme,
         upstream_host=host,
         upstream_port=port,

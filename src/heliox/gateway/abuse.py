@@ -10,35 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from heliox.core.anomaly import AbuseDetector, DetectorConfig, Verdict
+from heliox.core.anomaly import AbuseDetector, Verdict
 from heliox.core.anomaly import reason as explain
-from heliox.db.models import AbuseEvent
-from heliox.gateway.admission_step import key_subject, slowdown_subject
+from heliox.db.abuse_events import record_abuse_event
 from heliox.snapshot import KeyConfig
+from heliox.state.admission import key_subject, slowdown_subject
 
 if TYPE_CHECKING:
-    from heliox.config import Settings
     from heliox.runtime import Runtime
 
 log = logging.getLogger("heliox.abuse")
-
-
-def detector_config(settings: Settings) -> DetectorConfig:
-    """The detector the ABUSE_* settings describe (the gateway's and `heliox abuse replay`'s)."""
-    return DetectorConfig(
-        window_seconds=settings.abuse_window_seconds,
-        alpha=settings.abuse_ewma_alpha,
-        threshold=settings.abuse_zscore_threshold,
-        min_samples=settings.abuse_min_samples,
-        min_rate=settings.abuse_min_rate,
-        min_baseline_requests=settings.abuse_min_baseline_requests,
-        min_ratio=settings.abuse_min_spike_ratio,
-        limit_fraction=settings.abuse_min_limit_fraction,
-        action=settings.abuse_action,
-    )
 
 
 class AbuseMonitor:
@@ -99,20 +82,17 @@ class AbuseMonitor:
             rt.metrics.count("abuse_shadow_flags")
         log.warning("abuse: key %s (%s) %s; action %s", key.id, key.key_prefix, reason, action)
         try:
-            async with rt.session_factory() as session:
-                session.add(
-                    AbuseEvent(
-                        ts=datetime.fromtimestamp(now, UTC),
-                        key_id=key.id,
-                        tenant_id=key.tenant_id,
-                        reason=reason,
-                        score=float(v.score),
-                        observed_rate=observed_rate,
-                        baseline_rate=baseline_rate,
-                        action=action,
-                        blocked_until=datetime.fromtimestamp(until, UTC) if until else None,
-                    )
-                )
-                await session.commit()
+            await record_abuse_event(
+                rt.session_factory,
+                at=now,
+                key_id=key.id,
+                tenant_id=key.tenant_id,
+                reason=reason,
+                score=float(v.score),
+                observed_rate=observed_rate,
+                baseline_rate=baseline_rate,
+                action=action,
+                blocked_until=until,
+            )
         except Exception as exc:
             log.warning("could not record the abuse event of key %s: %s", key.id, exc)

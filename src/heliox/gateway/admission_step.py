@@ -30,6 +30,8 @@ from heliox.state.admission import (
     AdmissionRequest,
     AdmissionResult,
     LimitSpec,
+    key_subject,
+    parse_key_subject,
 )
 
 log = logging.getLogger("heliox.admission")
@@ -46,25 +48,6 @@ TITLES = {
     MONTHLY_QUOTA: "Monthly quota exceeded",
     BLOCKED: "API key temporarily blocked",
 }
-
-
-def key_subject(key_id: int) -> str:
-    return f"k:{key_id}"
-
-
-def slowdown_subject(key_id: int) -> str:
-    """Where a rate-multiplier verdict is stored: listed with the blocks, but not one (admission
-    refuses only blocks on the key's own subject)."""
-    return "m:" + key_subject(key_id)
-
-
-def parse_key_subject(subject: str) -> tuple[int | None, bool]:
-    """(key id, is a slowdown) of a block subject; None for subjects that are not keys."""
-    slowdown = subject.startswith("m:")
-    rest = subject[2:] if slowdown else subject
-    if rest.startswith("k:") and rest[2:].isdigit():
-        return int(rest[2:]), slowdown
-    return None, slowdown
 
 
 class AdmissionStep:

@@ -1,9 +1,10 @@
 """What a cache fill needs besides the decisions in `heliox.core.freshness`: the upstream request
 it sends, the entry it builds, and the cache's I/O with its failure handling.
 
-Every store, negative-cache and lock call goes through `CacheIO`, which turns a Redis failure
-into "nothing there" (counted as `redis_errors`): with Redis down the cache degrades to misses
-and requests are still answered; redis-py reconnects by itself once Redis is back.
+Every store, negative-cache and lock call goes through `CacheIO`, which turns a backend failure
+(`CacheUnavailable`, raised by the Redis stores) into "nothing there" (counted as `redis_errors`):
+with Redis down the cache degrades to misses and requests are still answered; redis-py
+reconnects by itself once Redis is back.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
-
-from redis.exceptions import RedisError
 
 from heliox.core.cache_engine import keep_until
 from heliox.core.cachecontrol import response_tags
@@ -44,9 +43,9 @@ from heliox.core.variants import (
 from heliox.gateway.cache_responses import gateway_owned
 from heliox.gateway.coalescing import PASSED, STORED, FillNotices
 from heliox.gateway.exchange import ProxyRequest
-from heliox.gateway.upstream_client import UpstreamResponse
+from heliox.net.upstream_client import UpstreamResponse
 from heliox.snapshot import RouteConfig
-from heliox.state.cache import CacheEntry
+from heliox.state.cache import CacheEntry, CacheUnavailable
 from heliox.state.lock_redis import RedisLocks
 
 __all__ = [
@@ -73,7 +72,6 @@ _CLIENT_PRECONDITIONS = frozenset(
     {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
 )
 _UNSTORED = frozenset({b"content-length"})  # recomputed from the stored body when served
-_REDIS_FAILURES = (RedisError, OSError)
 _MEMO_SIZE = 4096  # URLs (and fills in progress) whose variant names this process remembers
 
 
@@ -357,7 +355,7 @@ class CacheIO:
     async def get(self, key: str) -> CacheEntry | None:
         try:
             entry: CacheEntry | None = await self.runtime.cache.get(key)
-        except _REDIS_FAILURES as exc:
+        except CacheUnavailable as exc:
             self.failed("read", exc)
             return None
         return entry
@@ -369,7 +367,7 @@ class CacheIO:
             return req.ex.cache_generation
         try:
             generation: bytes = await self.runtime.cache.generation()
-        except _REDIS_FAILURES as exc:
+        except CacheUnavailable as exc:
             self.failed("generation", exc)
             return None
         return generation
@@ -391,7 +389,7 @@ class CacheIO:
                 )
             else:
                 stored = await self.runtime.cache.set(key, entry, now, generation=generation)
-        except _REDIS_FAILURES as exc:
+        except CacheUnavailable as exc:
             self.failed("write", exc)
             return False
         if not stored:
@@ -491,7 +489,7 @@ class CacheIO:
             purged = await self.runtime.cache.invalidate(
                 uri_key(req.route.name, req.path, req.raw_query), req.tenant_id
             )
-        except _REDIS_FAILURES as exc:
+        except CacheUnavailable as exc:
             self.failed("invalidation", exc)
         await self.negative_clear(req.route.name)
         return purged
@@ -512,27 +510,27 @@ class CacheIO:
                 purged += await self.runtime.cache.invalidate(
                     uri_key(req.route.name, path, query), req.tenant_id
                 )
-            except _REDIS_FAILURES as exc:
+            except CacheUnavailable as exc:
                 self.failed("invalidation", exc)
         return purged
 
     async def negative_has(self, route: str, key: str, now: float) -> bool:
         try:
             return bool(await self.runtime.negative.might_contain(route, key, now))
-        except _REDIS_FAILURES as exc:
+        except CacheUnavailable as exc:
             self.failed("negative lookup", exc)
             return False
 
     async def negative_add(self, route: str, key: str, now: float) -> None:
         try:
             await self.runtime.negative.add(route, key, now)
-        except _REDIS_FAILURES as exc:
+        except CacheUnavailable as exc:
             self.failed("negative add", exc)
 
     async def negative_clear(self, route: str) -> None:
         try:
             await self.runtime.negative.clear(route)
-        except _REDIS_FAILURES as exc:
+        except CacheUnavailable as exc:
             self.failed("negative clear", exc)
 
     async def lock(self, key: str, ttl: float) -> str | None:
@@ -542,7 +540,7 @@ class CacheIO:
             return ""
         try:
             return await self.locks.acquire(key, round(ttl * 1000))
-        except _REDIS_FAILURES as exc:
+        except CacheUnavailable as exc:
             self.failed("lock", exc)
             return ""
 
@@ -551,7 +549,7 @@ class CacheIO:
             return
         try:
             await self.locks.release(key, token)
-        except _REDIS_FAILURES as exc:
+        except CacheUnavailable as exc:
             self.failed("unlock", exc)
 
     async def fetch(

@@ -74,7 +74,7 @@ from heliox.gateway.coalescing import (
 )
 from heliox.gateway.exchange import ClientGone, ProxyRequest, ResponseSink
 from heliox.gateway.proxy import VIA, call_upstream, send_upstream_error
-from heliox.gateway.upstream_client import UpstreamError, UpstreamResponse
+from heliox.net.upstream_client import UpstreamError, UpstreamResponse
 from heliox.runtime import Runtime
 from heliox.snapshot import CachePolicyConfig
 from heliox.state.cache import CacheEntry

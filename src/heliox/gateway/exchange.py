@@ -11,8 +11,8 @@ from typing import Any
 from heliox.core.headers import GATEWAY_REQUEST_HEADERS
 from heliox.core.paths import join_upstream_path
 from heliox.gateway.responses import Headers, send_problem
-from heliox.gateway.upstream_client import UpstreamTarget
-from heliox.snapshot import CachePolicyConfig, KeyConfig, RouteConfig
+from heliox.net.upstream_client import UpstreamTarget
+from heliox.snapshot import KeyConfig, RouteConfig
 
 log = logging.getLogger("heliox.gateway")
 
@@ -223,10 +223,6 @@ class ProxyRequest:
     def lookup_headers(self) -> list[tuple[bytes, bytes]]:
         """The headers a cache lookup reads: the same values the upstream would see."""
         return self.client_headers if self.lookup_plain else self.upstream_headers
-
-    @property
-    def policy(self) -> CachePolicyConfig | None:
-        return self.route.cache_policy
 
     @property
     def timeout(self) -> float | None:

@@ -16,8 +16,8 @@ from heliox.gateway.exchange import (
     ProxyRequest,
     ResponseSink,
 )
-from heliox.gateway.upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
 from heliox.metrics import Metrics
+from heliox.net.upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
 
 VIA = b"1.1 heliox"
 # Fields only the gateway may set: an upstream must not be able to claim a HIT, hand out

@@ -50,6 +50,26 @@ class AdmissionUnavailable(Exception):
     """The backend could not decide (e.g. Redis down): the caller fails open or closed per route."""
 
 
+def key_subject(key_id: int) -> str:
+    """An API key as a principal: its quotas, rate limit and soft blocks ("k:42")."""
+    return f"k:{key_id}"
+
+
+def slowdown_subject(key_id: int) -> str:
+    """Where a rate-multiplier verdict is stored: listed with the blocks, but not one (admission
+    refuses only blocks on the key's own subject)."""
+    return "m:" + key_subject(key_id)
+
+
+def parse_key_subject(subject: str) -> tuple[int | None, bool]:
+    """(key id, is a slowdown) of a block subject; None for subjects that are not keys."""
+    slowdown = subject.startswith("m:")
+    rest = subject[2:] if slowdown else subject
+    if rest.startswith("k:") and rest[2:].isdigit():
+        return int(rest[2:]), slowdown
+    return None, slowdown
+
+
 @dataclass(frozen=True, slots=True)
 class LimitSpec:
     """A rate limit. Token bucket: `rate` tokens/s, up to `burst`. Sliding window: at most

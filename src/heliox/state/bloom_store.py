@@ -8,7 +8,7 @@ should be the request's cache key, so tenants and variants never answer for each
 Redis 7 has no BF.* commands: a generation is a plain string used as a bit array, read with
 GETBIT and written with SETBIT in Lua. A lookup is one script call (one round trip) over both
 live generations; a write is one script call that also counts items and sets a TTL of two
-rotations.
+rotations. The Redis store raises `heliox.state.cache.CacheUnavailable` when Redis fails.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from heliox.core.bloom import (
     generation_false_positive_rate,
     positions,
 )
+from heliox.state.cache_redis import REDIS_FAILURES, unavailable
 
 __all__ = ["MemoryNegativeCache", "NegativeCache", "RedisNegativeCache"]
 
@@ -118,7 +119,10 @@ class RedisNegativeCache:
         self._clear_script = client.register_script(_lua("bloom_clear.lua"))
 
     async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        return await script(keys=keys, args=args)
+        try:
+            return await script(keys=keys, args=args)
+        except REDIS_FAILURES as exc:
+            raise unavailable(exc) from exc
 
     def _base(self, route: str) -> str:
         # Length-prefixed route: no route name can reach into another's keys. The sizes are in

@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["CacheEntry", "CacheStats", "CacheStore", "PurgeFilter"]
+__all__ = ["CacheEntry", "CacheStats", "CacheStore", "CacheUnavailable", "PurgeFilter"]
+
+
+class CacheUnavailable(Exception):
+    """A shared cache backend failed (Redis down, slow or refusing): raised by the cache store,
+    the negative cache and the fill locks instead of their client's own errors, so that callers
+    name no backend. The gateway takes it for a miss; the admin API answers 503."""
 
 
 @dataclass(slots=True)
@@ -112,6 +118,8 @@ class PurgeFilter:
 
 
 class CacheStore(Protocol):
+    """Every method may raise CacheUnavailable when the store's backend fails."""
+
     async def get(self, key: str) -> CacheEntry | None:
         """The entry stored under `key`, or None. One round trip at most."""
         ...

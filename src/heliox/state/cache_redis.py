@@ -26,8 +26,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
-from heliox.state.cache import CacheEntry, CacheStats, PurgeFilter
+from heliox.state.cache import CacheEntry, CacheStats, CacheUnavailable, PurgeFilter
 
 __all__ = ["RedisCacheStore", "decode_entry", "encode_entry"]
 
@@ -37,6 +38,16 @@ _MAGIC = b"HXC3"  # HXC3 added keep_until: older entries read as misses
 # cache_common.lua reads the same layout: change both together (and the magic).
 _FIXED = struct.Struct(">4sHIdddddHHHHHII")
 _DEFAULT_PREFIX = "heliox:cache:"
+
+
+# What a failing Redis raises (redis-py's errors, PipelinedRedis's RedisUnavailable among them;
+# socket errors and TimeoutError are OSErrors): turned into CacheUnavailable by the Redis stores.
+REDIS_FAILURES = (RedisError, OSError)
+
+
+def unavailable(exc: BaseException) -> CacheUnavailable:
+    # The client's message, which names what failed (TimeoutError() has none: then its type).
+    return CacheUnavailable(f"redis: {str(exc) or type(exc).__name__}")
 
 
 def _lua(name: str) -> str:
@@ -185,22 +196,31 @@ class RedisCacheStore:
         self._stats_script = client.register_script(common + _lua("cache_stats.lua"))
 
     async def _get(self, name: str) -> bytes | None:
-        value = await self._client.get(name)
+        try:
+            value = await self._client.get(name)
+        except REDIS_FAILURES as exc:
+            raise unavailable(exc) from exc
         return value if isinstance(value, bytes) else None
 
     async def _eval(self, script: AsyncScript, args: list[Any]) -> Any:
-        return await script(keys=[], args=args)
+        try:
+            return await script(keys=[], args=args)
+        except REDIS_FAILURES as exc:
+            raise unavailable(exc) from exc
 
     async def get(self, key: str) -> CacheEntry | None:
         blob = await self._get(self.prefix + "e:" + key)
         return None if blob is None else decode_entry(blob)
 
     async def generation(self) -> bytes:
-        value = await self._client.get(self.generation_key)
-        if value is None:
-            # First use (admit.lua creates it too): from the clock, above any earlier value.
-            await self._client.set(self.generation_key, b"%d" % time.time_ns(), nx=True)
+        try:
             value = await self._client.get(self.generation_key)
+            if value is None:
+                # First use (admit.lua creates it too): from the clock, above any earlier value.
+                await self._client.set(self.generation_key, b"%d" % time.time_ns(), nx=True)
+                value = await self._client.get(self.generation_key)
+        except REDIS_FAILURES as exc:
+            raise unavailable(exc) from exc
         return value if isinstance(value, bytes) else b""
 
     async def set(

@@ -3,6 +3,7 @@
 `SET key token NX PX ttl` takes a lock; only the holder of the random token can release it
 (compare-and-delete in Lua), so a holder whose lock expired never deletes the next holder's.
 The expiry is the lock's age limit: a holder that died or stalls loses it after `ttl_ms`.
+A Redis failure raises `heliox.state.cache.CacheUnavailable`, as the cache stores do.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+
+from heliox.state.cache_redis import REDIS_FAILURES, unavailable
 
 __all__ = ["RedisLocks"]
 
@@ -28,10 +31,18 @@ class RedisLocks:
     async def acquire(self, name: str, ttl_ms: int) -> str | None:
         """The owner token when the lock was free and is now ours, else None."""
         token = secrets.token_hex(16)
-        taken: Any = await self._client.set(self.prefix + name, token, nx=True, px=max(1, ttl_ms))
+        try:
+            taken: Any = await self._client.set(
+                self.prefix + name, token, nx=True, px=max(1, ttl_ms)
+            )
+        except REDIS_FAILURES as exc:
+            raise unavailable(exc) from exc
         return token if taken else None
 
     async def release(self, name: str, token: str) -> bool:
         """Release if still ours; False when it had expired (and may belong to someone else)."""
-        released = await self._release(keys=[self.prefix + name], args=[token])
+        try:
+            released = await self._release(keys=[self.prefix + name], args=[token])
+        except REDIS_FAILURES as exc:
+            raise unavailable(exc) from exc
         return bool(released)

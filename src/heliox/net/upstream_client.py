@@ -4,7 +4,7 @@ aiohttp with explicit timeouts, no redirects followed, no environment proxies an
 decompression: the gateway relays bytes, it does not reinterpret them. A leaner client can replace
 this class as long as it keeps `request()` and `UpstreamResponse`.
 
-Connections are bounded per route and per API key (`heliox.gateway.bulkhead`), not by one pool
+Connections are bounded per route and per API key (`heliox.net.bulkhead`), not by one pool
 for everything; and no connection goes to an address in UPSTREAM_DENY_NETWORKS, whatever name led
 to it (checked on the resolved address, in the connector's socket factory).
 
@@ -45,7 +45,7 @@ from yarl import URL
 
 from heliox.core.keepalive import announced_timeout, idle_limit, may_replay
 from heliox.core.netdeny import Network, address_denied
-from heliox.gateway.bulkhead import Bulkheads, Busy, Permit
+from heliox.net.bulkhead import Bulkheads, Busy, Permit
 from heliox.snapshot import RouteConfig
 
 log = logging.getLogger("heliox.upstream")
