@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from heliox import __version__
-from heliox.cli import GracefulShutdown, create_served_app, main
+from heliox.cli import create_served_app, main
 from heliox.config import Settings
+from heliox.graceful_shutdown import GracefulShutdown
 from heliox.snapshot import hash_key
 
 ACME = "hx_prod_acme_7k9m2n4p5q8r1s3t6u0v"
@@ -424,6 +425,21 @@ def test_create_served_app_uses_shutdown_timeout(monkeypatch: pytest.MonkeyPatch
     assert isinstance(app, GracefulShutdown)
     assert isinstance(app.app, Gateway)
     assert app.timeout == 7.0
+    assert app.runtime is app.app.runtime  # told of the shutdown, for the UI's streams
+
+
+async def test_the_start_of_a_shutdown_reaches_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI's live streams end when `runtime.draining` turns true: SIGTERM must set it."""
+    monkeypatch.setenv("SHUTDOWN_TIMEOUT", "3600")
+    app = create_served_app()
+    runtime = app.runtime
+    assert runtime is not None
+    assert not runtime.draining
+    try:
+        app.begin_shutdown()
+        assert runtime.draining
+    finally:
+        await runtime.engine.dispose()
 
 
 @pytest.fixture

@@ -123,8 +123,16 @@ LAYERS = (
     Layer(
         9,
         "commands",
-        ("heliox.cli", "heliox.__main__", "heliox.connection_guard", "heliox.metrics_port"),
-        "the `heliox` command and what only it uses (the serving socket guard, the metrics port)",
+        (
+            "heliox.cli",
+            "heliox.__main__",
+            "heliox.cli_runtime",
+            "heliox.connection_guard",
+            "heliox.graceful_shutdown",
+            "heliox.metrics_port",
+        ),
+        "the `heliox` command and what only it uses (the serving socket guard, the shutdown "
+        "deadline, the metrics port, the admin context of its one-shot commands)",
     ),
 )
 

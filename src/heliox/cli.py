@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -17,14 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from heliox import __version__
+from heliox.graceful_shutdown import GracefulShutdown
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncSession
 
     from heliox.config import Settings
     from heliox.connection_guard import ConnectionGuard
@@ -34,8 +33,6 @@ log = logging.getLogger("heliox.cli")
 # After SHUTDOWN_TIMEOUT, how long a gateway process gets to flush its log queue and close its
 # connections before granian kills it.
 STOP_GRACE_SECONDS = 15
-# At the lifespan shutdown, how long a request task still running may take before it is cancelled.
-SETTLE_SECONDS = 0.5
 
 ENV_HELP = """\
 environment (the main ones; `heliox config show` lists every setting and its value):
@@ -264,170 +261,14 @@ def _warn_if_redis_unreachable(settings: Settings) -> None:
 
 
 # --- serve, demo, upstream -------------------------------------------------------------------
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-class GracefulShutdown:
-    """ASGI wrapper used by `heliox serve`: in-flight requests get SHUTDOWN_TIMEOUT, no more.
-
-    On SIGTERM/SIGINT granian stops accepting and waits for every in-flight request, however
-    long, before it runs the lifespan shutdown (which flushes the log queue). After `timeout`
-    seconds the requests still running are cancelled (503 if nothing was sent yet), so the
-    shutdown and the flush always happen; `settle` makes sure no request is still to be logged
-    when the flush starts.
-    """
-
-    def __init__(
-        self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
-        timeout: float,
-        guard: ConnectionGuard | None = None,
-    ):
-        self.app = app
-        self.timeout = timeout
-        # Closes silent, idle and surplus client connections; learns from here which
-        # connections have a request in progress.
-        self.guard = guard
-        self.tracker = guard.tracker if guard is not None else None
-        self.inflight: set[asyncio.Task[Any]] = set()
-        self.draining = False
-        self.deadline_passed = False
-        self._signals_hooked = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            self._hook_signals()
-            await self.app(scope, self._lifespan_receive(receive), send)
-            return
-        task = asyncio.current_task()
-        if task is None:
-            await self.app(scope, receive, send)
-            return
-        self.inflight.add(task)
-        tracker = self.tracker
-        record = tracker.begin(scope.get("client")) if tracker is not None else None
-        try:
-            await self.app(scope, receive, send)
-        except asyncio.CancelledError:
-            if not self.deadline_passed:
-                raise
-            task.uncancel()
-            await _refuse_during_shutdown(send)
-        finally:
-            self.inflight.discard(task)
-            if record is not None:
-                record[0] -= 1
-                record[1] = time.monotonic()
-
-    def _lifespan_receive(self, receive: Receive) -> Receive:
-        async def wrapped() -> MutableMapping[str, Any]:
-            message = await receive()
-            if message["type"] == "lifespan.startup" and self.guard is not None:
-                self.guard.start()
-            elif message["type"] == "lifespan.shutdown":
-                if self.guard is not None:
-                    self.guard.stop()
-                await self.settle()
-            return message
-
-        return wrapped
-
-    async def settle(self) -> None:
-        """Before the runtime stops and flushes its log queue, no request may be left running.
-
-        granian starts the lifespan shutdown once every connection is closed, yet a request's
-        task can still be waiting for the acknowledgement of its last `send`, which never comes:
-        its log record would be lost. Such tasks are given a moment, then cancelled, so they
-        record their request before the flush.
-        """
-        pending = {task for task in self.inflight if not task.done()}
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=SETTLE_SECONDS)
-        if pending:
-            log.debug("cancelling %d orphaned request tasks before the log flush", len(pending))
-            self.deadline_passed = True
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending, timeout=SETTLE_SECONDS)
-
-    def _hook_signals(self) -> None:
-        # granian's own handlers (installed on the event loop) keep working: the loop learns of
-        # the signal through its wakeup fd; this adds a Python-level handler beside them.
-        if self._signals_hooked:
-            return
-        self._signals_hooked = True
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous = signal.getsignal(sig)
-
-            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
-                with contextlib.suppress(RuntimeError):  # the loop has closed
-                    loop.call_soon_threadsafe(self.begin_shutdown)
-                if callable(previous):
-                    previous(signum, frame)
-
-            try:
-                signal.signal(sig, handler)
-            except ValueError:  # not the main thread: the server's own limits apply
-                log.debug("cannot watch %s outside the main thread", sig)
-
-    def begin_shutdown(self) -> None:
-        if self.draining:
-            return
-        self.draining = True
-        runtime = getattr(self.app, "runtime", None)
-        if runtime is not None:
-            runtime.draining = True  # long-lived streams (the UI's SSE) end at their next tick
-        if self.inflight:
-            log.info(
-                "shutting down: waiting up to %g s for %d requests in flight",
-                self.timeout,
-                len(self.inflight),
-            )
-        asyncio.get_running_loop().call_later(self.timeout, self._deadline)
-
-    def _deadline(self) -> None:
-        self.deadline_passed = True
-        if self.inflight:
-            log.warning(
-                "shutdown deadline (SHUTDOWN_TIMEOUT=%g s): cancelling %d requests still running",
-                self.timeout,
-                len(self.inflight),
-            )
-        for task in list(self.inflight):
-            task.cancel()
-
-
-async def _refuse_during_shutdown(send: Send) -> None:
-    from heliox.core.problem import PROBLEM_CONTENT_TYPE, problem_body
-
-    body = problem_body(503, "", "the gateway shut down before the response was ready; retry")
-    # Fails harmlessly when the response had already started: the connection is then cut.
-    with contextlib.suppress(Exception):
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", PROBLEM_CONTENT_TYPE),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", b"1"),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
 def create_served_app() -> GracefulShutdown:
     """The ASGI app `heliox serve` runs: heliox.main:create_app() with a shutdown deadline."""
     from heliox.config import load_settings
     from heliox.main import create_app
 
     settings = load_settings()
-    return GracefulShutdown(create_app(settings), settings.shutdown_timeout, _guard(settings))
+    app = create_app(settings)
+    return GracefulShutdown(app, settings.shutdown_timeout, _guard(settings), runtime=app.runtime)
 
 
 def _guard(settings: Settings) -> ConnectionGuard | None:
@@ -699,31 +540,6 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 # --- keys -------------------------------------------------------------------------------------
-@dataclass
-class _CliRuntime:
-    """What the admin API's handlers need from a gateway, for a one-shot CLI process."""
-
-    settings: Settings
-    session_factory: async_sessionmaker[AsyncSession]
-    redis: Any = None
-
-    async def config_changed(self) -> None:
-        """Tell running gateways to reload now (they also poll the version in the database)."""
-        if self.redis is None:
-            return
-        from heliox.db.snapshot_loader import read_config_version
-        from heliox.runtime import CONFIG_CHANNEL
-
-        version = await read_config_version(self.session_factory)
-        try:
-            await self.redis.publish(self.settings.redis_key_prefix + CONFIG_CHANNEL, str(version))
-        except Exception as exc:
-            _progress(
-                f"could not notify the gateways on Redis ({exc}); they pick the change up "
-                "within CONFIG_POLL_INTERVAL"
-            )
-
-
 def _actor() -> str:
     try:
         import getpass
@@ -738,6 +554,7 @@ async def _with_admin(settings: Settings, action: Callable[[Any], Awaitable[int]
     """Run `action(admin)` with the admin API's context: same validation, audit and reload."""
     from heliox.admin.deps import Admin
     from heliox.admin.errors import AdminError
+    from heliox.cli_runtime import CliRuntime
     from heliox.db.engine import make_engine, make_session_factory
     from heliox.state.redis_client import redis_client
 
@@ -745,7 +562,7 @@ async def _with_admin(settings: Settings, action: Callable[[Any], Awaitable[int]
         settings.effective_database_url, pool_size=1, connect_timeout=settings.database_timeout
     )
     redis = redis_client(settings) if settings.redis_url else None
-    runtime = _CliRuntime(settings, make_session_factory(engine), redis)
+    runtime = CliRuntime(settings, make_session_factory(engine), redis)
     try:
         return await action(Admin(runtime=runtime, actor=_actor()))
     except AdminError as exc:

@@ -115,7 +115,7 @@ def _mount_optional(api: FastAPI) -> None:
     from heliox.ui.auth import session_actor_hook
     from heliox.ui.views import mount_ui
 
-    rt = api.state.runtime
+    rt: Runtime = api.state.runtime
     # Failed admin authentications per client address (X-Admin-Key and the UI's sign-in form);
     # shared by every instance through Redis when there is one.
     rt.admin_guard = AdminAuthGuard(rt.settings, rt.metrics, rt.session_factory, redis=rt.redis)

@@ -19,13 +19,15 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sized
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection, Request
 
 from heliox.config import Settings
 from heliox.core.anomaly import AbuseDetector, DetectorConfig
@@ -96,6 +98,34 @@ class DependencyState:
         if self.error:
             out["error"] = self.error
         return out
+
+
+# The acting admin of a request from its UI session (sync or async), None without one.
+SessionActor = Callable[[Request], "str | Awaitable[str | None] | None"]
+
+
+class AuthThrottle(Protocol):
+    """Failed admin authentications per client address (admin.throttle.AdminAuthGuard)."""
+
+    async def attempt(self, conn: HTTPConnection) -> Any: ...
+
+    async def succeeded(self, attempt: Any) -> None: ...
+
+    async def failed(self, attempt: Any, channel: str) -> float: ...
+
+
+@dataclass
+class CacheDeps:
+    """What the gateway's cache layer uses of the runtime (`Runtime.cache_deps` builds it)."""
+
+    cache: CacheStore
+    negative: NegativeCache
+    redis: Any  # redis.asyncio.Redis when REDIS_URL is set, else None
+    metrics: Metrics
+    upstream: UpstreamClient
+    fresh_entries: FreshEntries | None
+    key_prefix: str  # REDIS_KEY_PREFIX
+    add_task: Callable[[asyncio.Task[None]], None]  # a background task the owner cancels
 
 
 class Runtime:
@@ -181,9 +211,13 @@ class Runtime:
         # Requests admitted without a rate-limit check because the store failed (fail-open).
         self.fail_open_admissions = RecentEvents(60)
         self.started = False
-        self.draining = False  # set when the server begins to shut down
-        # Set by the gateway: how many cache fills are in flight in this process.
-        self.inflight_fills: Callable[[], int] = lambda: 0
+        self.draining: bool = False  # set when the server begins to shut down
+        # Set by the gateway: the cache fills in flight in this process (`process_stats`).
+        self.fill_flights: Sized | None = None
+        # Set by the application (main): the admin authentication throttle, and the UI's
+        # session as an admin API credential.
+        self.admin_guard: AuthThrottle | None = None
+        self.session_actor: SessionActor | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -271,6 +305,23 @@ class Runtime:
                 )
             except Exception as exc:  # polling still propagates the change
                 log.warning("could not publish config version on Redis: %s", exc)
+
+    def cache_deps(self) -> CacheDeps:
+        """The backends, client and settings the gateway's cache layer works with."""
+        return CacheDeps(
+            cache=self.cache,
+            negative=self.negative,
+            redis=self.redis,
+            metrics=self.metrics,
+            upstream=self.upstream,
+            fresh_entries=self.fresh_entries,
+            key_prefix=self.settings.redis_key_prefix,
+            add_task=self.add_task,
+        )
+
+    def inflight_fills(self) -> int:
+        """How many cache fills are in flight in this process."""
+        return len(self.fill_flights) if self.fill_flights is not None else 0
 
     def process_stats(self) -> dict[str, int]:
         """What must stay flat under load, for the worker answering: tasks, fills, upstream

@@ -37,6 +37,7 @@ class FakeRuntime:
     changes: int = 0
     fail_config_changed: bool = False
     session_actor: Callable[[Request], Any] | None = None
+    admin_guard: Any = None  # no throttle on failed admin keys
 
     async def config_changed(self) -> None:
         self.changes += 1

@@ -8,7 +8,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from heliox.gateway.cache_layer import CacheLayer
 from heliox.gateway.exchange import ClientGone, Exchange, ProxyRequest, ResponseSink
 from heliox.metrics import Metrics
 from heliox.net.upstream_client import UpstreamClient, UpstreamError, UpstreamTarget
+from heliox.runtime import CacheDeps
 from heliox.snapshot import CachePolicyConfig, RouteConfig
 from heliox.state.bloom_store import MemoryNegativeCache, RedisNegativeCache
 from heliox.state.cache_l1 import FreshEntries
@@ -83,7 +83,7 @@ class Capture:
 @dataclass
 class Rig:
     layer: CacheLayer
-    runtime: Any
+    deps: Any  # a CacheDeps; Any so that tests may put spies in its place
     clock: FakeClock
     port: int
     stats: RequestStats
@@ -198,18 +198,18 @@ async def make_rig(
             redis_clients.append(redis)
             store = RedisCacheStore(redis, prefix=prefix + "cache:")
             negative = RedisNegativeCache(redis, prefix=prefix + "neg:", **negative_kw)
-        runtime = SimpleNamespace(
+        deps = CacheDeps(
             fresh_entries=layer_kw.pop("fresh_entries", None),
             cache=store,
             negative=negative,
             redis=redis,
             metrics=Metrics(),
             upstream=client,
-            settings=SimpleNamespace(redis_key_prefix=prefix),
+            key_prefix=prefix,
             add_task=lambda task: None,  # the layer closes its own tasks in these tests
         )
-        layer = CacheLayer(runtime, clock=clock, **layer_kw)  # type: ignore[arg-type]
-        rig = Rig(layer, runtime, clock, port, stats)
+        layer = CacheLayer(deps, clock=clock, **layer_kw)
+        rig = Rig(layer, deps, clock, port, stats)
         made.append(rig)
         return rig
 
@@ -303,7 +303,7 @@ async def test_hit_in_memory_touches_only_the_store(make_rig: RigFactory) -> Non
     rig = await make_rig("memory")
     await rig.get("/respond/mem")
     touched: list[str] = []
-    store, negative = rig.runtime.cache, rig.runtime.negative
+    store, negative = rig.deps.cache, rig.deps.negative
 
     class Spy:
         def __init__(self, name: str, target: Any) -> None:
@@ -313,9 +313,9 @@ async def test_hit_in_memory_touches_only_the_store(make_rig: RigFactory) -> Non
             touched.append(f"{self._name}.{attr}")
             return getattr(self._target, attr)
 
-    rig.runtime.cache = Spy("store", store)
-    rig.runtime.negative = Spy("negative", negative)
-    rig.runtime.upstream = Spy("upstream", rig.runtime.upstream)
+    rig.deps.cache = Spy("store", store)
+    rig.deps.negative = Spy("negative", negative)
+    rig.deps.upstream = Spy("upstream", rig.deps.upstream)
     assert (await rig.get("/respond/mem")).x_cache == "HIT"
     assert touched == ["store.get"]
 
@@ -323,7 +323,7 @@ async def test_hit_in_memory_touches_only_the_store(make_rig: RigFactory) -> Non
 async def test_hit_on_redis_is_one_get(make_rig: RigFactory) -> None:
     rig = await make_rig("redis")
     await rig.get("/respond/one")
-    redis: CountingRedis = rig.runtime.redis
+    redis: CountingRedis = rig.deps.redis
     await asyncio.sleep(0)  # let the background gauge task run its first read
     redis.commands.clear()
     assert (await rig.get("/respond/one")).x_cache == "HIT"
@@ -333,10 +333,10 @@ async def test_hit_on_redis_is_one_get(make_rig: RigFactory) -> None:
 async def _admitted(rig: Rig, target: str) -> ProxyRequest:
     """A request as the pipeline hands it over on Redis: admission has read the removal
     generation (admit.lua creates it on first use; so does this)."""
-    key = rig.runtime.cache.generation_key
-    await rig.runtime.redis.set(key, b"1", nx=True)
+    key = rig.deps.cache.generation_key
+    await rig.deps.redis.set(key, b"1", nx=True)
     req = rig.request(target)
-    req.ex.cache_generation = await rig.runtime.redis.get(key)
+    req.ex.cache_generation = await rig.deps.redis.get(key)
     return req
 
 
@@ -349,32 +349,32 @@ async def test_fresh_entries_kept_in_process_spare_the_cache_round_trip(
 ) -> None:
     rig = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
     assert (await _with_generation(rig, "/respond/l1")).x_cache == "MISS"
-    redis: CountingRedis = rig.runtime.redis
+    redis: CountingRedis = rig.deps.redis
     await asyncio.sleep(0)  # let the background gauge task run its first read
     req = await _admitted(rig, "/respond/l1")
     redis.commands.clear()
     assert (await rig.send(req)).x_cache == "HIT"
     assert redis.commands == []  # the fill's own copy: no GET
-    assert rig.runtime.metrics.events["cache_l1_hits"] == 1
+    assert rig.deps.metrics.events["cache_l1_hits"] == 1
     # Without a generation (admission failed open, say) the copy is not trusted.
     assert (await rig.get("/respond/l1")).x_cache == "HIT"
     assert redis.commands == ["GET"]
 
 
 async def test_a_purge_elsewhere_retires_every_copy_kept_in_process(make_rig: RigFactory) -> None:
-    kept = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
+    rig = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
     other = await make_rig("redis")  # another instance on the same Redis
-    assert (await _with_generation(kept, "/respond/p1")).x_cache == "MISS"
-    assert (await _with_generation(kept, "/respond/p1")).x_cache == "HIT"
-    assert await other.runtime.cache.purge(route="r") == 1
-    after = await _with_generation(kept, "/respond/p1")
+    assert (await _with_generation(rig, "/respond/p1")).x_cache == "MISS"
+    assert (await _with_generation(rig, "/respond/p1")).x_cache == "HIT"
+    assert await other.deps.cache.purge(route="r") == 1
+    after = await _with_generation(rig, "/respond/p1")
     assert after.x_cache == "MISS"  # not the kept copy of the purged entry
-    assert kept.calls("/respond/p1") == 2
+    assert rig.calls("/respond/p1") == 2
     # An unsafe request's invalidation (a delete of the URI's entries) retires copies too.
-    assert (await _with_generation(kept, "/respond/p1")).x_cache == "HIT"
+    assert (await _with_generation(rig, "/respond/p1")).x_cache == "HIT"
     await other.layer.io.invalidate(other.request("/respond/p1"))
-    assert (await _with_generation(kept, "/respond/p1")).x_cache == "MISS"
-    assert kept.calls("/respond/p1") == 3
+    assert (await _with_generation(rig, "/respond/p1")).x_cache == "MISS"
+    assert rig.calls("/respond/p1") == 3
 
 
 async def test_kept_copies_are_served_only_while_fresh(make_rig: RigFactory) -> None:
@@ -383,7 +383,7 @@ async def test_kept_copies_are_served_only_while_fresh(make_rig: RigFactory) -> 
     assert (await _with_generation(rig, "/respond/f1")).x_cache == "MISS"
     rig.clock.advance(6)
     # Stale now: looked up in Redis again (another instance may have refreshed it).
-    redis: CountingRedis = rig.runtime.redis
+    redis: CountingRedis = rig.deps.redis
     req = await _admitted(rig, "/respond/f1")
     redis.commands.clear()
     answer = await rig.send(req)
@@ -460,14 +460,14 @@ async def test_range_requests_bypass_and_never_poison(rig: Rig) -> None:
 async def test_successful_unsafe_method_invalidates_the_uri_for_the_writer(rig: Rig) -> None:
     await rig.get("/echo/inv?x=1")
     await rig.get("/echo/inv?x=1", tenant=TECHFLOW)
-    await rig.runtime.negative.add("r", rig.key("/echo/gone"), rig.clock())
+    await rig.deps.negative.add("r", rig.key("/echo/gone"), rig.clock())
     post = await rig.get("/echo/inv?x=1", method="POST")
     assert (post.status, post.x_cache) == (200, "BYPASS")
     assert "fwd=method" in post.headers["cache-status"]
     assert (await rig.get("/echo/inv?x=1")).x_cache == "MISS"
     # Another tenant's entry of the same URL is none of this write's business.
     assert (await rig.get("/echo/inv?x=1", tenant=TECHFLOW)).x_cache == "HIT"
-    assert not await rig.runtime.negative.might_contain("r", rig.key("/echo/gone"), rig.clock())
+    assert not await rig.deps.negative.might_contain("r", rig.key("/echo/gone"), rig.clock())
 
 
 async def test_unsafe_method_invalidates_the_shared_entry_every_tenant_reads(rig: Rig) -> None:
@@ -507,7 +507,7 @@ async def test_swr_serves_stale_then_refreshes_once(rig: Rig) -> None:
     assert fresh.x_cache == "HIT"
     assert fresh.json()["n"] > first.json()["n"]
     assert rig.calls("/respond/swr") == 2
-    assert rig.runtime.metrics.events["swr_refresh"] == 1
+    assert rig.deps.metrics.events["swr_refresh"] == 1
 
 
 @pytest.fixture
@@ -553,7 +553,7 @@ async def test_failed_refresh_keeps_the_stale_copy(
     after = await rig.get("/f/swr", route=route)
     assert after.x_cache == "STALE"  # still the old copy: the 503 was not stored
     assert after.body == first.body
-    assert rig.runtime.metrics.events["swr_refresh_failed"] >= 1
+    assert rig.deps.metrics.events["swr_refresh_failed"] >= 1
 
 
 async def test_stale_if_error_on_5xx_and_on_unreachable_upstream(
@@ -575,7 +575,7 @@ async def test_stale_if_error_on_5xx_and_on_unreachable_upstream(
     rig.clock.advance(300)
     gone = await rig.get("/f/sie", route=down)
     assert (gone.status, gone.x_cache) == (502, "MISS")  # past the error window
-    assert rig.runtime.metrics.events["stale_if_error"] == 2
+    assert rig.deps.metrics.events["stale_if_error"] == 2
 
 
 async def test_a_body_cut_off_midway_is_never_stored(
@@ -586,7 +586,7 @@ async def test_a_body_cut_off_midway_is_never_stored(
     state["cut"] = True
     with pytest.raises(UpstreamError):
         await rig.get("/f/cut", route=route)
-    assert await rig.runtime.cache.get(rig.key("/f/cut")) is None
+    assert await rig.deps.cache.get(rig.key("/f/cut")) is None
     state["cut"] = False
     assert (await rig.get("/f/cut", route=route)).x_cache == "MISS"
 
@@ -613,7 +613,7 @@ async def test_second_404_is_negative_without_upstream(rig: Rig) -> None:
     second = await rig.get("/items/nope")
     assert (first.status, first.x_cache) == (404, "MISS")
     assert (second.status, second.x_cache, second.body) == (404, "NEGATIVE", first.body)
-    await rig.runtime.cache.purge(all=True)
+    await rig.deps.cache.purge(all=True)
     remembered = await rig.get("/items/nope")  # the entry is gone, the filter remembers
     assert (remembered.status, remembered.x_cache) == (404, "NEGATIVE")
     assert remembered.headers["content-type"] == "application/problem+json"
@@ -626,18 +626,18 @@ async def test_second_404_is_negative_without_upstream(rig: Rig) -> None:
 
 async def test_bypassing_a_false_positive_clears_it(rig: Rig) -> None:
     real = f"/items/{ITEMS[0]['id']}"
-    await rig.runtime.negative.add("r", rig.key(real), rig.clock())  # as a false positive would
+    await rig.deps.negative.add("r", rig.key(real), rig.clock())  # as a false positive would
     assert (await rig.get(real)).x_cache == "NEGATIVE"
     fixed = await rig.get(real, headers=[("Cache-Control", "no-cache")])
     assert (fixed.status, fixed.x_cache) == (200, "MISS")
-    assert not await rig.runtime.negative.might_contain("r", rig.key(real), rig.clock())
+    assert not await rig.deps.negative.might_contain("r", rig.key(real), rig.clock())
 
 
 async def test_routes_without_negative_caching_label_404s_as_hits(rig: Rig) -> None:
     rig.policy = policy_of(negative_cache=False)
     await rig.get("/items/nope2")
     assert (await rig.get("/items/nope2")).x_cache == "HIT"
-    await rig.runtime.cache.purge(all=True)
+    await rig.deps.cache.purge(all=True)
     assert (await rig.get("/items/nope2")).x_cache == "MISS"
 
 
@@ -649,7 +649,7 @@ async def test_concurrent_misses_make_one_upstream_call(rig: Rig) -> None:
     assert {a.body for a in answers} == {answers[0].body}
     collapsed = [a for a in answers if a.x_cache == "HIT"]
     assert all("collapsed" in a.headers["cache-status"] for a in collapsed)
-    assert rig.runtime.metrics.events["coalesced"] == 49
+    assert rig.deps.metrics.events["coalesced"] == 49
 
 
 async def test_uncacheable_answers_are_not_handed_to_waiters(rig: Rig) -> None:
@@ -681,7 +681,7 @@ async def test_two_instances_make_one_upstream_call(make_rig: RigFactory) -> Non
     )
     assert a.calls("/respond/cluster") == 1
     assert [x.x_cache for x in answers].count("MISS") == 1
-    saved = a.runtime.metrics.events["coalesced"] + b.runtime.metrics.events["coalesced"]
+    saved = a.deps.metrics.events["coalesced"] + b.deps.metrics.events["coalesced"]
     assert saved == 79
 
 
@@ -724,7 +724,7 @@ async def test_an_instance_waits_for_anothers_refresh_instead_of_retrying_the_lo
     await b.get(target)  # B's fill-notice subscription is up
     a.clock.advance(11)
     assert (await a.get(target)).x_cache == "STALE"  # A refreshes (2 s upstream)
-    redis_b: CountingRedis = b.runtime.redis
+    redis_b: CountingRedis = b.deps.redis
     redis_b.commands.clear()
     assert (await b.get(target)).x_cache == "STALE"  # B finds A's lock taken
     later = [await b.get(target) for _ in range(5)]
@@ -742,24 +742,24 @@ async def test_redis_down_means_misses_not_errors(
     port, stats = upstream
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     clock = FakeClock(time.time())
-    runtime = SimpleNamespace(
+    deps = CacheDeps(
         fresh_entries=None,
         cache=RedisCacheStore(dead, prefix="x:"),
         negative=RedisNegativeCache(dead, expected_items=100, false_positive_rate=0.01),
         redis=dead,
         metrics=Metrics(),
         upstream=client,
-        settings=SimpleNamespace(redis_key_prefix="x:"),
+        key_prefix="x:",
         add_task=lambda task: None,
     )
-    layer = CacheLayer(runtime, clock=clock)  # type: ignore[arg-type]
-    rig = Rig(layer, runtime, clock, port, stats)
+    layer = CacheLayer(deps, clock=clock)
+    rig = Rig(layer, deps, clock, port, stats)
     try:
         for _ in range(2):
             answer = await rig.get("/respond/down")
             assert (answer.status, answer.x_cache) == (200, "MISS")
         assert (await rig.get("/items/nope-down")).status == 404
-        assert runtime.metrics.events["redis_errors"] >= 4
+        assert deps.metrics.events["redis_errors"] >= 4
     finally:
         await layer.close()
         await dead.aclose()
@@ -829,7 +829,7 @@ async def test_origin_mode_remembers_a_404_only_while_the_origin_allows(rig: Rig
         answer = await rig.get(past)
         assert (answer.status, answer.x_cache) == (404, "MISS")
     assert rig.calls("/respond/gone") == 2
-    assert not await rig.runtime.negative.might_contain("r", rig.key(past), rig.clock())
+    assert not await rig.deps.negative.might_contain("r", rig.key(past), rig.clock())
     # A 404 the origin lets be reused for 30 s is the negative cache's answer for 30 s.
     fresh = "/respond/gone30?status=404&cache_control=max-age%3D30"
     assert (await rig.get(fresh)).x_cache == "MISS"
@@ -852,7 +852,7 @@ async def test_a_revalidation_updates_the_copy_kept_in_process(make_rig: RigFact
     after = await _with_generation(rig, target)
     assert after.x_cache == "HIT"
     assert after.headers["age"] == "0"  # the freshened entry, not the copy read 10 s ago
-    assert rig.runtime.metrics.events["cache_l1_hits"] >= 1
+    assert rig.deps.metrics.events["cache_l1_hits"] >= 1
 
 
 # --- revalidation: entries with validators are kept past their stale windows (§4.3) ---------------
@@ -907,7 +907,7 @@ async def test_a_background_refresh_updates_the_copy_kept_in_process(make_rig: R
     rig.clock.advance(11)
     assert (await _with_generation(rig, target)).x_cache == "STALE"
     await rig.layer.refresher.drain()
-    redis: CountingRedis = rig.runtime.redis
+    redis: CountingRedis = rig.deps.redis
     req = await _admitted(rig, target)
     redis.commands.clear()
     fresh = await rig.send(req)
@@ -959,7 +959,7 @@ async def test_a_fill_that_began_before_a_successful_write_stores_nothing(rig: R
     assert (await rig.get(write, method="POST")).status == 200
     first = await leader
     assert first.x_cache == "MISS"
-    assert rig.runtime.metrics.events["cache_fills_outdated"] == 1
+    assert rig.deps.metrics.events["cache_fills_outdated"] == 1
     after = await rig.get(target)
     assert after.x_cache == "MISS"  # not the answer fetched before the write
     assert after.json()["n"] > first.json()["n"]
@@ -1068,7 +1068,7 @@ async def test_variants_are_stored_per_served_coding(rig: Rig, negotiating: Nego
         assert "content-encoding" not in again.headers
     assert negotiating.calls() == 2
     # A purge of the URL removes the index and every variant.
-    uri = rig.runtime.cache
+    uri = rig.deps.cache
     assert await rig.layer.io.invalidate(rig.request("/v/a", route=route)) == 3
     assert (await uri.stats()).entries == 0
     assert (await rig.get("/v/a", headers=GZIP, route=route)).x_cache == "MISS"
@@ -1090,7 +1090,7 @@ async def test_variants_per_url_are_bounded(rig: Rig, negotiating: Negotiating) 
     assert _body(await lang("it")) == "it:3"
     assert [(await lang(v)).x_cache for v in ("de", "it")] == ["HIT", "HIT"]
     assert _body(await lang("es")) == "es:4"  # the third: the least recently stored (de) goes
-    assert (await rig.runtime.cache.stats()).entries == 3  # the index and two variants
+    assert (await rig.deps.cache.stats()).entries == 3  # the index and two variants
     assert [(await lang(v)).x_cache for v in ("it", "es")] == ["HIT", "HIT"]
     again = await lang("de")
     assert (again.x_cache, _body(again)) == ("MISS", "de:5")
@@ -1166,22 +1166,22 @@ async def test_a_varying_hit_kept_in_process_costs_no_redis_round_trip(
 ) -> None:
     rig = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
     route = rig.route(port=negotiating.port)
-    key = rig.runtime.cache.generation_key
-    await rig.runtime.redis.set(key, b"1", nx=True)
+    key = rig.deps.cache.generation_key
+    await rig.deps.redis.set(key, b"1", nx=True)
 
     async def admitted(headers: list[tuple[str, str]]) -> Answer:
         req = rig.request("/v/l1", headers=headers, route=route)
-        req.ex.cache_generation = await rig.runtime.redis.get(key)
+        req.ex.cache_generation = await rig.deps.redis.get(key)
         return await rig.send(req)
 
     assert (await admitted(GZIP)).x_cache == "MISS"
-    redis: CountingRedis = rig.runtime.redis
+    redis: CountingRedis = rig.deps.redis
     await asyncio.sleep(0)
     redis.commands.clear()
     hit = await admitted(GZIP)
     assert (hit.x_cache, hit.headers["content-encoding"]) == ("HIT", "gzip")
     assert redis.commands == ["GET"]  # the generation read above; the index and variant: none
-    assert rig.runtime.metrics.events["cache_l1_hits"] == 2
+    assert rig.deps.metrics.events["cache_l1_hits"] == 2
 
 
 async def test_an_instance_waiting_on_another_takes_only_its_own_variant(

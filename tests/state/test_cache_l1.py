@@ -34,50 +34,52 @@ def entry(i: int = 0, *, fresh_for: float = 60, body: bytes = b"x" * 100) -> Cac
 
 
 def test_served_while_fresh_under_the_same_generation() -> None:
-    kept = FreshEntries(1 << 20)
+    fresh_entries = FreshEntries(1 << 20)
     e = entry()
-    kept.put("k", e, b"7", NOW)
-    assert kept.get("k", b"7", NOW + 59.9) is e
-    assert kept.get("k", b"8", NOW + 1) is None  # a removal happened since: dropped
-    assert len(kept) == 0 and kept.stored_bytes == 0
-    kept.put("k", e, b"7", NOW)
-    assert kept.get("k", b"7", NOW + 60) is None  # fresh_until reached
-    assert len(kept) == 0
+    fresh_entries.put("k", e, b"7", NOW)
+    assert fresh_entries.get("k", b"7", NOW + 59.9) is e
+    assert fresh_entries.get("k", b"8", NOW + 1) is None  # a removal happened since: dropped
+    assert len(fresh_entries) == 0 and fresh_entries.stored_bytes == 0
+    fresh_entries.put("k", e, b"7", NOW)
+    assert fresh_entries.get("k", b"7", NOW + 60) is None  # fresh_until reached
+    assert len(fresh_entries) == 0
 
 
 def test_discard_forgets_one_copy() -> None:
-    kept = FreshEntries(1 << 20)
-    kept.put("a", entry(1), b"7", NOW)
-    kept.put("b", entry(2), b"7", NOW)
-    kept.discard("a")
-    kept.discard("missing")
-    assert kept.get("a", b"7", NOW) is None
-    assert kept.get("b", b"7", NOW) is not None
-    assert (len(kept), kept.stored_bytes) == (1, entry_size("b", entry(2)))
+    fresh_entries = FreshEntries(1 << 20)
+    fresh_entries.put("a", entry(1), b"7", NOW)
+    fresh_entries.put("b", entry(2), b"7", NOW)
+    fresh_entries.discard("a")
+    fresh_entries.discard("missing")
+    assert fresh_entries.get("a", b"7", NOW) is None
+    assert fresh_entries.get("b", b"7", NOW) is not None
+    assert (len(fresh_entries), fresh_entries.stored_bytes) == (1, entry_size("b", entry(2)))
 
 
 def test_entries_that_are_not_fresh_or_too_big_are_not_kept() -> None:
-    kept = FreshEntries(64 * 1024)
-    kept.put("old", entry(fresh_for=-1), b"1", NOW)
-    kept.put("big", entry(body=b"x" * 10_000), b"1", NOW)  # over an eighth of the budget
-    assert len(kept) == 0
-    kept.put("k", entry(), b"1", NOW)
-    kept.put("k", entry(fresh_for=-1), b"1", NOW)  # a newer, no longer fresh answer replaces it
-    assert kept.get("k", b"1", NOW) is None and kept.stored_bytes == 0
+    fresh_entries = FreshEntries(64 * 1024)
+    fresh_entries.put("old", entry(fresh_for=-1), b"1", NOW)
+    fresh_entries.put("big", entry(body=b"x" * 10_000), b"1", NOW)  # over an eighth of the budget
+    assert len(fresh_entries) == 0
+    fresh_entries.put("k", entry(), b"1", NOW)
+    fresh_entries.put(
+        "k", entry(fresh_for=-1), b"1", NOW
+    )  # a newer, no longer fresh answer replaces it
+    assert fresh_entries.get("k", b"1", NOW) is None and fresh_entries.stored_bytes == 0
 
 
 def test_bounded_by_bytes_least_recently_used_out_first() -> None:
     # Entries 10..20 all have the same size (two-digit numbers in every field).
     size = entry_size("k10", entry(10))
-    kept = FreshEntries(size * 10)
+    fresh_entries = FreshEntries(size * 10)
     for i in range(10, 20):
-        kept.put(f"k{i}", entry(i), b"1", NOW)
-    assert kept.get("k10", b"1", NOW) is not None  # now the most recently used
-    kept.put("k20", entry(20), b"1", NOW)
-    assert kept.stored_bytes <= kept.max_bytes
-    assert kept.get("k11", b"1", NOW) is None  # the least recently used went
-    assert kept.get("k10", b"1", NOW) is not None
-    assert kept.evictions == 1
+        fresh_entries.put(f"k{i}", entry(i), b"1", NOW)
+    assert fresh_entries.get("k10", b"1", NOW) is not None  # now the most recently used
+    fresh_entries.put("k20", entry(20), b"1", NOW)
+    assert fresh_entries.stored_bytes <= fresh_entries.max_bytes
+    assert fresh_entries.get("k11", b"1", NOW) is None  # the least recently used went
+    assert fresh_entries.get("k10", b"1", NOW) is not None
+    assert fresh_entries.evictions == 1
 
 
 def test_a_zero_budget_is_refused() -> None:

@@ -12,7 +12,7 @@ from fastapi import Request
 from heliox.admin.errors import Unauthorized
 
 if TYPE_CHECKING:
-    from heliox.admin.throttle import AdminAuthGuard
+    from heliox.runtime import Runtime
 
 ADMIN_KEY_HEADER = b"x-admin-key"
 ACTOR_PREFIX = "admin-key:"
@@ -58,11 +58,11 @@ async def authenticate(request: Request) -> str:
 
 
 async def _actor(request: Request) -> str:
-    runtime = request.app.state.runtime
+    runtime: Runtime = request.app.state.runtime
     presented = _header_values(request, ADMIN_KEY_HEADER)
     # A presented key is an attempt: refused outright (429) while its address is locked out after
     # too many failures, and counted when wrong (admin.throttle). Requests without one are not.
-    guard: AdminAuthGuard | None = getattr(runtime, "admin_guard", None) if presented else None
+    guard = runtime.admin_guard if presented else None
     attempt = await guard.attempt(request) if guard is not None else None
     # Two copies of the header are refused rather than guessing which one a proxy meant.
     if len(presented) == 1:
@@ -71,7 +71,7 @@ async def _actor(request: Request) -> str:
             if guard is not None and attempt is not None:
                 await guard.succeeded(attempt)
             return admin_key_actor(expected)
-    hook = getattr(runtime, "session_actor", None)
+    hook = runtime.session_actor
     if hook is not None:
         actor = hook(request)
         if inspect.isawaitable(actor):

@@ -130,6 +130,10 @@ class AdmissionStep:
         )
         return AdmissionRequest(subject=f"ip:{client_ip}:r:{route.id}", limit=spec)
 
+    def slow_down(self, key_id: int, until: float, multiplier: float) -> None:
+        """Apply a slowdown the abuse monitor decided here at once (before the next refresh)."""
+        self.slowed[key_id] = (until, multiplier)
+
     async def watch_slowdowns(self, interval: float = 1.0) -> None:
         """Keep `slowed` in step with the backend, so every instance applies every slowdown."""
         while True:
@@ -145,18 +149,18 @@ class AdmissionStep:
             await asyncio.sleep(interval)
 
     async def admit(
-        self, route: RouteConfig, key: KeyConfig | None, client_ip: str, send: ResponseSink
+        self, route: RouteConfig, key: KeyConfig | None, client_ip: str, sink: ResponseSink
     ) -> bool:
         """True to go on; False when a refusal has been sent."""
-        req = self.request_for(route, key, client_ip)
+        admission = self.request_for(route, key, client_ip)
         try:
-            result = await self.backend.admit(req)
+            result = await self.backend.admit(admission)
         except Exception as exc:
             # Authentication already happened; only the counters are unknown.
             self.metrics.count("admission_unavailable")
             if route.fail_mode == "closed":
                 self.metrics.admission[(route.name, "refused", "unavailable")] += 1
-                await send.problem(
+                await sink.problem(
                     503,
                     "Rate limiter unavailable",
                     f"route {route.name!r} refuses traffic while its rate limiter's store is "
@@ -170,18 +174,18 @@ class AdmissionStep:
                 self.fail_open.add(time.monotonic())  # shown by /health and the dashboard
             return True
         if not route.hide_ratelimit_headers:
-            send.extra_headers.extend(rate_limit_headers(req, result))
+            sink.extra_headers.extend(rate_limit_headers(admission, result))
         if result.allowed:
             self.metrics.admission[(route.name, "admitted", "")] += 1
-            send.ex.cache_generation = result.cache_generation
+            sink.ex.cache_generation = result.cache_generation
             return True
         reason = result.reason or RATE
         self.metrics.admission[(route.name, "limited", reason)] += 1
-        await self._refuse(send, req, result, reason)
+        await self._refuse(sink, admission, result, reason)
         return False
 
     async def _refuse(
-        self, send: ResponseSink, req: AdmissionRequest, result: AdmissionResult, reason: str
+        self, sink: ResponseSink, admission: AdmissionRequest, result: AdmissionResult, reason: str
     ) -> None:
         reset_at = result.now + result.retry_after
         if reason == BLOCKED and result.blocked_until is not None:
@@ -207,7 +211,7 @@ class AdmissionStep:
         retry = max(1, int(-(-(reset_at - result.now) // 1)))  # whole seconds, rounded up
         if reason == RATE:
             detail += f"; retry in {retry} s (at {_iso(reset_at)})"
-        await send.problem(
+        await sink.problem(
             429,
             TITLES[reason],
             detail,
@@ -219,7 +223,7 @@ class AdmissionStep:
         )
 
 
-def rate_limit_headers(req: AdmissionRequest, result: AdmissionResult) -> Headers:
+def rate_limit_headers(admission: AdmissionRequest, result: AdmissionResult) -> Headers:
     """IETF draft-10 RateLimit-Policy / RateLimit, plus the legacy RateLimit-* and X-RateLimit-*.
 
     Every response carries these, so only the changing counts are formatted per request; the
@@ -227,7 +231,7 @@ def rate_limit_headers(req: AdmissionRequest, result: AdmissionResult) -> Header
     """
     out: Headers
     states: list[bytes] = []
-    spec = req.limit
+    spec = admission.limit
     rate_q = 0
     window = 0
     if spec is not None and result.limit:

@@ -69,7 +69,7 @@ class Gateway:
         self.runtime = runtime
         self.fallback = fallback
         self.cache = CacheLayer(
-            runtime,
+            runtime.cache_deps(),
             lock_timeout=runtime.settings.cache_lock_timeout,
             lock_age=runtime.settings.cache_lock_age,
         )
@@ -79,10 +79,8 @@ class Gateway:
         self._redis_budget = runtime.redis is not None
         self.abuse = AbuseMonitor(runtime)
         self.refusals = RefusalGuard(runtime.settings, runtime.metrics)
-        self.abuse.on_slowdown = lambda key_id, until, m: self.admission.slowed.__setitem__(
-            key_id, (until, m)
-        )
-        runtime.inflight_fills = lambda: len(self.cache.flights)
+        self.abuse.on_slowdown = self.admission.slow_down
+        runtime.fill_flights = self.cache.flights
         self._seq = 0
         self._error_logged: dict[str, tuple[float, int]] = {}
         # Raw API key -> SHA-256 digest: hashing every request's key cost more than the lookup.
@@ -141,16 +139,16 @@ class Gateway:
         peer_host = peer[0] if peer else None
         settings = rt.settings
         ex.client_ip = request_client_ip(peer_host, headers, settings.trusted_proxy_networks)
-        sender = ResponseSink(send, ex)
+        sink = ResponseSink(send, ex)
         # On every answer, errors included: the id the upstream saw and the log row holds.
-        sender.extra_headers.append((b"x-request-id", request_id))
+        sink.extra_headers.append((b"x-request-id", request_id))
         try:
-            await self._serve(scope, receive, sender, headers, ex, peer_host)
+            await self._serve(scope, receive, sink, headers, ex, peer_host)
         except ClientGone:
-            if ex.body_error is ClientGone and not sender.started:
+            if ex.body_error is ClientGone and not sink.started:
                 # granian reports a malformed chunked body as a disconnect: a client still
                 # there gets a 400; one really gone gets nothing either way.
-                await sender.problem(
+                await sink.problem(
                     400,
                     "Bad request body",
                     "the request body was cut short or its chunked framing is malformed",
@@ -169,7 +167,7 @@ class Gateway:
         self,
         scope: Scope,
         receive: Receive,
-        send: ResponseSink,
+        sink: ResponseSink,
         headers: list[tuple[bytes, bytes]],
         ex: Exchange,
         peer_host: str | None,
@@ -178,23 +176,23 @@ class Gateway:
         snap = rt.snapshot
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         if len(raw_path) + len(scope.get("query_string", b"")) > MAX_URI_BYTES:
-            await send.problem(
+            await sink.problem(
                 414, "URI too long", f"the request target is longer than {MAX_URI_BYTES} bytes"
             )
             return
         try:
             gp = parse_gateway_path(raw_path)
         except BadPath as exc:
-            await send.problem(400, "Bad request path", exc.detail)
+            await sink.problem(400, "Bad request path", exc.detail)
             return
         if gp is None:  # "/g/" with nothing after it
-            await send.problem(404, "Unknown route", "the URL must be /g/{route}/{path}")
+            await sink.problem(404, "Unknown route", "the URL must be /g/{route}/{path}")
             return
         ex.route_name = gp.route
         ex.path = gp.path
         route = snap.routes.get(gp.route)
         if route is None:
-            await send.problem(
+            await sink.problem(
                 404, "Unknown route", f"no route is named {gp.route!r}; see GET /admin/routes"
             )
             return
@@ -202,7 +200,7 @@ class Gateway:
         method = ex.method
         if method not in route.methods:
             allow = ", ".join(sorted(route.methods)).encode()
-            await send.problem(
+            await sink.problem(
                 405,
                 "Method not allowed",
                 f"route {route.name!r} does not accept {method}",
@@ -210,20 +208,20 @@ class Gateway:
             )
             return
         if route.path_pattern != "/*" and not fnmatchcase(gp.path, route.path_pattern):
-            await send.problem(
+            await sink.problem(
                 404, "Path not routed", f"route {route.name!r} only serves {route.path_pattern}"
             )
             return
         framing = has_conflicting_framing(headers)
         if framing is not None:
-            await send.problem(400, "Bad request framing", framing)
+            await sink.problem(400, "Bad request framing", framing)
             return
         bad_host = host_problem(headers, http_version=scope.get("http_version"))
         if bad_host is not None:
-            await send.problem(400, "Bad Host header", bad_host)
+            await sink.problem(400, "Bad Host header", bad_host)
             return
         if any(self.via_marker in via for via in header_values(headers, b"via")):
-            await send.problem(
+            await sink.problem(
                 508,
                 "Loop detected",
                 f"the request has already passed through this gateway: route {route.name!r} "
@@ -236,7 +234,7 @@ class Gateway:
             if key is None:
                 retry = self.refusals.bad_key(ex.client_ip)
                 if retry is not None:
-                    await send.problem(
+                    await sink.problem(
                         429,
                         "Too many requests without a valid API key",
                         f"this address sent too many requests without a valid API key; retry in "
@@ -244,7 +242,7 @@ class Gateway:
                         [(b"retry-after", b"%d" % retry)],
                     )
                     return
-                await send.problem(
+                await sink.problem(
                     401,
                     "Unauthorized",
                     "a valid API key is required in the X-API-Key header",
@@ -262,20 +260,20 @@ class Gateway:
         declared = header_value(headers, b"content-length")
         has_te = header_value(headers, b"transfer-encoding") is not None
         if declared is not None and int(declared) > limit:
-            await send.problem(
+            await sink.problem(
                 413,
                 "Request body too large",
                 f"the body limit of route {route.name!r} is {limit} bytes",
             )
             return
-        if not await self.admission.admit(route, ex.key, ex.client_ip, send):
+        if not await self.admission.admit(route, ex.key, ex.client_ip, sink):
             return
         send_body = method not in BODYLESS_METHODS and (has_te or (declared not in (None, b"0")))
 
         await self._forward(
             scope,
             receive,
-            send,
+            sink,
             headers,
             ex,
             route,
@@ -310,7 +308,7 @@ class Gateway:
         self,
         scope: Scope,
         receive: Receive,
-        send: ResponseSink,
+        sink: ResponseSink,
         headers: list[tuple[bytes, bytes]],
         ex: Exchange,
         route: RouteConfig,
@@ -342,9 +340,9 @@ class Gateway:
             body_limit=body_limit,
         )
         if policy is not None:
-            await self.cache.serve(req, send)
+            await self.cache.serve(req, sink)
         else:
-            await pass_through(rt.upstream, rt.metrics, req, send)
+            await pass_through(rt.upstream, rt.metrics, req, sink)
 
     def _body(
         self, receive: Receive, ex: Exchange, route: RouteConfig, limit: int

@@ -44,6 +44,7 @@ from heliox.gateway.cache_responses import gateway_owned
 from heliox.gateway.coalescing import PASSED, STORED, FillNotices
 from heliox.gateway.exchange import ProxyRequest
 from heliox.net.upstream_client import UpstreamResponse
+from heliox.runtime import CacheDeps
 from heliox.snapshot import RouteConfig
 from heliox.state.cache import CacheEntry, CacheUnavailable
 from heliox.state.lock_redis import RedisLocks
@@ -261,9 +262,9 @@ class CacheIO:
     methods, so they cannot drift apart."""
 
     def __init__(
-        self, runtime: Any, locks: RedisLocks | None, notices: FillNotices | None = None
+        self, deps: CacheDeps, locks: RedisLocks | None, notices: FillNotices | None = None
     ) -> None:
-        self.runtime = runtime
+        self.deps = deps
         self.locks = locks
         self.notices = notices
         # Primary key → the names its variant index selects by, as last seen here: what a fill
@@ -349,12 +350,12 @@ class CacheIO:
         return True
 
     def failed(self, what: str, exc: BaseException) -> None:
-        self.runtime.metrics.count("redis_errors")
+        self.deps.metrics.count("redis_errors")
         log.debug("cache %s failed: %r", what, exc)
 
     async def get(self, key: str) -> CacheEntry | None:
         try:
-            entry: CacheEntry | None = await self.runtime.cache.get(key)
+            entry: CacheEntry | None = await self.deps.cache.get(key)
         except CacheUnavailable as exc:
             self.failed("read", exc)
             return None
@@ -366,7 +367,7 @@ class CacheIO:
         if req.ex.cache_generation is not None:
             return req.ex.cache_generation
         try:
-            generation: bytes = await self.runtime.cache.generation()
+            generation: bytes = await self.deps.cache.generation()
         except CacheUnavailable as exc:
             self.failed("generation", exc)
             return None
@@ -384,16 +385,16 @@ class CacheIO:
         failing, or entries were removed since `generation` was read)."""
         try:
             if drop:
-                stored = await self.runtime.cache.set(
+                stored = await self.deps.cache.set(
                     key, entry, now, generation=generation, drop=drop
                 )
             else:
-                stored = await self.runtime.cache.set(key, entry, now, generation=generation)
+                stored = await self.deps.cache.set(key, entry, now, generation=generation)
         except CacheUnavailable as exc:
             self.failed("write", exc)
             return False
         if not stored:
-            self.runtime.metrics.count("cache_fills_outdated")
+            self.deps.metrics.count("cache_fills_outdated")
         return bool(stored)
 
     async def _keep(
@@ -406,14 +407,14 @@ class CacheIO:
         drop: tuple[str, ...] = (),
     ) -> bool:
         stored = await self.put(key, entry, now, generation, drop)
-        kept = self.runtime.fresh_entries
-        if stored and kept is not None:
+        fresh_entries = self.deps.fresh_entries
+        if stored and fresh_entries is not None:
             # Dropped variants go from this process too; other instances' copies stay fresh
             # answers until they expire, as after any refresh elsewhere.
             for gone in drop:
-                kept.discard(gone)
+                fresh_entries.discard(gone)
             if req.ex.cache_generation is not None:
-                kept.put(key, entry, req.ex.cache_generation, now)
+                fresh_entries.put(key, entry, req.ex.cache_generation, now)
         return stored
 
     async def store(
@@ -486,7 +487,7 @@ class CacheIO:
         route's remembered 404s (§4.4)."""
         purged = 0
         try:
-            purged = await self.runtime.cache.invalidate(
+            purged = await self.deps.cache.invalidate(
                 uri_key(req.route.name, req.path, req.raw_query), req.tenant_id
             )
         except CacheUnavailable as exc:
@@ -507,7 +508,7 @@ class CacheIO:
                 continue
             path, query = target
             try:
-                purged += await self.runtime.cache.invalidate(
+                purged += await self.deps.cache.invalidate(
                     uri_key(req.route.name, path, query), req.tenant_id
                 )
             except CacheUnavailable as exc:
@@ -516,20 +517,20 @@ class CacheIO:
 
     async def negative_has(self, route: str, key: str, now: float) -> bool:
         try:
-            return bool(await self.runtime.negative.might_contain(route, key, now))
+            return bool(await self.deps.negative.might_contain(route, key, now))
         except CacheUnavailable as exc:
             self.failed("negative lookup", exc)
             return False
 
     async def negative_add(self, route: str, key: str, now: float) -> None:
         try:
-            await self.runtime.negative.add(route, key, now)
+            await self.deps.negative.add(route, key, now)
         except CacheUnavailable as exc:
             self.failed("negative add", exc)
 
     async def negative_clear(self, route: str) -> None:
         try:
-            await self.runtime.negative.clear(route)
+            await self.deps.negative.clear(route)
         except CacheUnavailable as exc:
             self.failed("negative clear", exc)
 
@@ -563,7 +564,7 @@ class CacheIO:
         """Ask the upstream for the request's target (raises UpstreamError); times the call."""
         t0 = time.perf_counter()
         # A fill that others wait on counts against the key of the request that started it.
-        resp: UpstreamResponse = await self.runtime.upstream.request(
+        resp: UpstreamResponse = await self.deps.upstream.request(
             method,
             req.target,
             headers,
@@ -575,7 +576,7 @@ class CacheIO:
         seconds = time.perf_counter() - t0
         if background:
             # No request records it: count the call so gateway and upstream totals agree.
-            self.runtime.metrics.upstream_latency[req.route.name].observe(seconds)
+            self.deps.metrics.upstream_latency[req.route.name].observe(seconds)
         else:
             req.ex.upstream_seconds = seconds
         return resp

@@ -13,7 +13,7 @@ One request, top to bottom:
           revalidating), settle the answer, store it here and in Redis, announce, unlock.
 
 There is one filler: a MISS, a revalidation and the background refresh of a stale entry
-(`send` None: no client waits) all run it. A fill streams the upstream's answer to its client
+(`sink` None: no client waits) all run it. A fill streams the upstream's answer to its client
 while keeping a copy (up to the policy's `max_object_bytes`) for the store and for the requests
 that waited on it; see `coalescing` for how waiting works within and across instances and
 `cache_fill` for what a fill sends and builds. On a HIT nothing but the one store read happens.
@@ -75,7 +75,7 @@ from heliox.gateway.coalescing import (
 from heliox.gateway.exchange import ClientGone, ProxyRequest, ResponseSink
 from heliox.gateway.proxy import VIA, call_upstream, send_upstream_error
 from heliox.net.upstream_client import UpstreamError, UpstreamResponse
-from heliox.runtime import Runtime
+from heliox.runtime import CacheDeps
 from heliox.snapshot import CachePolicyConfig
 from heliox.state.cache import CacheEntry
 from heliox.state.lock_redis import RedisLocks
@@ -117,7 +117,7 @@ class Refreshes:
 class CacheLayer:
     def __init__(
         self,
-        runtime: Runtime,
+        deps: CacheDeps,
         *,
         clock: Callable[[], float] = time.time,
         lock_timeout: float = LOCK_TIMEOUT,
@@ -126,18 +126,18 @@ class CacheLayer:
     ) -> None:
         """`lock_timeout` and `lock_age` (CACHE_LOCK_TIMEOUT, CACHE_LOCK_AGE) apply to the
         routes whose policy sets none of its own."""
-        self.runtime = runtime
+        self.deps = deps
         self.clock = clock
         self._lock_timeout = lock_timeout
         self._lock_age = lock_age
         self.recheck = recheck
-        redis = runtime.redis
-        prefix = runtime.settings.redis_key_prefix + "cache:"
+        redis = deps.redis
+        prefix = deps.key_prefix + "cache:"
         locks = RedisLocks(redis, prefix=prefix + "lock:") if redis is not None else None
         self.notices = FillNotices(redis, prefix + "fill") if redis is not None else None
-        self.io = CacheIO(runtime, locks, self.notices)
+        self.io = CacheIO(deps, locks, self.notices)
         # With Redis: fresh entries kept in process, checked against the removal generation.
-        self.fresh = runtime.fresh_entries
+        self.fresh_entries = deps.fresh_entries
         self.flights = SingleFlight()
         self.refresher = Refreshes()
         self._background: list[asyncio.Task[None]] = []
@@ -153,7 +153,7 @@ class CacheLayer:
         return self._lock_age if own is None else own
 
     # --- the request ------------------------------------------------------------------------
-    async def serve(self, req: ProxyRequest, send: ResponseSink) -> None:
+    async def serve(self, req: ProxyRequest, sink: ResponseSink) -> None:
         if not self._background:
             self._start_background()
         policy = req.route.cache_policy
@@ -161,9 +161,9 @@ class CacheLayer:
         early = classify(policy, req.method, req.lookup_headers)
         if early is not None:
             if early.action is Action.WRITE_THROUGH:
-                await self._write_through(req, send)
+                await self._write_through(req, sink)
             else:
-                await self._bypass(req, send, early.detail or "method")
+                await self._bypass(req, sink, early.detail or "method")
             return
 
         request_cc = parse_cache_control(joined(req.lookup_headers, b"cache-control"))
@@ -180,19 +180,21 @@ class CacheLayer:
         action = decision.action
         if action is Action.HIT:
             assert entry is not None
-            status = cache_status(hit=True, ttl=ttl_seconds(entry, now), detail=decision.detail)
-            await send_entry(send, req, entry, now, decision.label, status)
+            status_field = cache_status(
+                hit=True, ttl=ttl_seconds(entry, now), detail=decision.detail
+            )
+            await send_entry(sink, req, entry, now, decision.label, status_field)
             return
         if action is Action.STALE:
             assert entry is not None
-            await send_entry(send, req, entry, now, decision.label, _hit_status(policy, entry, now))
+            await send_entry(sink, req, entry, now, decision.label, _hit_status(policy, entry, now))
             if not updating:
                 self._refresh(req, key, entry)
             return
         if action is Action.ONLY_IF_CACHED:
             # RFC 9111 §5.2.1.7: nothing stored that may be served, and no forwarding allowed.
             req.ex.cache_status = "MISS"
-            await send.problem(
+            await sink.problem(
                 504,
                 "Not cached",
                 "only-if-cached was requested and no usable stored response exists",
@@ -200,58 +202,58 @@ class CacheLayer:
             )
             return
         if decision.negative_lookup and await self.io.negative_has(req.route.name, key, now):
-            await self._negative(req, send, entry, now)
+            await self._negative(req, sink, entry, now)
             return
-        await self._fill(req, send, key, entry, request_cc, decision)
+        await self._fill(req, sink, key, entry, request_cc, decision)
 
     async def _read_one(self, req: ProxyRequest, key: str) -> CacheEntry | None:
         """The stored entry: this process's fresh copy when it has one (Redis), else the store's."""
-        kept = self.fresh
+        fresh_entries = self.fresh_entries
         generation = req.ex.cache_generation
-        if kept is None or generation is None:
+        if fresh_entries is None or generation is None:
             return await self.io.get(key)
-        entry = kept.get(key, generation, self.clock())
+        entry = fresh_entries.get(key, generation, self.clock())
         if entry is not None:
-            self.runtime.metrics.count("cache_l1_hits")
+            self.deps.metrics.count("cache_l1_hits")
             return entry
         entry = await self.io.get(key)
         if entry is not None:
-            kept.put(key, entry, generation, self.clock())
+            fresh_entries.put(key, entry, generation, self.clock())
         return entry
 
     # --- answers without a fill --------------------------------------------------------------
     async def _negative(
-        self, req: ProxyRequest, send: ResponseSink, entry: CacheEntry | None, now: float
+        self, req: ProxyRequest, sink: ResponseSink, entry: CacheEntry | None, now: float
     ) -> None:
         if entry is not None and entry.status == 404:
-            status = cache_status(hit=True, ttl=ttl_seconds(entry, now), detail="negative")
-            await send_entry(send, req, entry, now, "NEGATIVE", status)
+            status_field = cache_status(hit=True, ttl=ttl_seconds(entry, now), detail="negative")
+            await send_entry(sink, req, entry, now, "NEGATIVE", status_field)
         else:
-            await send_negative(send, req, cache_status(hit=True, detail="negative"))
+            await send_negative(sink, req, cache_status(hit=True, detail="negative"))
 
-    async def _bypass(self, req: ProxyRequest, send: ResponseSink, why: str) -> None:
-        resp = await call_upstream(self.runtime.upstream, self.runtime.metrics, req, send)
+    async def _bypass(self, req: ProxyRequest, sink: ResponseSink, why: str) -> None:
+        resp = await call_upstream(self.deps.upstream, self.deps.metrics, req, sink)
         if resp is not None:
-            status = cache_status(fwd="bypass", fwd_status=resp.status, detail=why)
-            await self._pass(req, send, resp, status)
+            status_field = cache_status(fwd="bypass", fwd_status=resp.status, detail=why)
+            await self._pass(req, sink, resp, status_field)
 
-    async def _write_through(self, req: ProxyRequest, send: ResponseSink) -> None:
-        resp = await call_upstream(self.runtime.upstream, self.runtime.metrics, req, send)
+    async def _write_through(self, req: ProxyRequest, sink: ResponseSink) -> None:
+        resp = await call_upstream(self.deps.upstream, self.deps.metrics, req, sink)
         if resp is None:
             return
         if resp.status < 400:
             # Before the answer goes out, so the client's next read cannot meet the old entry.
             await self.io.invalidate(req)
             await self.io.invalidate_locations(req, resp.headers)
-        await self._pass(req, send, resp, cache_status(fwd="method", fwd_status=resp.status))
+        await self._pass(req, sink, resp, cache_status(fwd="method", fwd_status=resp.status))
 
     async def _pass(
-        self, req: ProxyRequest, send: ResponseSink, resp: UpstreamResponse, status: bytes
+        self, req: ProxyRequest, sink: ResponseSink, resp: UpstreamResponse, status_field: bytes
     ) -> None:
         """Relay an answer the cache has no part in."""
         fill = _Fill()
         await self._relay(
-            req, send, resp, "BYPASS", status, keep=None, fill=fill, preconditions=False
+            req, sink, resp, "BYPASS", status_field, keep=None, fill=fill, preconditions=False
         )
         if fill.client_gone:
             raise ClientGone
@@ -260,7 +262,7 @@ class CacheLayer:
     async def _fill(
         self,
         req: ProxyRequest,
-        send: ResponseSink,
+        sink: ResponseSink,
         key: str,
         entry: CacheEntry | None,
         request_cc: CacheControl,
@@ -282,20 +284,20 @@ class CacheLayer:
                             result = FillResult(current)
                             fits = True
                     if fits:
-                        await self._serve_collapsed(req, send, result)
+                        await self._serve_collapsed(req, sink, result)
                         return
             # Past the lock timeout, the fill had nothing shareable, or nothing it can bring
             # satisfies this request's own directives (no-cache, max-age, min-fresh): go
             # upstream alone and store nothing (nginx's proxy_cache_lock_timeout).
-            await self._fetch(req, send, key, entry, fill, store=False)
+            await self._fetch(req, sink, key, entry, fill, store=False)
         elif not decision.store:
             # A no-store request or a HEAD cannot fill for others: upstream on its own.
-            await self._fetch(req, send, key, entry, fill, store=False)
+            await self._fetch(req, sink, key, entry, fill, store=False)
         else:
             future = self.flights.start(key)
             try:
                 await self._lead(
-                    req, send, key, entry, fill, request_cc, decision.negative_bypassed
+                    req, sink, key, entry, fill, request_cc, decision.negative_bypassed
                 )
             finally:
                 self.flights.finish(key, future, fill.result)
@@ -327,7 +329,7 @@ class CacheLayer:
     async def _lead(
         self,
         req: ProxyRequest,
-        send: ResponseSink | None,
+        sink: ResponseSink | None,
         key: str,
         entry: CacheEntry | None,
         fill: _Fill,
@@ -340,21 +342,21 @@ class CacheLayer:
         assert policy is not None
         token = await self.io.lock(key, self.lock_age(policy))
         if token is None and must_ask_origin(request_cc):
-            await self._fetch(req, send, key, entry, fill, store=False)
+            await self._fetch(req, sink, key, entry, fill, store=False)
             return
         if token is None:
             outcome = await self._await_other_instance(req, key, entry, request_cc)
             if isinstance(outcome, CacheEntry):
                 fill.result = FillResult(outcome)
-                if send is not None:
-                    await self._serve_collapsed(req, send, fill.result)
+                if sink is not None:
+                    await self._serve_collapsed(req, sink, fill.result)
                 return
             if outcome is None:
-                if send is None:
+                if sink is None:
                     return  # their refresh, or none: the stale copy stays until the next one
                 # Timed out, or their answer was not shareable: fetch for ourselves only, but
                 # what we get may still serve this process's own waiters.
-                await self._fetch(req, send, key, entry, fill, store=False)
+                await self._fetch(req, sink, key, entry, fill, store=False)
                 return
             token = outcome  # their lock aged out and we took it over
         try:
@@ -363,10 +365,10 @@ class CacheLayer:
                 current = await self._filled_since(req, entry, request_cc)
                 if current is not None:
                     fill.result = FillResult(current)
-                    if send is not None:
-                        await self._serve_collapsed(req, send, fill.result)
+                    if sink is not None:
+                        await self._serve_collapsed(req, sink, fill.result)
                     return
-            await self._fetch(req, send, key, entry, fill, store=True)
+            await self._fetch(req, sink, key, entry, fill, store=True)
             if negative_bypassed and fill.result is not None:
                 await self._forget_negative(req, key, fill.result.entry)
         finally:
@@ -433,7 +435,7 @@ class CacheLayer:
     async def _fetch(
         self,
         req: ProxyRequest,
-        send: ResponseSink | None,
+        sink: ResponseSink | None,
         key: str,
         entry: CacheEntry | None,
         fill: _Fill,
@@ -444,8 +446,8 @@ class CacheLayer:
         the client if there is one, and keep what may be shared in `fill`."""
         policy = req.route.cache_policy
         assert policy is not None
-        metrics = self.runtime.metrics
-        background = send is None
+        metrics = self.deps.metrics
+        background = sink is None
         # A refresh fetches the GET whatever request found the entry stale (a HEAD, say).
         method = "GET" if background else req.method
         validating = entry is not None and bool(conditional_headers(entry.headers))
@@ -462,17 +464,17 @@ class CacheLayer:
             metrics.upstream_errors[(req.route.name, exc.status)] += 1
             now = self.clock()
             settled = settle(policy, req.lookup_headers, entry, None, (), None, now)
-            if send is None:
+            if sink is None:
                 metrics.count("swr_refresh_failed")
                 return
             if settled.outcome is Outcome.SERVE_STALE:
                 assert entry is not None
                 req.ex.error = exc.detail  # answered from the stale copy, but still logged
-                await self._stale_on_error(req, send, entry, now, None, fill)
+                await self._stale_on_error(req, sink, entry, now, None, fill)
                 return
             req.ex.cache_status = "MISS"
-            status = cache_status(fwd="miss", detail=settled.detail)
-            await send_upstream_error(send, exc, status_headers("MISS", status, key))
+            status_field = cache_status(fwd="miss", detail=settled.detail)
+            await send_upstream_error(sink, exc, status_headers("MISS", status_field, key))
             return
 
         now = self.clock()
@@ -494,37 +496,39 @@ class CacheLayer:
             if store and not resp.overran:  # a 304 with a body: not trusted to freshen
                 fill.stored = await self.io.store(req, key, fresh, now, generation)
             fill.result = FillResult(fresh)
-            if send is not None:
-                status = cache_status(
+            if sink is not None:
+                status_field = cache_status(
                     fwd="stale", fwd_status=304, ttl=ttl_seconds(fresh, now), stored=fill.stored
                 )
-                await send_entry(send, req, fresh, now, settled.label, status)
+                await send_entry(sink, req, fresh, now, settled.label, status_field)
             return
         if settled.outcome is Outcome.SERVE_STALE:
             assert entry is not None
             resp.close()
-            if send is None:
+            if sink is None:
                 metrics.count("swr_refresh_failed")  # the stale copy stays (RFC 5861 §3)
                 return
-            await self._stale_on_error(req, send, entry, now, resp.status, fill)
+            await self._stale_on_error(req, sink, entry, now, resp.status, fill)
             return
 
         keep = policy.max_object_bytes if settled.outcome is Outcome.STORE else None
-        if send is None:
+        if sink is None:
             body = await _read_to_store(resp, keep)
         else:
-            status = cache_status(
+            status_field = cache_status(
                 fwd="miss" if entry is None else "stale",
                 fwd_status=resp.status,
                 detail=settled.detail,
             )
-            body = await self._relay(req, send, resp, settled.label, status, keep=keep, fill=fill)
+            body = await self._relay(
+                req, sink, resp, settled.label, status_field, keep=keep, fill=fill
+            )
         if body is not None:
             new = new_entry(req, resp.status, resp.headers, body, now)
             if store:
                 fill.stored = await self.io.store(req, key, new, now, generation)
             fill.result = FillResult(new)
-        elif send is None:
+        elif sink is None:
             metrics.count("swr_refresh_failed")  # not storable, or broke off: nothing stored
         if resp.status == 404 and remembers_404s(policy) and settled.outcome is Outcome.STORE:
             # Only a 404 the cache may keep: no-store, private, Set-Cookie or Authorization
@@ -534,10 +538,10 @@ class CacheLayer:
     async def _relay(
         self,
         req: ProxyRequest,
-        send: ResponseSink,
+        sink: ResponseSink,
         resp: UpstreamResponse,
         x_cache: str,
-        status_value: bytes,
+        status_field: bytes,
         *,
         keep: int | None,
         fill: _Fill,
@@ -555,15 +559,15 @@ class CacheLayer:
         if conditional:
             out = not_modified_headers(out)  # the client's own validators match: answer 304
         out.append((b"via", VIA))
-        out.extend(status_headers(x_cache, status_value, req.ex.cache_key))
+        out.extend(status_headers(x_cache, status_field, req.ex.cache_key))
         to_client = not conditional and req.method != "HEAD"
         parts: list[bytes] | None = [] if keep is not None else None
         size = 0
         try:
             try:
-                await send.start(304 if conditional else resp.status, out)
+                await sink.start(304 if conditional else resp.status, out)
                 if not to_client:
-                    await send.body(b"", more=False)
+                    await sink.body(b"", more=False)
             except ClientGone:
                 fill.client_gone = True
                 to_client = False
@@ -579,7 +583,7 @@ class CacheLayer:
                         parts.append(chunk)
                 if to_client:
                     try:
-                        await send.body(chunk, more=True)
+                        await sink.body(chunk, more=True)
                     except ClientGone:
                         fill.client_gone = True
                         to_client = False
@@ -600,47 +604,49 @@ class CacheLayer:
             resp.release()
         if to_client:
             try:
-                await send.body(b"", more=False)
+                await sink.body(b"", more=False)
             except ClientGone:
                 fill.client_gone = True
         return None if parts is None else b"".join(parts)
 
     # --- shared answers ----------------------------------------------------------------------
     async def _serve_collapsed(
-        self, req: ProxyRequest, send: ResponseSink, result: FillResult
+        self, req: ProxyRequest, sink: ResponseSink, result: FillResult
     ) -> None:
-        self.runtime.metrics.count("coalesced")
+        self.deps.metrics.count("coalesced")
         policy = req.route.cache_policy
         assert policy is not None
         entry = result.entry
         now = self.clock()
         ttl = ttl_seconds(entry, now)
         if result.stale:
-            status = cache_status(fwd="stale", ttl=ttl, collapsed=True, detail="stale-if-error")
-            await send_entry(send, req, entry, now, "STALE", status)
+            status_field = cache_status(
+                fwd="stale", ttl=ttl, collapsed=True, detail="stale-if-error"
+            )
+            await send_entry(sink, req, entry, now, "STALE", status_field)
             return
-        status = cache_status(fwd="miss", fwd_status=entry.status, ttl=ttl, collapsed=True)
-        await send_entry(send, req, entry, now, _label(policy, entry, "HIT"), status)
+        status_field = cache_status(fwd="miss", fwd_status=entry.status, ttl=ttl, collapsed=True)
+        await send_entry(sink, req, entry, now, _label(policy, entry, "HIT"), status_field)
 
     async def _stale_on_error(
         self,
         req: ProxyRequest,
-        send: ResponseSink,
+        sink: ResponseSink,
         entry: CacheEntry,
         now: float,
         upstream_status: int | None,
         fill: _Fill,
     ) -> None:
         """RFC 5861 §4: the upstream failed; answer with the stale copy instead."""
-        self.runtime.metrics.count("stale_if_error")
+        self.deps.metrics.count("stale_if_error")
         fill.result = FillResult(entry, stale=True)
-        status = cache_status(
+        status_field = cache_status(
             fwd="stale",
             fwd_status=upstream_status,
             ttl=ttl_seconds(entry, now),
             detail="stale-if-error",
         )
-        await send_entry(send, req, entry, now, "STALE", status)
+        await send_entry(sink, req, entry, now, "STALE", status_field)
 
     async def _forget_negative(self, req: ProxyRequest, key: str, entry: CacheEntry) -> None:
         """A client bypassed the negative cache and the URL exists after all: if the filter
@@ -656,22 +662,22 @@ class CacheLayer:
         self._background = tasks
         # The runtime cancels its tasks on shutdown; ours go with them.
         for task in tasks:
-            self.runtime.add_task(task)
+            self.deps.add_task(task)
 
     async def _update_gauges(self) -> None:
-        gauges = self.runtime.metrics.gauges
+        gauges = self.deps.metrics.gauges
         while True:
             try:
-                stats = await self.runtime.cache.stats()
+                stats = await self.deps.cache.stats()
             except Exception as exc:
                 self.io.failed("stats", exc)
             else:
                 gauges["cache_entries"] = stats.entries
                 gauges["cache_bytes"] = stats.bytes
-            if self.fresh is not None:
-                gauges["cache_l1_entries"] = len(self.fresh)
-                gauges["cache_l1_bytes"] = self.fresh.stored_bytes
-                gauges["cache_l1_evictions"] = self.fresh.evictions
+            if self.fresh_entries is not None:
+                gauges["cache_l1_entries"] = len(self.fresh_entries)
+                gauges["cache_l1_bytes"] = self.fresh_entries.stored_bytes
+                gauges["cache_l1_evictions"] = self.fresh_entries.evictions
             await asyncio.sleep(GAUGE_INTERVAL)
 
     async def close(self) -> None:

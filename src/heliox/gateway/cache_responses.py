@@ -28,22 +28,22 @@ NEGATIVE_DETAIL = (
 
 
 def status_headers(
-    x_cache: str, cache_status: bytes, key: str | None = None
+    x_cache: str, status_field: bytes, key: str | None = None
 ) -> list[tuple[bytes, bytes]]:
     """X-Cache and Cache-Status; with the entry's `key` (RFC 9211 §2.7; "c:" and a hex digest: no
     escaping needed), which `POST /admin/cache/purge {"key": ...}` takes."""
     if key is not None:
-        cache_status += b'; key="' + key.encode("ascii") + b'"'
-    return [(b"x-cache", x_cache.encode("ascii")), (b"cache-status", cache_status)]
+        status_field += b'; key="' + key.encode("ascii") + b'"'
+    return [(b"x-cache", x_cache.encode("ascii")), (b"cache-status", status_field)]
 
 
 async def send_entry(
-    send: ResponseSink,
+    sink: ResponseSink,
     req: ProxyRequest,
     entry: CacheEntry,
     now: float,
     x_cache: str,
-    cache_status: bytes,
+    status_field: bytes,
 ) -> None:
     """Serve `entry`; a 304 when the request's preconditions match it (RFC 9110 §13.2)."""
     req.ex.cache_status = x_cache
@@ -63,18 +63,18 @@ async def send_entry(
         body = b"" if req.method == "HEAD" else entry.body
     headers.append((b"age", age_header(entry, now)))
     headers.append((b"via", VIA))
-    headers.extend(status_headers(x_cache, cache_status, req.ex.cache_key))
-    await send.start(status, headers)
-    await send.body(body, more=False)
+    headers.extend(status_headers(x_cache, status_field, req.ex.cache_key))
+    await sink.start(status, headers)
+    await sink.body(body, more=False)
 
 
-async def send_negative(send: ResponseSink, req: ProxyRequest, cache_status: bytes) -> None:
+async def send_negative(sink: ResponseSink, req: ProxyRequest, status_field: bytes) -> None:
     """The 404 for a URL the negative cache remembers, when no stored 404 is left to serve."""
     req.ex.cache_status = "NEGATIVE"
-    await send.problem(
+    await sink.problem(
         404,
         "Not Found",
         NEGATIVE_DETAIL,
-        [(b"via", VIA), *status_headers("NEGATIVE", cache_status, req.ex.cache_key)],
+        [(b"via", VIA), *status_headers("NEGATIVE", status_field, req.ex.cache_key)],
         negative_cache=True,
     )

@@ -49,7 +49,7 @@ def from_upstream(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, b
 
 
 async def call_upstream(
-    client: UpstreamClient, metrics: Metrics, req: ProxyRequest, send: ResponseSink
+    client: UpstreamClient, metrics: Metrics, req: ProxyRequest, sink: ResponseSink
 ) -> UpstreamResponse | None:
     """The upstream's response, or None when an error answer has already been sent."""
     ex = req.ex
@@ -70,7 +70,7 @@ async def call_upstream(
     except (BodyTooLarge, BodyTimeout, ClientGone, UpstreamError) as exc:
         # aiohttp may wrap what the body stream raised: the stream's own flag is the truth.
         if ex.body_error is BodyTooLarge or isinstance(exc, BodyTooLarge):
-            await send.problem(
+            await sink.problem(
                 413,
                 "Request body too large",
                 f"the body limit of route {req.route.name!r} is {req.body_limit} bytes",
@@ -78,7 +78,7 @@ async def call_upstream(
             return None
         timed_out = ex.body_error is not None and issubclass(ex.body_error, BodyTimeout)
         if timed_out or isinstance(exc, BodyTimeout):
-            await send.problem(
+            await sink.problem(
                 408,
                 "Request body timed out",
                 ex.body_detail or "the request body did not arrive in time",
@@ -89,7 +89,7 @@ async def call_upstream(
             raise ClientGone from exc
         assert isinstance(exc, UpstreamError)
         metrics.upstream_errors[(req.route.name, exc.status)] += 1
-        await send_upstream_error(send, exc)
+        await send_upstream_error(sink, exc)
         return None
     ex.upstream_seconds = time.perf_counter() - t0
     return resp
@@ -138,11 +138,11 @@ async def _request_with_body(client: UpstreamClient, req: ProxyRequest) -> Upstr
 
 
 async def send_upstream_error(
-    send: ResponseSink, exc: UpstreamError, headers: list[tuple[bytes, bytes]] | None = None
+    sink: ResponseSink, exc: UpstreamError, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     """The 502/503/504 for a failed upstream call: the client learns what happened and the request
     id; the upstream's address and the cause go to the log and the request's log row."""
-    ex = send.ex
+    ex = sink.ex
     ex.error = exc.detail
     detail = (
         f"{exc.public_detail}; retry later, or quote request id {ex.request_id} to the "
@@ -151,24 +151,24 @@ async def send_upstream_error(
     extra = exc.headers  # Retry-After on a 503 from the bulkheads
     if extra:
         headers = [*(headers or ()), *extra]
-    await send.problem(exc.status, exc.title, detail, headers, request_id=ex.request_id)
+    await sink.problem(exc.status, exc.title, detail, headers, request_id=ex.request_id)
 
 
 async def relay(
-    resp: UpstreamResponse, req: ProxyRequest, send: ResponseSink, x_cache: bytes
+    resp: UpstreamResponse, req: ProxyRequest, sink: ResponseSink, x_cache: bytes
 ) -> None:
     """Stream an upstream response to the client as it arrives."""
     out = from_upstream(resp.headers)
     out.append((b"via", VIA))
     out.append((b"x-cache", x_cache))
     try:
-        await send.start(resp.status, out)
+        await sink.start(resp.status, out)
         if req.method == "HEAD":
-            await send.body(b"", more=False)
+            await sink.body(b"", more=False)
             return
         async for chunk in resp.chunks():
-            await send.body(chunk, more=True)
-        await send.body(b"", more=False)
+            await sink.body(chunk, more=True)
+        await sink.body(b"", more=False)
     except UpstreamError as exc:
         # Headers are out: the only honest signal left is to abort the client connection.
         req.ex.error = exc.detail
@@ -179,12 +179,12 @@ async def relay(
 
 
 async def pass_through(
-    client: UpstreamClient, metrics: Metrics, req: ProxyRequest, send: ResponseSink
+    client: UpstreamClient, metrics: Metrics, req: ProxyRequest, sink: ResponseSink
 ) -> int | None:
     """Proxy without the cache; returns the upstream status (None when it could not be reached)."""
-    resp = await call_upstream(client, metrics, req, send)
+    resp = await call_upstream(client, metrics, req, sink)
     if resp is None:
         return None
     req.ex.cache_status = "BYPASS"
-    await relay(resp, req, send, b"BYPASS")
+    await relay(resp, req, sink, b"BYPASS")
     return resp.status

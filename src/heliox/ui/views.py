@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from heliox import __version__
 from heliox.admin.auth import admin_key_matches
-from heliox.admin.throttle import UI_LOGIN, AdminAuthGuard, TooManyFailures
+from heliox.admin.throttle import UI_LOGIN, TooManyFailures
 from heliox.config import Settings
+from heliox.runtime import AuthThrottle, Runtime
 from heliox.ui import auth, session, streams
 
 UI_PREFIX = "/ui"
@@ -293,7 +294,7 @@ async def login(request: Request) -> Response:
             status=400,
         )
     # Sign-in attempts share the X-Admin-Key throttle: one record per client address.
-    guard: AdminAuthGuard | None = getattr(request.app.state.runtime, "admin_guard", None)
+    guard: AuthThrottle | None = request.app.state.runtime.admin_guard
     attempt = None
     if guard is not None:
         try:
@@ -450,8 +451,8 @@ def _stream(body: Any) -> Response:
 
 def _stopping(request: Request) -> Callable[[], bool]:
     """True once the server has begun to shut down (`runtime.draining`, when it is told)."""
-    runtime = request.app.state.runtime
-    return lambda: bool(getattr(runtime, "draining", False))
+    runtime: Runtime = request.app.state.runtime
+    return lambda: runtime.draining
 
 
 def _unauthorized() -> Response:
