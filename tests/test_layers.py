@@ -117,8 +117,9 @@ LAYERS = (
     Layer(
         8,
         "app",
-        ("heliox.main",),
-        "the ASGI application: gateway, admin API and UI assembled on one runtime",
+        ("heliox.main", "heliox.connection_guard", "heliox.graceful_shutdown"),
+        "the ASGI application: gateway, admin API and UI assembled on one runtime, and the "
+        "layers `heliox serve` adds around them (the serving socket guard, the shutdown deadline)",
     ),
     Layer(
         9,
@@ -127,12 +128,10 @@ LAYERS = (
             "heliox.cli",
             "heliox.__main__",
             "heliox.cli_runtime",
-            "heliox.connection_guard",
-            "heliox.graceful_shutdown",
             "heliox.metrics_port",
         ),
-        "the `heliox` command and what only it uses (the serving socket guard, the shutdown "
-        "deadline, the metrics port, the admin context of its one-shot commands)",
+        "the `heliox` command and what only it uses (the metrics port, the admin context of its "
+        "one-shot commands)",
     ),
 )
 

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from heliox.config import Settings
-    from heliox.connection_guard import ConnectionGuard
 
 log = logging.getLogger("heliox.cli")
 
@@ -262,27 +261,11 @@ def _warn_if_redis_unreachable(settings: Settings) -> None:
 
 # --- serve, demo, upstream -------------------------------------------------------------------
 def create_served_app() -> GracefulShutdown:
-    """The ASGI app `heliox serve` runs: heliox.main:create_app() with a shutdown deadline."""
+    """The ASGI app `heliox serve` runs: heliox.main's stack with a shutdown deadline."""
     from heliox.config import load_settings
-    from heliox.main import create_app
+    from heliox.main import build_app
 
-    settings = load_settings()
-    app = create_app(settings)
-    return GracefulShutdown(app, settings.shutdown_timeout, _guard(settings), runtime=app.runtime)
-
-
-def _guard(settings: Settings) -> ConnectionGuard | None:
-    from heliox import connection_guard
-    from heliox.core.connections import ConnectionPolicy
-
-    if not connection_guard.supported():
-        return None
-    policy = ConnectionPolicy(
-        header_timeout=settings.http_header_read_timeout,
-        idle_timeout=settings.client_idle_timeout,
-        max_connections=connection_guard.limits_for(settings).cap,
-    )
-    return connection_guard.ConnectionGuard(policy, connection_guard.ConnectionTracker())
+    return build_app(load_settings(), served=True)
 
 
 def _migrate_and_seed(settings: Settings) -> None:

@@ -2,11 +2,12 @@
 
 For servers other than `heliox serve`: `granian --interface asgi --factory heliox.main:create_app`
 or `uvicorn --factory heliox.main:create_app`; `heliox.main:app` also works (built on first access).
+`heliox serve` runs the same stack inside its shutdown deadline (`build_app(..., served=True)`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,13 +20,61 @@ from heliox.gateway.app import Gateway
 from heliox.metrics import PROMETHEUS_CONTENT_TYPE
 from heliox.runtime import Runtime
 
+if TYPE_CHECKING:
+    from heliox.connection_guard import ConnectionGuard
+    from heliox.graceful_shutdown import GracefulShutdown
+
 DOCS_URL = "/admin/docs"
 OPENAPI_URL = "/admin/openapi.json"
 
 
 def create_app(settings: Settings | None = None) -> Gateway:
-    settings = settings or load_settings()
+    """The stack without the shutdown deadline, for other ASGI servers (and tests)."""
+    return build_app(settings or load_settings())
+
+
+@overload
+def build_app(settings: Settings, *, served: Literal[False] = False) -> Gateway: ...
+@overload
+def build_app(settings: Settings, *, served: Literal[True]) -> GracefulShutdown: ...
+def build_app(settings: Settings, *, served: bool = False) -> Gateway | GracefulShutdown:
+    """The whole ASGI stack on one runtime. The layers, from the outside in:
+
+    1. GracefulShutdown (`heliox serve` only, `served=True`): SHUTDOWN_TIMEOUT for in-flight
+       requests at shutdown, and the connection guard it feeds (head and idle timeouts,
+       CLIENT_MAX_CONNECTIONS) where the platform supports it;
+    2. Gateway: the data plane under /g/, and the lifespan (starts and stops the runtime);
+    3. FastAPI, for everything else: health, metrics, the admin API (with CORS), the UI.
+
+    Built from the inside out, each layer wrapping the one below it.
+    """
     runtime = Runtime(settings)
+    api = _api(settings, runtime)
+    gateway = Gateway(runtime, api)
+    if not served:
+        return gateway
+    from heliox.graceful_shutdown import GracefulShutdown
+
+    guard = _connection_guard(settings)
+    return GracefulShutdown(gateway, settings.shutdown_timeout, guard, runtime=runtime)
+
+
+def _connection_guard(settings: Settings) -> ConnectionGuard | None:
+    from heliox import connection_guard
+    from heliox.core.connections import ConnectionPolicy
+
+    if not connection_guard.supported():
+        return None
+    policy = ConnectionPolicy(
+        header_timeout=settings.http_header_read_timeout,
+        idle_timeout=settings.client_idle_timeout,
+        max_connections=connection_guard.limits_for(settings).cap,
+    )
+    return connection_guard.ConnectionGuard(policy, connection_guard.ConnectionTracker())
+
+
+def _api(settings: Settings, runtime: Runtime) -> FastAPI:
+    """FastAPI: health, metrics, the admin API's description, CORS, the admin API and the UI."""
     # The admin API's description is open in demo mode only, whose admin key is public anyway;
     # in production it needs the admin key (or the UI's session) like the API it describes.
     docs_open = settings.is_demo
@@ -89,8 +138,25 @@ def create_app(settings: Settings | None = None) -> Gateway:
             allow_credentials=False,
             max_age=600,
         )
-    _mount_optional(api)
-    return Gateway(runtime, api)
+
+    from heliox.admin.router import admin_router, install_admin_error_handlers
+
+    install_admin_error_handlers(api)
+    api.include_router(admin_router())
+
+    from heliox.admin.throttle import AdminAuthGuard
+    from heliox.ui.auth import session_actor_hook
+    from heliox.ui.views import mount_ui
+
+    # Failed admin authentications per client address (X-Admin-Key and the UI's sign-in form);
+    # shared by every instance through Redis when there is one.
+    runtime.admin_guard = AdminAuthGuard(
+        settings, runtime.metrics, runtime.session_factory, redis=runtime.redis
+    )
+    # The UI's session cookie (with its CSRF token) authenticates admin API calls too.
+    runtime.session_actor = session_actor_hook(settings)
+    mount_ui(api)
+    return api
 
 
 async def _admin_only(request: Request) -> Response | None:
@@ -103,25 +169,6 @@ async def _admin_only(request: Request) -> Response | None:
     except AdminError as exc:
         return problem_for_exception(exc)
     return None
-
-
-def _mount_optional(api: FastAPI) -> None:
-    from heliox.admin.router import admin_router, install_admin_error_handlers
-
-    install_admin_error_handlers(api)
-    api.include_router(admin_router())
-
-    from heliox.admin.throttle import AdminAuthGuard
-    from heliox.ui.auth import session_actor_hook
-    from heliox.ui.views import mount_ui
-
-    rt: Runtime = api.state.runtime
-    # Failed admin authentications per client address (X-Admin-Key and the UI's sign-in form);
-    # shared by every instance through Redis when there is one.
-    rt.admin_guard = AdminAuthGuard(rt.settings, rt.metrics, rt.session_factory, redis=rt.redis)
-    # The UI's session cookie (with its CSRF token) authenticates admin API calls too.
-    rt.session_actor = session_actor_hook(rt.settings)
-    mount_ui(api)
 
 
 def __getattr__(name: str) -> Any:
