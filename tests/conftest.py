@@ -129,14 +129,16 @@ def fresh_redis_prefix(redis_url: str) -> Iterator[str]:
     import redis
 
     prefix = f"heliox-test:{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
+        yield prefix
     finally:
-        client.close()
+        client = redis.Redis.from_url(redis_url)
+        try:
+            keys = list(client.scan_iter(match=prefix + "*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
 
 
 # As with the databases: per test, and per module for the module-scoped gateway processes.

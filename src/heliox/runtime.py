@@ -507,4 +507,6 @@ class Runtime:
             "checks": checks,
             "dependencies": details,
             "time": time.time(),
+            # Log rows given up (queue full, spill file unwritable): 0 unless rows were lost.
+            "log_rows_lost": self.logs.lost,
         }

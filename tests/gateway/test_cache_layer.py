@@ -664,7 +664,7 @@ async def test_a_waiter_past_the_lock_timeout_goes_alone_and_stores_nothing(
 ) -> None:
     rig = await make_rig("memory", lock_timeout=0.2)
     leader = asyncio.create_task(rig.get("/respond/slow?delay=0.8"))
-    await asyncio.sleep(0.05)
+    await _upstream_has_seen(rig, "/respond/slow", 1)  # the leader's fill is under way
     late = await rig.get("/respond/slow?delay=0.8")
     first = await leader
     assert late.x_cache == "MISS"
@@ -689,7 +689,7 @@ async def test_a_remote_waiter_past_the_lock_timeout_does_not_store(make_rig: Ri
     a = await make_rig("redis")
     b = await make_rig("redis", clock=a.clock, lock_timeout=0.2)
     leader = asyncio.create_task(a.get("/respond/remote?delay=0.8"))
-    await asyncio.sleep(0.1)
+    await _upstream_has_seen(a, "/respond/remote", 1)  # A holds the fill lock
     late = await b.get("/respond/remote?delay=0.8")
     first = await leader
     assert late.x_cache == "MISS"

@@ -129,6 +129,9 @@ _WRITE_THROUGH = Decision(Action.WRITE_THROUGH, "BYPASS")
 _METHOD = Decision(Action.BYPASS, "BYPASS", "method")
 _HIT = Decision(Action.HIT, "HIT")
 _NEGATIVE_HIT = Decision(Action.HIT, "NEGATIVE", "negative")
+_STALE = Decision(Action.STALE, "STALE")
+_UPDATING = Decision(Action.STALE, "UPDATING")
+_NEGATIVE_STALE = Decision(Action.STALE, "NEGATIVE", "negative")
 _ONLY_IF_CACHED = Decision(Action.ONLY_IF_CACHED, "MISS", "only-if-cached")
 
 
@@ -159,12 +162,11 @@ def judge(
     # Past the stale windows but in the keep window, lookup_state says EXPIRED: revalidate.
     state = LookupState.EXPIRED if entry is None else lookup_state(entry, now, request_cc)
     if entry is not None and state is LookupState.HIT:
-        if entry.status == 404 and policy.negative_cache:
-            return _NEGATIVE_HIT
-        return _HIT
+        return _NEGATIVE_HIT if _negative(policy, entry) else _HIT
     if entry is not None and state is LookupState.STALE:
-        label = "UPDATING" if updating else "STALE"
-        return Decision(Action.STALE, "NEGATIVE" if _negative(policy, entry) else label)
+        if _negative(policy, entry):
+            return _NEGATIVE_STALE
+        return _UPDATING if updating else _STALE
     if request_cc.only_if_cached:
         return _ONLY_IF_CACHED
     lookup = remembers_404s(policy) and (

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from heliox.core.cachecontrol import parse_vary
+from heliox.core.cachecontrol import joined, parse_vary
 from heliox.core.cachekey import vary_values
 
 __all__ = [
@@ -53,13 +53,8 @@ VARIANT_MARK = ":variant"
 # The codings a fill may offer the upstream; anything else the client names stays behind.
 KNOWN_CODINGS = ("gzip", "br", "zstd", "deflate", "compress", "x-gzip", "identity")
 _INDEX_MAGIC = b"HXV1"
-_MAX_NAMES = 16
-_MAX_ENCODINGS = 8  # a Vary naming more is not worth keying on: such responses are not stored
-
-
-def _joined(headers: Headers, name: bytes) -> bytes | None:
-    values = [value for key, value in headers if key == name]
-    return b",".join(values) if values else None
+_MAX_NAMES = 16  # a Vary naming more is not worth keying on: such responses are not stored
+_MAX_ENCODINGS = 8  # the codings an index remembers; the oldest seen goes first
 
 
 def parse_accept_encoding(value: bytes | None) -> dict[str, float]:
@@ -133,7 +128,7 @@ def accepts_coding(accept_encoding: bytes | None, coding: str) -> bool:
 def content_coding(response_headers: Headers) -> str:
     """The response's content-coding as a key value: lower-case, layers joined by ",";
     "identity" without one."""
-    value = _joined(response_headers, b"content-encoding")
+    value = joined(response_headers, b"content-encoding")
     if value is None:
         return IDENTITY
     layers = [
@@ -146,7 +141,7 @@ def content_coding(response_headers: Headers) -> str:
 def forwarded_accept_encoding(request_headers: Headers) -> bytes | None:
     """The Accept-Encoding a fill sends upstream: the well-known codings the client accepts, in
     its order of preference, without q-values; None when that leaves nothing but identity."""
-    accepted = parse_accept_encoding(_joined(request_headers, b"accept-encoding"))
+    accepted = parse_accept_encoding(joined(request_headers, b"accept-encoding"))
     wanted = [
         (q, i, coding)
         for i, (coding, q) in enumerate(accepted.items())
@@ -165,7 +160,7 @@ def response_vary(
     selected by; () when none; None when it cannot be keyed (`Vary: *`, or too many names).
     With `offered_codings` (the fill sent Accept-Encoding), a response with a content-coding is
     keyed on Accept-Encoding whatever its Vary says."""
-    vary = parse_vary(_joined(response_headers, b"vary"))
+    vary = parse_vary(joined(response_headers, b"vary"))
     if "*" in vary:
         return None
     policy = {name.lower() for name in policy_names}

@@ -187,6 +187,9 @@ class LogWriter:
         the call is abandoned, then TimeoutError is raised.
         """
         loop = asyncio.get_running_loop()
+        # A call that failed leaves its connection here, back in the pool by now: never the one
+        # to terminate when this call times out (before it has a connection of its own).
+        self._driver = None
         task = asyncio.ensure_future(call)
         deadline = loop.time() + self._write_timeout
         try:

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from heliox.core.cache_engine import keep_until
-from heliox.core.cachecontrol import response_tags
+from heliox.core.cachecontrol import joined, response_tags
 from heliox.core.cachekey import cache_key, uri_key, vary_values
 from heliox.core.freshness import (
     conditional_headers,
@@ -143,8 +143,7 @@ def index_record(
 
 
 def _accept_encoding(req: ProxyRequest) -> bytes | None:
-    values = [value for name, value in req.lookup_headers if name == b"accept-encoding"]
-    return b",".join(values) if values else None
+    return joined(req.lookup_headers, b"accept-encoding")
 
 
 def fill_headers(
@@ -384,12 +383,7 @@ class CacheIO:
         """Store `entry` (removing the entries under `drop`); False when it was not (Redis
         failing, or entries were removed since `generation` was read)."""
         try:
-            if drop:
-                stored = await self.deps.cache.set(
-                    key, entry, now, generation=generation, drop=drop
-                )
-            else:
-                stored = await self.deps.cache.set(key, entry, now, generation=generation)
+            stored = await self.deps.cache.set(key, entry, now, generation=generation, drop=drop)
         except CacheUnavailable as exc:
             self.failed("write", exc)
             return False

@@ -178,17 +178,13 @@ class CacheLayer:
         updating = self.flights.busy(key)
         decision = judge(policy, req.method, request_cc, entry, now, updating=updating)
         action = decision.action
-        if action is Action.HIT:
+        if action is Action.HIT or action is Action.STALE:
             assert entry is not None
             status_field = cache_status(
                 hit=True, ttl=ttl_seconds(entry, now), detail=decision.detail
             )
             await send_entry(sink, req, entry, now, decision.label, status_field)
-            return
-        if action is Action.STALE:
-            assert entry is not None
-            await send_entry(sink, req, entry, now, decision.label, _hit_status(policy, entry, now))
-            if not updating:
+            if action is Action.STALE and not updating:
                 self._refresh(req, key, entry)
             return
         if action is Action.ONLY_IF_CACHED:
@@ -711,10 +707,3 @@ async def _read_to_store(resp: UpstreamResponse, keep: int | None) -> bytes | No
 def _label(policy: CachePolicyConfig, entry: CacheEntry, label: str) -> str:
     """The X-Cache value for a stored entry: a remembered 404 is the negative cache's answer."""
     return "NEGATIVE" if entry.status == 404 and policy.negative_cache else label
-
-
-def _hit_status(policy: CachePolicyConfig, entry: CacheEntry, now: float) -> bytes:
-    negative = entry.status == 404 and policy.negative_cache
-    return cache_status(
-        hit=True, ttl=ttl_seconds(entry, now), detail="negative" if negative else None
-    )

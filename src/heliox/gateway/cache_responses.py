@@ -33,7 +33,7 @@ def status_headers(
     """X-Cache and Cache-Status; with the entry's `key` (RFC 9211 §2.7; "c:" and a hex digest: no
     escaping needed), which `POST /admin/cache/purge {"key": ...}` takes."""
     if key is not None:
-        status_field += b'; key="' + key.encode("ascii") + b'"'
+        status_field = b'%b; key="%b"' % (status_field, key.encode("ascii"))  # one copy
     return [(b"x-cache", x_cache.encode("ascii")), (b"cache-status", status_field)]
 
 

@@ -594,12 +594,13 @@ class UpstreamClient:
         timeout: float | None,  # noqa: ASYNC109 - a per-route socket read timeout, not a deadline
     ) -> tuple[aiohttp.ClientResponse, ResponseHandler | None]:
         # Built from parts, never by joining strings: the host can only ever be the route's host.
+        path, _, query = target.path_and_query.partition("?")
         url = URL.build(
             scheme=target.scheme,
             host=target.host,
             port=target.port,
-            path=target.path_and_query.split("?", 1)[0],
-            query_string=target.path_and_query.partition("?")[2],
+            path=path,
+            query_string=query,
             encoded=True,
         )
         hdrs: CIMultiDict[str] = CIMultiDict(

@@ -15,8 +15,8 @@ Keys (prefix P, principal T = quota_subject or subject, braces in T escaped):
   P{blocks}:until, :info   the block list for the UI (sorted set, hash), TTL to the last until
 All of one request's keys share the tag {T}, so the script is cluster-safe.
 
-Every Redis access goes through `_Redis` (EVALSHA with reload on NOSCRIPT, and TIME), so the
-transport can be swapped for a pipelining one in one place. Redis errors become
+Every Redis access goes through `RedisScripts` (EVALSHA with reload on NOSCRIPT, and TIME), so
+the transport can be swapped for a pipelining one in one place. Redis errors become
 `AdmissionUnavailable`.
 
 `clock` is for tests only: when given, its time is sent to the scripts instead of Redis `TIME`,
@@ -82,8 +82,9 @@ BLOCKS_INDEX = LuaScript.load("blocks_index.lua")
 QUOTA_USAGE = LuaScript.load("quota_usage.lua")
 
 
-class _Redis:
-    """The only place that talks to Redis."""
+class RedisScripts:
+    """The only place that talks to Redis: EVALSHA (loading the script on NOSCRIPT) and TIME,
+    Redis errors raised as `AdmissionUnavailable`. Also the auth throttle's script runner."""
 
     __slots__ = ("client",)
 
@@ -140,7 +141,7 @@ class RedisAdmission:
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("prefix must not contain braces (they would become the hash tag)")
-        self._redis = _Redis(client)
+        self._redis = RedisScripts(client)
         self.prefix = prefix
         self._calendar = QuotaCalendar(quota_tz)
         self._clock = clock

@@ -31,7 +31,7 @@ from heliox.core.auth_throttle import (
 from heliox.core.ratelimit import to_us
 from heliox.state.admission import AdmissionUnavailable
 from heliox.state.admission_memory import ExpiringMap
-from heliox.state.admission_redis import LuaScript, _Redis
+from heliox.state.admission_redis import LuaScript, RedisScripts
 
 log = logging.getLogger("heliox.auth")
 
@@ -64,7 +64,7 @@ class AuthThrottle:
         self.policy = policy
         self._redis = redis
         # The admission store's script runner: EVALSHA, loading the script on NOSCRIPT.
-        self._scripts = _Redis(redis) if redis is not None else None
+        self._scripts = RedisScripts(redis) if redis is not None else None
         self._prefix = prefix + "auth:"
         self._clock = clock
         self._records: ExpiringMap[str, FailureRecord] = ExpiringMap(max_addresses)

@@ -216,8 +216,10 @@ class RedisCacheStore:
         try:
             value = await self._client.get(self.generation_key)
             if value is None:
-                # First use (admit.lua creates it too): from the clock, above any earlier value.
-                await self._client.set(self.generation_key, b"%d" % time.time_ns(), nx=True)
+                # First use: as admit.lua and cache_common.lua start it, from the clock in
+                # microseconds, so it never repeats a value an instance may have read before.
+                now_us = time.time_ns() // 1000
+                await self._client.set(self.generation_key, b"%d" % now_us, nx=True)
                 value = await self._client.get(self.generation_key)
         except REDIS_FAILURES as exc:
             raise unavailable(exc) from exc
