@@ -1,9 +1,11 @@
-"""Benchmark Heliox against nginx, in one run, on this machine.
+"""Benchmark Heliox against the bare server and nginx, in one run, on this machine.
 
 Starts the example upstream, nginx (one worker: proxy_cache on one port, plain proxy_pass on
-another), and Heliox (one worker) in embedded mode and then on Redis + PostgreSQL; drives each with
-wrk pinned to another core; prints requests/s, p50 and p99 with every Heliox figure as a ratio to
-nginx's, and the performance targets (bench/README.md) marked met or missed.
+another), the floor (granian alone, one worker, through the interface the data plane uses,
+answering a HIT-shaped constant) and Heliox (one worker) in embedded mode and then on Redis +
+PostgreSQL; drives each with wrk pinned to another core, by turns; prints requests/s, p50, p99 and
+CPU per request with every Heliox figure as a ratio to the floor's and to nginx's, and the
+performance targets (bench/README.md) marked met or missed.
 
     .venv/bin/python bench/run.py                  # 10 s per measured run (about 5 minutes)
     .venv/bin/python bench/run.py --quick          # 3 s per run
@@ -36,6 +38,7 @@ from benchkit.procs import Processes, exit_on_signals, set_niceness
 from benchkit.report import EMBEDDED, HIT, LATENCY, MISS, REDIS, Report, Row, fmt_time
 
 MODE_LABEL = {EMBEDDED: "Heliox embedded", REDIS: "Heliox Redis+PG"}
+FLOOR_LABEL = f"floor (granian {gateway.FLOOR_INTERFACE})"
 DEFAULT_PG = os.environ.get(
     "HELIOX_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -132,33 +135,41 @@ class Bench:
         duration: float | None = None,
         mode: str | None = None,
         direct: Row | None = None,
+        answer: str | None = None,
     ) -> Row:
         self._wrk(ep.url, connections, self.warmup, headers)  # pools filled, caches primed
         runs = [
             self._timed(ep, connections, duration or self.args.duration, headers)
             for _ in range(self.args.repeat)
         ]
-        return self._record(case, ep.label, connections, runs, mode=mode, direct=direct)
+        return self._record(
+            case, ep.label, connections, runs, mode=mode, direct=direct, answer=answer
+        )
 
-    def measure_pair(
+    def measure_turns(
         self,
         case: str,
         connections: int,
         ng: Endpoint,
+        floor: Endpoint | None,
         gw: Endpoint,
         headers: dict[str, str],
         mode: str,
     ) -> None:
-        """nginx and Heliox run by turns, so both see the same machine (and its neighbours)."""
-        self._wrk(ng.url, connections, self.warmup, headers)
-        self._wrk(gw.url, connections, self.warmup, headers)
-        ng_runs: list[Timed] = []
-        gw_runs: list[Timed] = []
+        """nginx, the floor and Heliox run by turns, so all see the same machine (and its
+        neighbours)."""
+        eps = [ng, gw] if floor is None else [ng, floor, gw]
+        for ep in eps:
+            self._wrk(ep.url, connections, self.warmup, headers)
+        runs: list[list[Timed]] = [[] for _ in eps]
         for _ in range(self.args.repeat):
-            ng_runs.append(self._timed(ng, connections, self.args.duration, headers))
-            gw_runs.append(self._timed(gw, connections, self.args.duration, headers))
-        base = self._record(case, ng.label, connections, ng_runs)
-        self._record(case, gw.label, connections, gw_runs, mode=mode, baseline=base)
+            for ep, taken in zip(eps, runs, strict=True):
+                taken.append(self._timed(ep, connections, self.args.duration, headers))
+        base = self._record(case, ng.label, connections, runs[0])
+        floor_row = None if floor is None else self._record(case, floor.label, connections, runs[1])
+        self._record(
+            case, gw.label, connections, runs[-1], mode=mode, baseline=base, floor=floor_row
+        )
 
     def _timed(
         self, ep: Endpoint, connections: int, duration: float, headers: dict[str, str]
@@ -178,13 +189,16 @@ class Bench:
         *,
         mode: str | None = None,
         baseline: Row | None = None,
+        floor: Row | None = None,
         direct: Row | None = None,
+        answer: str | None = None,
     ) -> Row:
         result = wrk.combine([t.result for t in runs])
         shares = [t.usage.foreign for t in runs if t.usage.foreign is not None]
         cpu = [t.usage.path_seconds for t in runs if t.usage.path_seconds is not None]
         upstream_calls = sum(t.upstream_calls for t in runs)
         row = Row(case, server, connections, result, mode=mode, baseline=baseline, direct=direct)
+        row.floor, row.answer = floor, answer
         row.foreign = statistics.mean(shares) if shares else None
         if len(cpu) == len(runs) and result.requests:
             row.cpu_per_request = sum(cpu) / result.requests
@@ -249,10 +263,18 @@ def run(args: argparse.Namespace, tools: machine.Tools, report: Report, workdir:
         ng_pass = Endpoint("nginx proxy_pass", ng.pass_url + items, ng_pids)
         short = bench.latency_duration
 
+        fl = gateway.start_floor(procs, bench.server_cpu)
+        floor = Endpoint(FLOOR_LABEL, fl.url, [fl.proc.pid])
+        say(f"floor (bare granian, {gateway.FLOOR_INTERFACE}) :{fl.port}")
+
         direct = bench.measure(
             LATENCY, Endpoint("upstream direct", up.url + items, up_pid), 1, {}, duration=short
         )
-        for ep in (ng_pass, Endpoint("nginx proxy_cache HIT", ng_cache.url, ng_pids)):
+        for ep in (
+            ng_pass,
+            Endpoint("nginx proxy_cache HIT", ng_cache.url, ng_pids),
+            Endpoint(FLOOR_LABEL, floor.url, floor.pids),
+        ):
             bench.measure(LATENCY, ep, 1, {}, duration=short, direct=direct)
         check_hit(ng_cache.url, {}, "x-cache-status", "nginx")
 
@@ -270,9 +292,12 @@ def run(args: argparse.Namespace, tools: machine.Tools, report: Report, workdir:
             hit = Endpoint(label, f"{gw.url}/g/{gateway.CACHED_ROUTE}{items}", gw_pids)
             miss = Endpoint(label, f"{gw.url}/g/{gateway.PASS_ROUTE}{items}", gw_pids)
             check_hit(hit.url, key, "x-cache", label)
-            for case, ng_ep, gw_ep in ((HIT, ng_cache, hit), (MISS, ng_pass, miss)):
+            for case, ng_ep, fl_ep, gw_ep in (
+                (HIT, ng_cache, floor, hit),
+                (MISS, ng_pass, None, miss),
+            ):
                 for c in args.concurrency:
-                    bench.measure_pair(case, c, ng_ep, gw_ep, key, mode)
+                    bench.measure_turns(case, c, ng_ep, fl_ep, gw_ep, key, mode)
             for suffix, ep in (("MISS", miss), ("HIT", hit)):
                 bench.measure(
                     LATENCY,
@@ -282,6 +307,7 @@ def run(args: argparse.Namespace, tools: machine.Tools, report: Report, workdir:
                     duration=short,
                     direct=direct,
                     mode=mode,
+                    answer=suffix,
                 )
             gw.proc.check_alive()
             procs.stop(gw.proc)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from tests.cluster_support import LocalCluster
     from tests.e2e.harness import Upstream
 
 PG_ADMIN_URL = os.environ.get(
@@ -161,6 +162,56 @@ async def redis_client(redis_server: str) -> AsyncIterator[object]:
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(redis_server)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+# --- a real Redis Cluster (three masters, three replicas) on loopback, once per session ------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster of this session's own (tests/cluster_support.py), torn down after it.
+    Skips without redis-server/redis-cli (fails with HELIOX_REQUIRE_SERVICES=1)."""
+    from tests.cluster_support import LocalCluster
+
+    for attempt in range(3):
+        try:
+            cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+        except RuntimeError as exc:
+            _unavailable("Redis Cluster", exc)
+        try:
+            cluster.start()
+            break
+        except Exception:
+            cluster.stop()
+            if attempt == 2:
+                raise
+            # A port found free may have been taken before the node bound it: other ports.
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_prefix(redis_cluster: LocalCluster) -> Iterator[str]:
+    """A key prefix no other test uses on the cluster; its keys are deleted afterwards."""
+    prefix = f"heliox-test:{uuid.uuid4().hex[:10]}:"
+    try:
+        yield prefix
+    finally:
+        redis_cluster.delete_prefix(prefix)
+
+
+@pytest.fixture
+async def redis_cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[object]:
+    """Heliox's cluster client (with its breaker and budget) for the session's cluster."""
+    from heliox.state.redis_cluster import ClusterRedis
+
+    client = ClusterRedis.from_url(redis_cluster.url, max_connections=64)
     try:
         yield client
     finally:

@@ -347,8 +347,12 @@ async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-def slow_app(gate: asyncio.Event) -> Any:
+def slow_app(gate: asyncio.Event, started: asyncio.Event | None = None) -> Any:
+    """An app that answers once `gate` is set; `started` is set when a request reaches it."""
+
     async def app(scope: Message, receive: Any, send: Any) -> None:
+        if started is not None:
+            started.set()
         await gate.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -358,10 +362,11 @@ def slow_app(gate: asyncio.Event) -> Any:
 
 async def test_requests_finishing_within_the_deadline_are_untouched() -> None:
     gate = asyncio.Event()
-    guard = GracefulShutdown(slow_app(gate), timeout=3600)
+    started = asyncio.Event()
+    guard = GracefulShutdown(slow_app(gate, started), timeout=3600)
     send = Recorder()
     request = asyncio.create_task(guard({"type": "http"}, _no_body, send))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(started.wait(), 10)
     assert len(guard.inflight) == 1
     guard.begin_shutdown()
     gate.set()
@@ -373,10 +378,11 @@ async def test_requests_finishing_within_the_deadline_are_untouched() -> None:
 
 async def test_past_the_deadline_requests_are_cancelled_with_503() -> None:
     gate = asyncio.Event()  # never set: the upstream hangs
-    guard = GracefulShutdown(slow_app(gate), timeout=0)
+    started = asyncio.Event()
+    guard = GracefulShutdown(slow_app(gate, started), timeout=0)
     send = Recorder()
     request = asyncio.create_task(guard({"type": "http"}, _no_body, send))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(started.wait(), 10)  # in progress when the shutdown begins
     guard.begin_shutdown()
     await asyncio.wait_for(request, 10)
     assert guard.deadline_passed
@@ -394,11 +400,11 @@ async def test_the_connection_guard_learns_which_connections_have_a_request_in_p
 
     policy = ConnectionPolicy(header_timeout=30, idle_timeout=75, max_connections=100)
     connection_guard = ConnectionGuard(policy, ConnectionTracker())
-    gate = asyncio.Event()
-    guard = GracefulShutdown(slow_app(gate), timeout=3600, guard=connection_guard)
+    gate, started = asyncio.Event(), asyncio.Event()
+    guard = GracefulShutdown(slow_app(gate, started), timeout=3600, guard=connection_guard)
     scope = {"type": "http", "client": ("127.0.0.1", 40123)}
     request = asyncio.create_task(guard(scope, _no_body, Recorder()))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(started.wait(), 10)
     assert connection_guard.tracker.peers["40123"] == [1, 0.0]  # busy, no request ended yet
     before_end = time.monotonic()
     gate.set()
@@ -408,9 +414,10 @@ async def test_the_connection_guard_learns_which_connections_have_a_request_in_p
 
 
 async def test_a_cancellation_before_the_deadline_still_propagates() -> None:
-    guard = GracefulShutdown(slow_app(asyncio.Event()), timeout=3600)
+    started = asyncio.Event()
+    guard = GracefulShutdown(slow_app(asyncio.Event(), started), timeout=3600)
     request = asyncio.create_task(guard({"type": "http"}, _no_body, Recorder()))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(started.wait(), 10)  # the cancellation finds it inside the app
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
@@ -468,11 +475,11 @@ async def test_sigterm_starts_the_deadline_and_keeps_the_previous_handler(
     guard.app = lifespan_app
     await guard({"type": "lifespan"}, _no_body, Recorder())
     os.kill(os.getpid(), signal.SIGTERM)
-    for _ in range(100):
-        if guard.draining:
-            break
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not guard.draining:  # the handler runs at the interpreter's next signal check
+        assert loop.time() < deadline, "SIGTERM did not start the shutdown"
         await asyncio.sleep(0.01)
-    assert guard.draining
     assert seen == [signal.SIGTERM]
 
 
@@ -514,6 +521,7 @@ async def test_lifespan_shutdown_waits_for_request_tasks_still_running(
     """A request task left hanging must record its request before the runtime flushes logs."""
     recorded: list[str] = []
     seen_at_shutdown: list[list[str]] = []
+    started = asyncio.Event()
 
     async def app(scope: Message, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -523,6 +531,7 @@ async def test_lifespan_shutdown_waits_for_request_tasks_still_running(
                     seen_at_shutdown.append(list(recorded))  # what the log flush would see
                     return
             return
+        started.set()
         try:
             await asyncio.Event().wait()  # its last `send` is never acknowledged
         finally:
@@ -530,7 +539,7 @@ async def test_lifespan_shutdown_waits_for_request_tasks_still_running(
 
     guard = GracefulShutdown(app, timeout=3600)
     request = asyncio.create_task(guard({"type": "http", "path": "/g/x/y"}, _no_body, Recorder()))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(started.wait(), 10)
     messages = iter([{"type": "lifespan.shutdown"}])
 
     async def lifespan_receive() -> Message:

@@ -55,8 +55,9 @@ LAYERS = (
     Layer(
         1,
         "base",
-        ("heliox.config", "heliox.metrics", "heliox.memory_trim"),
-        "settings, metric counters and the heap trim: leaves every layer above may use",
+        ("heliox.config", "heliox.metrics", "heliox.memory_trim", "heliox.structured_log"),
+        "settings, metric counters, the heap trim and the log formats (LOG_FORMAT, the access "
+        "log's writer): leaves every layer above may use",
     ),
     Layer(
         2,

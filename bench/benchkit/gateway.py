@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchkit import http
 from benchkit.procs import Proc, Processes, free_port, pinned, wait_until
@@ -70,6 +71,38 @@ def start_upstream(procs: Processes, cpu: int | None) -> Upstream:
 
     wait_until(ready, "example upstream", timeout=30)
     return up
+
+
+@dataclass
+class Floor:
+    proc: Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+
+# What `heliox serve` gives granian for the data plane (cli.py), so the floor is that server's.
+FLOOR_INTERFACE = "asgi"
+
+
+def start_floor(procs: Processes, cpu: int | None) -> Floor:
+    """granian alone, one worker, answering a HIT-shaped constant (benchkit/floor_apps.py)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "granian", "--interface", FLOOR_INTERFACE, "--workers", "1"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    cmd.append(f"benchkit.floor_apps:{FLOOR_INTERFACE}_app")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = procs.start("floor", pinned(cmd, cpu), env)
+    fl = Floor(proc, port)
+
+    def ready() -> bool:
+        proc.check_alive()
+        return http.get(fl.url, timeout=1).status == 200
+
+    wait_until(ready, "floor (bare granian)", timeout=30)
+    return fl
 
 
 def gateway_env(upstream: Upstream, extra: Mapping[str, str]) -> dict[str, str]:

@@ -1,7 +1,9 @@
-"""The `heliox` command: demo, serve, worker, upstream, db, keys, config, version.
+"""The `heliox` command: demo, serve, worker, upstream, db, config, keys, tenants, routes,
+abuse, version.
 
 Exit status: 0 done, 1 the operation failed (database unreachable, no such key, ...), 2 bad usage
-or configuration (the message names the variable or option to fix).
+or configuration (the message names the variable or option to fix); `config apply --dry-run`
+exits 3 when the file would change the configuration.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ environment (the main ones; `heliox config show` lists every setting and its val
   AUTO_SEED           seed the sample tenants, keys and routes (default: on in demo mode)
   DEPLOYMENT_MODE     demo | production (default: demo unless DATABASE_URL or REDIS_URL is set)
   LOG_LEVEL           DEBUG | INFO | WARNING | ERROR
+  LOG_FORMAT          text | json: the process's own log lines on stderr (default text)
   EXAMPLE_UPSTREAM_URL  where the seeded routes point (default http://127.0.0.1:8001)
   see docs/deployment.md for connection options, pool sizes, timeouts and shutdown
 """
@@ -60,6 +63,13 @@ environment:
   CLIENT_MAX_CONNECTIONS   per worker; idle ones above it are closed (0: from `ulimit -n`)
   METRICS_PUBLIC      /metrics without X-Admin-Key (default: demo yes, production no)
   METRICS_PORT, METRICS_HOST   Prometheus text at /metrics on its own port, no key (0 = off)
+  LOG_FORMAT          text | json: own log lines on stderr, json = one object a line with
+                      ts, level, logger, message (default text)
+  ACCESS_LOG          true: one JSON line per /g/ request on stdout, after the response
+                      (request id, route, key/tenant ids, status, cache, latencies, bytes,
+                      client address; never a key); default false
+  ACCESS_LOG_BUFFER   access lines held while stdout is slow, then dropped and counted
+                      (default 10000; requests never wait for stdout)
 """
 WORKER_ENV_HELP = """\
 environment:
@@ -69,6 +79,15 @@ environment:
   LOG_RETENTION_DAYS  request logs older than this are deleted (default 30)
   LOG_RETENTION_INTERVAL_SECONDS   how often retention runs (default 3600)
   LOG_LEVEL           INFO shows one line per job run
+  LOG_FORMAT          text | json (one JSON object per log line)
+"""
+CONFIG_FILE_ENV_HELP = """\
+environment:
+  DATABASE_URL        the database to read or write (empty: SQLite file ./heliox.db); migrate
+                      it first
+  REDIS_URL           when set, running gateways are told to reload at once; otherwise they
+                      notice within CONFIG_POLL_INTERVAL (default 1 s)
+  REDIS_KEY_PREFIX    must match the gateways' (default heliox:)
 """
 KEYS_ENV_HELP = """\
 environment:
@@ -89,12 +108,21 @@ class CommandError(Exception):
 
 
 def _fail(message: str, status: int = 2) -> int:
-    print(f"heliox: {message}", file=sys.stderr)
+    print(_cli_line("error", message), file=sys.stderr)
     return status
 
 
 def _progress(message: str) -> None:
-    print(f"heliox: {message}", file=sys.stderr, flush=True)
+    print(_cli_line("info", message), file=sys.stderr, flush=True)
+
+
+def _cli_line(level: str, message: str) -> str:
+    """`heliox: message`, or its JSON line once LOG_FORMAT=json is in effect."""
+    from heliox import structured_log
+
+    if structured_log.json_output():
+        return structured_log.json_line(level, "heliox.cli", message)
+    return f"heliox: {message}"
 
 
 def _check_settings() -> int | None:
@@ -292,6 +320,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from heliox.config import load_settings
 
     settings = load_settings()  # a ConfigError is reported by main()
+    from heliox import structured_log
+
+    structured_log.configure(settings.log_format, settings.log_level)
     if args.workers > 1 and not settings.redis_url:
         return _fail(
             "--workers > 1 needs REDIS_URL: without Redis each worker would keep its own rate "
@@ -360,6 +391,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         factory=True,
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
+        # Applied in every worker: LOG_FORMAT for heliox's and granian's lines alike.
+        log_dictconfig=structured_log.logging_config(settings.log_format, settings.log_level),
         log_access=False,
         backlog=2048,
         # Above this many connections a worker stops accepting; below it, the connection guard
@@ -454,12 +487,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from heliox.worker import UnknownJob, run_worker
 
     settings = _tool_settings()  # a ConfigError is reported by main()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # the progress lines say enough
+    from heliox import structured_log
+
+    # LOG_FORMAT as for `heliox serve` (alembic at WARNING: the progress lines say enough).
+    structured_log.configure(settings.log_format, settings.log_level)
     try:
         return _run(run_worker(settings, once=args.once, only=args.job or (), progress=_progress))
     except UnknownJob as exc:
@@ -744,6 +775,425 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return _run(_with_admin(settings, action))
 
 
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from fastapi import Response
+
+    from heliox.admin.keys import rotate_key
+    from heliox.admin.schemas import KeyRotate
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+
+    async def action(admin: Any) -> int:
+        body = _body(KeyRotate, {"grace_seconds": args.grace}, {"grace_seconds": "--grace"})
+        rotated = await rotate_key(admin, args.id, Response(), body)
+        if args.json:
+            print(rotated.model_dump_json(indent=2))
+        else:
+            print(rotated.key)
+        old = rotated.previous_key
+        until = old.expires_at.isoformat(timespec="seconds") if old.expires_at else "?"
+        _progress(
+            f"rotated key {old.id} into key {rotated.id} (prefix {rotated.key_prefix}); the key "
+            f"above is shown this once; the old key works until {until}"
+        )
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+# --- tenants and routes -----------------------------------------------------------------------
+def _body(model: Any, values: dict[str, Any], options: dict[str, str]) -> Any:
+    """The admin API's body `model` from the options given (None: not given), or a usage
+    error naming the option."""
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in values.items() if v is not None}
+    given.update({k: None for k, v in values.items() if v is _CLEAR})
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{options.get(str(e['loc'][0]), str(e['loc'][0])) if e['loc'] else 'options'}: "
+            f"{str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise CommandError(problems, 2) from None
+
+
+class _Clear:
+    """`none` given to an option whose setting may be empty: clear it (PATCH null)."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+_CLEAR: Any = _Clear()
+
+
+def _or_clear(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return _CLEAR if text.lower() == "none" else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> None:
+    table = [tuple(header), *(tuple(r) for r in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if not rows:
+        _progress(empty)
+
+
+async def _all_pages(fetch: Callable[[Any], Awaitable[Any]]) -> list[Any]:
+    from heliox.admin.deps import PageParams
+
+    items: list[Any] = []
+    while True:
+        page = await fetch(PageParams(limit=1000, offset=len(items)))
+        items.extend(page.items)
+        if not page.items or len(items) >= page.total:
+            return items
+
+
+_TENANT_OPTIONS = {
+    "name": "--name",
+    "description": "--description",
+    "is_active": "--active/--no-active",
+    "abuse_mode": "--abuse-mode",
+    "abuse_zscore_threshold": "--abuse-threshold",
+}
+
+
+def _tenant_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "description": args.description,
+        "is_active": args.active,
+        "abuse_mode": args.abuse_mode,
+        "abuse_zscore_threshold": args.abuse_threshold,
+    }
+
+
+def cmd_tenants_list(args: argparse.Namespace) -> int:
+    from heliox.admin.tenants import list_tenants
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+
+    async def action(admin: Any) -> int:
+        items = await _all_pages(lambda page: list_tenants(admin, page))
+        if args.json:
+            print(json.dumps([t.model_dump(mode="json") for t in items], indent=2))
+            return 0
+        rows = [
+            (str(t.id), t.name, "yes" if t.is_active else "no", str(t.key_count),
+             str(t.active_key_count), t.abuse_mode)
+            for t in items
+        ]  # fmt: skip
+        _print_table(("ID", "NAME", "ACTIVE", "KEYS", "LIVE KEYS", "ABUSE"), rows, "no tenants")
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    from fastapi import Response
+
+    from heliox.admin.schemas import TenantCreate
+    from heliox.admin.tenants import create_tenant
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+    values = {"name": args.name, **_tenant_values(args)}
+    body = _body(TenantCreate, values, _TENANT_OPTIONS | {"name": "NAME"})
+
+    async def action(admin: Any) -> int:
+        created = await create_tenant(admin, body, Response())
+        if args.json:
+            print(created.model_dump_json(indent=2))
+        _progress(f"created tenant {created.id} {created.name!r}")
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+def cmd_tenants_update(args: argparse.Namespace) -> int:
+    from heliox.admin.schemas import TenantUpdate
+    from heliox.admin.tenants import update_tenant
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+    values = {"name": args.new_name, **_tenant_values(args)}
+    body = _body(TenantUpdate, values, _TENANT_OPTIONS)
+    if not body.changes():
+        return _fail("nothing to change: give at least one option (see --help)")
+
+    async def action(admin: Any) -> int:
+        async with admin.read() as session:
+            tenant_id, name = await _find_tenant(session, args.tenant)
+        updated = await update_tenant(admin, tenant_id, body)
+        if args.json:
+            print(updated.model_dump_json(indent=2))
+        _progress(f"updated tenant {updated.id} {name!r}")
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+def cmd_tenants_delete(args: argparse.Namespace) -> int:
+    from heliox.admin.tenants import delete_tenant
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+
+    async def action(admin: Any) -> int:
+        async with admin.read() as session:
+            tenant_id, name = await _find_tenant(session, args.tenant)
+        if args.tenant not in (name, str(tenant_id)):
+            # A unique start of a name is enough to find a tenant, not to delete one.
+            raise CommandError(
+                f"{args.tenant!r} matches tenant {name!r}: give its exact name or id to delete it"
+            )
+        await delete_tenant(admin, tenant_id)
+        _progress(f"deleted tenant {tenant_id} {name!r} and its keys")
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+_ROUTE_OPTIONS = {
+    "name": "--name",
+    "upstream_url": "--upstream",
+    "path_pattern": "--path",
+    "methods": "--methods",
+    "cache_policy": "--cache-policy",
+    "is_public": "--public/--no-public",
+    "rate_limit_rps": "--rps",
+    "rate_limit_burst": "--burst",
+    "rate_limit_algorithm": "--algorithm",
+    "fail_mode": "--fail-mode",
+    "max_request_body_bytes": "--max-body-bytes",
+    "timeout_seconds": "--timeout",
+    "hide_ratelimit_headers": "--hide-ratelimit-headers",
+    "allow_private_upstream": "--allow-private-upstream",
+    "is_active": "--active/--no-active",
+}
+
+
+def _route_values(args: argparse.Namespace) -> dict[str, Any]:
+    methods = args.methods
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    return {
+        "upstream_url": args.upstream,
+        "path_pattern": args.path,
+        "methods": methods,
+        "cache_policy": args.cache_policy,
+        "is_public": args.public,
+        "rate_limit_rps": args.rps,
+        "rate_limit_burst": args.burst,
+        "rate_limit_algorithm": args.algorithm,
+        "fail_mode": args.fail_mode,
+        "max_request_body_bytes": args.max_body_bytes,
+        "timeout_seconds": args.timeout,
+        "hide_ratelimit_headers": args.hide_ratelimit_headers,
+        "allow_private_upstream": args.allow_private_upstream,
+        "is_active": args.active,
+    }
+
+
+async def _find_route(session: AsyncSession, ref: str) -> tuple[int, str]:
+    """(id, name) of the route named `ref` exactly, or with that id."""
+    from sqlalchemy import select
+
+    from heliox.db.models import Route
+
+    row = (await session.execute(select(Route.id, Route.name).where(Route.name == ref))).first()
+    if row is None and ref.isdigit() and int(ref) < 2**31:
+        row = (
+            await session.execute(select(Route.id, Route.name).where(Route.id == int(ref)))
+        ).first()
+    if row is None:
+        names = [n for (n,) in await session.execute(select(Route.name).order_by(Route.name))]
+        known = ", ".join(repr(n) for n in names) or "none yet"
+        raise CommandError(f"no route named {ref!r} (or with that id); routes: {known}")
+    return int(row[0]), str(row[1])
+
+
+def cmd_routes_list(args: argparse.Namespace) -> int:
+    from heliox.admin.routes import list_routes
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+
+    async def action(admin: Any) -> int:
+        items = await _all_pages(lambda page: list_routes(admin, page))
+        if args.json:
+            print(json.dumps([r.model_dump(mode="json") for r in items], indent=2))
+            return 0
+        rows = [
+            (str(r.id), r.name, r.upstream_url, r.path_pattern, r.cache_policy or "-",
+             "yes" if r.is_public else "no", "yes" if r.is_active else "no",
+             _or_dash(r.rate_limit_rps))
+            for r in items
+        ]  # fmt: skip
+        header = ("ID", "NAME", "UPSTREAM", "PATH", "POLICY", "PUBLIC", "ACTIVE", "RPS")
+        _print_table(header, rows, "no routes")
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+def cmd_routes_create(args: argparse.Namespace) -> int:
+    from fastapi import Response
+
+    from heliox.admin.routes import create_route
+    from heliox.admin.schemas import RouteCreate
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+    body = _body(
+        RouteCreate, {"name": args.name, **_route_values(args)}, _ROUTE_OPTIONS | {"name": "NAME"}
+    )
+
+    async def action(admin: Any) -> int:
+        created = await create_route(admin, body, Response())
+        if args.json:
+            print(created.model_dump_json(indent=2))
+        _progress(
+            f"created route {created.id} {created.name!r}: /g/{created.name}/... -> "
+            f"{created.upstream_url}"
+        )
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+def cmd_routes_update(args: argparse.Namespace) -> int:
+    from heliox.admin.routes import update_route
+    from heliox.admin.schemas import RouteUpdate
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+    body = _body(RouteUpdate, {"name": args.new_name, **_route_values(args)}, _ROUTE_OPTIONS)
+    if not body.changes():
+        return _fail("nothing to change: give at least one option (see --help)")
+
+    async def action(admin: Any) -> int:
+        async with admin.read() as session:
+            route_id, _ = await _find_route(session, args.route)
+        updated = await update_route(admin, route_id, body)
+        if args.json:
+            print(updated.model_dump_json(indent=2))
+        _progress(f"updated route {updated.id} {updated.name!r}")
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+def cmd_routes_delete(args: argparse.Namespace) -> int:
+    from heliox.admin.routes import delete_route
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+
+    async def action(admin: Any) -> int:
+        async with admin.read() as session:
+            route_id, name = await _find_route(session, args.route)
+        await delete_route(admin, route_id)
+        _progress(f"deleted route {route_id} {name!r}; gateways answer 404 for it within seconds")
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+# --- configuration as code --------------------------------------------------------------------
+def cmd_config_export(args: argparse.Namespace) -> int:
+    from heliox.admin.declarative import dump_yaml, export_config
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+    exported: list[dict[str, Any]] = []
+
+    async def action(admin: Any) -> int:
+        async with admin.read() as session:
+            exported.append(await export_config(session))
+        return 0
+
+    status = _run(_with_admin(settings, action))
+    if status != 0:
+        return status
+    document = exported[0]
+    text = dump_yaml(document)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    tmp = f"{args.output}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, args.output)
+    except OSError as exc:
+        return _fail(f"cannot write {args.output}: {exc.strerror or exc}", 1)
+    keys = sum(len(t["keys"]) for t in document["tenants"])
+    _progress(
+        f"wrote {args.output}: {len(document['policies'])} policies, "
+        f"{len(document['routes'])} routes, {len(document['tenants'])} tenants, {keys} keys"
+    )
+    return 0
+
+
+# `heliox config apply --dry-run`: the file would change the configuration.
+EXIT_CHANGES_PENDING = 3
+
+
+def cmd_config_apply(args: argparse.Namespace) -> int:
+    from heliox.admin.declarative import (
+        ConfigFileError,
+        Plan,
+        apply_config,
+        format_plan,
+        load_yaml,
+        parse_config,
+    )
+
+    settings = _tool_settings()  # a ConfigError is reported by main()
+    source = "standard input" if args.file == "-" else args.file
+    try:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.file, encoding="utf-8") as handle:
+                text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        return _fail(f"cannot read {source}: {getattr(exc, 'strerror', None) or exc}", 1)
+    try:
+        desired = parse_config(load_yaml(text, source))
+    except ConfigFileError as exc:
+        return _refused(source, exc.problems)
+
+    def show(plan: Plan) -> None:
+        for line in format_plan(plan, prune=args.prune):
+            print(line)
+        sys.stdout.flush()
+
+    async def action(admin: Any) -> int:
+        try:
+            result = await apply_config(
+                admin, desired, prune=args.prune, dry_run=args.dry_run, show=show
+            )
+        except ConfigFileError as exc:
+            return _refused(source, exc.problems)
+        if not result.plan.changes:
+            return 0
+        if args.dry_run:
+            _progress("dry run: nothing was changed (every change above passed the checks)")
+            return EXIT_CHANGES_PENDING
+        _progress("applied in one transaction; gateways reload within seconds")
+        return 0
+
+    return _run(_with_admin(settings, action))
+
+
+def _refused(source: str, problems: Sequence[str]) -> int:
+    for problem in problems:
+        _fail(problem, 1)
+    return _fail(f"{source}: refused, nothing was changed", 1)
+
+
 # --- abuse replay -----------------------------------------------------------------------------
 def cmd_abuse_replay(args: argparse.Namespace) -> int:
     """Replay a traffic corpus through the abuse detector (the ABUSE_* settings) on a fake
@@ -788,6 +1238,80 @@ def cmd_abuse_replay(args: argparse.Namespace) -> int:
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"heliox {__version__}")
     return 0
+
+
+def _tenant_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--description", help="free text")
+    parser.add_argument(
+        "--active",
+        action=argparse.BooleanOptionalAction,
+        help="--no-active disables the tenant: its keys are refused",
+    )
+    parser.add_argument(
+        "--abuse-mode",
+        choices=("default", "exempt", "custom"),
+        help="abuse detection: default (ABUSE_* settings), exempt, or custom (--abuse-threshold)",
+    )
+    parser.add_argument(
+        "--abuse-threshold",
+        type=_or_clear(float),
+        metavar="Z",
+        help="z-score threshold of --abuse-mode custom, 1 to 1000 (none: clear)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the tenant as JSON")
+
+
+def _route_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "--upstream", required=required, metavar="URL", help="http(s)://host[:port][/base]"
+    )
+    parser.add_argument("--path", metavar="GLOB", help="paths admitted after /g/NAME (/*)")
+    parser.add_argument("--methods", metavar="LIST", help="comma-separated, e.g. GET,HEAD")
+    parser.add_argument(
+        "--cache-policy", type=_or_clear(str), metavar="NAME", help="cache policy (none: no cache)"
+    )
+    parser.add_argument(
+        "--public",
+        action=argparse.BooleanOptionalAction,
+        help="serve without an API key (--no-public: require one)",
+    )
+    parser.add_argument(
+        "--rps", type=_or_clear(float), help="route rate limit, requests per second (none: off)"
+    )
+    parser.add_argument("--burst", type=_or_clear(int), help="token-bucket burst (none: default)")
+    parser.add_argument(
+        "--algorithm",
+        type=_or_clear(str),
+        metavar="{token_bucket,sliding_window}",
+        help="rate-limit algorithm",
+    )
+    parser.add_argument(
+        "--fail-mode",
+        choices=("open", "closed"),
+        help="when the rate limiter's store is down: serve (open) or answer 503 (closed)",
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=_or_clear(int), metavar="N", help="request body limit"
+    )
+    parser.add_argument(
+        "--timeout", type=_or_clear(float), metavar="SECONDS", help="upstream timeout"
+    )
+    parser.add_argument(
+        "--hide-ratelimit-headers",
+        action=argparse.BooleanOptionalAction,
+        help="leave the RateLimit-* headers out of responses",
+    )
+    parser.add_argument(
+        "--allow-private-upstream",
+        action=argparse.BooleanOptionalAction,
+        help="permit link-local and cloud metadata upstream addresses",
+    )
+    parser.add_argument(
+        "--active",
+        action=argparse.BooleanOptionalAction,
+        help="--no-active switches the route off without deleting it",
+    )
+    parser.add_argument("--json", action="store_true", help="print the route as JSON")
 
 
 # --- the parser -------------------------------------------------------------------------------
@@ -887,7 +1411,10 @@ def build_parser() -> argparse.ArgumentParser:
     upg.set_defaults(func=cmd_db_upgrade)
 
     config = sub.add_parser(
-        "config", help="configuration", description="Inspect the configuration."
+        "config",
+        help="settings; configuration as code (export, apply)",
+        description="Inspect the settings; export the configuration to a YAML file and apply "
+        "one (configuration as code, see docs/configuration-as-code.md).",
     )
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="CMD")
     show = config_sub.add_parser(
@@ -902,10 +1429,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=cmd_config_show)
+    export = config_sub.add_parser(
+        "export",
+        help="write the configuration (policies, routes, tenants, keys) as YAML",
+        description="Write cache policies, routes and tenants with their API keys as a YAML "
+        "file (format heliox/v1): entities by name, never by database id, in a fixed order, so "
+        "two exports of the same configuration are identical. Keys appear as their SHA-256 "
+        "digest and display prefix, never the plaintext; revoked keys are left out. See "
+        "docs/configuration-as-code.md.",
+        epilog=CONFIG_FILE_ENV_HELP,
+        formatter_class=fmt,
+    )
+    export.add_argument(
+        "-o", "--output", metavar="FILE", help="write FILE (replaced whole) instead of stdout"
+    )
+    export.set_defaults(func=cmd_config_export)
+    apply = config_sub.add_parser(
+        "apply",
+        help="make the configuration what a YAML file says; prints the changes",
+        description="Compare FILE (as `heliox config export` writes it) with the database, "
+        "print each change (+ create, ~ update with field: old -> new, - delete) and carry "
+        "them out in one transaction through the admin API's rules: its validation, an audit "
+        "row per change (actor cli:<user>), one config-version bump. Applying the same file "
+        "twice changes nothing the second time. Any refused entry (named with its field) "
+        "changes nothing at all. Entities in the database but not in the file are kept and "
+        "listed, unless --prune.",
+        epilog="exit status:\n"
+        "  0  applied, or nothing to change (also --dry-run with nothing to change)\n"
+        "  1  the file or a change was refused, or the database failed: nothing was changed\n"
+        "  2  bad usage or settings\n"
+        f"  {EXIT_CHANGES_PENDING}  --dry-run: the file would change the configuration\n\n"
+        + CONFIG_FILE_ENV_HELP,
+        formatter_class=fmt,
+    )
+    apply.add_argument("file", metavar="FILE", help="the YAML file, or - for standard input")
+    apply.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the changes and check each one as the real apply would, then roll back",
+    )
+    apply.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete the policies, routes and tenants (with their keys) the file leaves "
+        "out, and revoke the keys it leaves out",
+    )
+    apply.set_defaults(func=cmd_config_apply)
 
     keys = sub.add_parser(
         "keys",
-        help="create, list and revoke API keys without the HTTP API",
+        help="create, list, revoke and rotate API keys without the HTTP API",
         description="Manage API keys directly in the database, with the admin API's rules: "
         "validation, an audit row (actor cli:<user>) and a config-version bump, so running "
         "gateways reload.",
@@ -953,6 +1526,126 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("id", type=int, help="the key's id (see `heliox keys list`)")
     revoke.set_defaults(func=cmd_keys_revoke)
+    rotate = keys_sub.add_parser(
+        "rotate",
+        help="replace a key with a new one; the old one works for a grace period",
+        description="Rotate an API key: a new key with the same tenant, name and limits is "
+        "printed on stdout, once; the old key keeps working for the grace period "
+        "(KEY_ROTATION_GRACE_SECONDS unless --grace), then is refused. Rotating again never "
+        "extends the old key's life.",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    rotate.add_argument("id", type=int, help="the key's id (see `heliox keys list`)")
+    rotate.add_argument(
+        "--grace",
+        type=int,
+        metavar="SECONDS",
+        help="how long the old key keeps working (0 to 31536000; default "
+        "KEY_ROTATION_GRACE_SECONDS)",
+    )
+    rotate.add_argument("--json", action="store_true", help="print the new key as JSON")
+    rotate.set_defaults(func=cmd_keys_rotate)
+
+    tenants = sub.add_parser(
+        "tenants",
+        help="list, create, update and delete tenants without the HTTP API",
+        description="Manage tenants directly in the database, with the admin API's rules: "
+        "validation, an audit row (actor cli:<user>) and a config-version bump, so running "
+        "gateways reload.",
+    )
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True, metavar="CMD")
+    t_list = tenants_sub.add_parser(
+        "list",
+        help="list tenants with their key counts",
+        description="List tenants with their key counts.",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    t_list.add_argument("--json", action="store_true", help="print JSON")
+    t_list.set_defaults(func=cmd_tenants_list)
+    t_create = tenants_sub.add_parser(
+        "create",
+        help="create a tenant",
+        description="Create a tenant; give it keys with `heliox keys create --tenant NAME`.",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    t_create.add_argument("name", metavar="NAME", help="the tenant's name (unique)")
+    _tenant_options(t_create)
+    t_create.set_defaults(func=cmd_tenants_create)
+    t_update = tenants_sub.add_parser(
+        "update",
+        help="change a tenant's name, description, state or abuse settings",
+        description="Change the options given; the others stay as they are. An inactive "
+        "tenant's keys are refused.",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    t_update.add_argument("tenant", metavar="TENANT", help="tenant name (or id)")
+    t_update.add_argument("--name", dest="new_name", metavar="NEW", help="rename the tenant")
+    _tenant_options(t_update)
+    t_update.set_defaults(func=cmd_tenants_update)
+    t_delete = tenants_sub.add_parser(
+        "delete",
+        help="delete a tenant and all its keys",
+        description="Delete a tenant and every key it owns (revoked ones included); gateways "
+        "refuse its keys within seconds.",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    t_delete.add_argument("tenant", metavar="TENANT", help="the tenant's exact name, or its id")
+    t_delete.set_defaults(func=cmd_tenants_delete)
+
+    routes = sub.add_parser(
+        "routes",
+        help="list, create, update and delete routes without the HTTP API",
+        description="Manage routes (/g/{name}/... -> upstream) directly in the database, with "
+        "the admin API's rules: validation (the upstream address check included), an audit row "
+        "(actor cli:<user>) and a config-version bump, so running gateways reload.",
+    )
+    routes_sub = routes.add_subparsers(dest="routes_command", required=True, metavar="CMD")
+    r_list = routes_sub.add_parser(
+        "list",
+        help="list routes",
+        description="List routes with their upstream and cache policy.",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    r_list.add_argument("--json", action="store_true", help="print JSON (every field)")
+    r_list.set_defaults(func=cmd_routes_list)
+    r_create = routes_sub.add_parser(
+        "create",
+        help="create a route",
+        description="Create a route: /g/NAME/... is forwarded to --upstream. Options left out "
+        "take the admin API's defaults (every method, path /*, no cache policy, not public).",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    r_create.add_argument("name", metavar="NAME", help="the route's name, the /g/NAME/ segment")
+    _route_options(r_create, required=True)
+    r_create.set_defaults(func=cmd_routes_create)
+    r_update = routes_sub.add_parser(
+        "update",
+        help="change a route's settings",
+        description="Change the options given; the others stay as they are. `none` clears "
+        "an optional setting (--cache-policy none, --rps none, ...).",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    r_update.add_argument("route", metavar="ROUTE", help="route name (or id)")
+    r_update.add_argument("--name", dest="new_name", metavar="NEW", help="rename the route")
+    _route_options(r_update, required=False)
+    r_update.set_defaults(func=cmd_routes_update)
+    r_delete = routes_sub.add_parser(
+        "delete",
+        help="delete a route",
+        description="Delete a route; gateways answer 404 for it within seconds.",
+        epilog=KEYS_ENV_HELP,
+        formatter_class=fmt,
+    )
+    r_delete.add_argument("route", metavar="ROUTE", help="route name (or id)")
+    r_delete.set_defaults(func=cmd_routes_delete)
 
     abuse = sub.add_parser(
         "abuse", help="abuse detection tools", description="Abuse detection tools."
@@ -986,6 +1679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
     except ConfigError as exc:  # a bad setting: name it and stop, no traceback
         return _fail(str(exc))
+    except CommandError as exc:
+        return _fail(str(exc), exc.status)
     except KeyboardInterrupt:
         return 130
     return result

@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from heliox.core.bounds import MAX_BURST, MAX_RATE, MIN_RATE
@@ -51,6 +51,24 @@ class Settings(BaseSettings):
     auto_seed: bool | None = Field(None, description="Seed sample data; default on in demo mode")
     debug: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # --- structured logs (structured_log.py) ---
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="the process's own log lines on stderr: text, or json (one object per "
+        "line: ts, level, logger, message)",
+    )
+    access_log: bool = Field(
+        False,
+        description="one JSON line per data-plane request on stdout (request id, route, key and "
+        "tenant ids, status, cache, latencies, bytes, client address; never a key)",
+    )
+    access_log_buffer: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="access log lines held while stdout is slow; beyond them lines are dropped "
+        "and counted (heliox_access_log_lines_dropped_total), requests never wait",
+    )
     deployment_mode: Literal["demo", "production"] | None = Field(
         None, description="demo when neither DATABASE_URL nor REDIS_URL is set, else production"
     )
@@ -121,6 +139,10 @@ class Settings(BaseSettings):
     config_poll_interval: float = Field(1.0, gt=0)
     key_rotation_grace_seconds: int = Field(3600, ge=0)
     redis_key_prefix: str = "heliox:"
+    redis_cluster: bool = Field(
+        False,
+        description="REDIS_URL names one node of a Redis Cluster (its other nodes are discovered)",
+    )
     background_jobs: bool = True
 
     # --- operations: connections, shutdown, periodic jobs --------------------------------------
@@ -169,7 +191,8 @@ class Settings(BaseSettings):
         128,
         ge=1,
         le=1_000_000,
-        description="upstream requests one API key may have in flight per process; more get 503",
+        description="upstream requests one API key may have in flight per process; more wait "
+        "(UPSTREAM_POOL_TIMEOUT) for one of them to finish, then get 503",
     )
     upstream_deny_networks: str = Field(
         DEFAULT_DENY_NETWORKS,
@@ -311,6 +334,11 @@ class Settings(BaseSettings):
         # Operators write LOG_LEVEL=info as often as INFO (Python's logging takes either).
         return v.strip().upper() if isinstance(v, str) else v
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format_any_case(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
+
     @field_validator("database_url")
     @classmethod
     def _database_scheme(cls, v: str) -> str:
@@ -340,6 +368,25 @@ class Settings(BaseSettings):
     def _redis_options(cls, v: str) -> str:
         if v:
             _check_redis_url(v)
+        return v
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _redis_cluster_url(cls, v: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url") or ""  # absent when REDIS_URL itself was refused
+        if v and url:
+            parts = urlsplit(url)
+            if parts.scheme == "unix":
+                raise ValueError(
+                    "REDIS_URL must name one cluster node by redis:// or rediss://, not a unix "
+                    "socket"
+                )
+            db = dict(parse_qsl(parts.query)).get("db") or parts.path.strip("/") or "0"
+            if db != "0":
+                raise ValueError(
+                    f"a Redis Cluster has only database 0 (REDIS_URL names database {db}); use "
+                    "REDIS_KEY_PREFIX to separate deployments"
+                )
         return v
 
     @field_validator("example_upstream_url")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from heliox import __version__
 from heliox.config import Settings, load_settings
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 DOCS_URL = "/admin/docs"
 OPENAPI_URL = "/admin/openapi.json"
+# Swagger UI, vendored (heliox/ui/static/vendor/README.md): the docs page loads nothing from
+# another origin, so it works offline and behind an egress-filtered network.
+SWAGGER_ASSETS = "/ui/static/vendor/swagger-ui/"
 
 
 def create_app(settings: Settings | None = None) -> Gateway:
@@ -82,7 +85,9 @@ def _api(settings: Settings, runtime: Runtime) -> FastAPI:
         title="Heliox",
         version=__version__,
         description="API gateway and caching proxy: admin API, health and metrics.",
-        docs_url=DOCS_URL if docs_open else None,
+        # The docs page is served below (with the vendored Swagger UI), never FastAPI's default,
+        # which loads its scripts from a CDN.
+        docs_url=None,
         redoc_url=None,
         openapi_url=OPENAPI_URL if docs_open else None,
     )
@@ -103,7 +108,7 @@ def _api(settings: Settings, runtime: Runtime) -> FastAPI:
         data["process"] = runtime.process_stats()  # this worker: for soak tests and leak hunts
         return JSONResponse(data, headers={"cache-control": "no-store"})
 
-    @api.get("/metrics/prometheus", tags=["ops"])
+    @api.get("/metrics/prometheus", tags=["ops"], response_class=PlainTextResponse)
     async def metrics_prometheus(request: Request) -> Response:
         if not metrics_open and (refused := await _admin_only(request)) is not None:
             return refused
@@ -119,11 +124,17 @@ def _api(settings: Settings, runtime: Runtime) -> FastAPI:
         async def openapi_document(request: Request) -> Response:
             return await _admin_only(request) or JSONResponse(api.openapi())
 
-        @api.get(DOCS_URL, include_in_schema=False)
-        async def openapi_docs(request: Request) -> Response:
-            return await _admin_only(request) or get_swagger_ui_html(
-                openapi_url=OPENAPI_URL, title=f"{api.title} - Swagger UI"
-            )
+    @api.get(DOCS_URL, include_in_schema=False)
+    async def openapi_docs(request: Request) -> Response:
+        if not docs_open and (refused := await _admin_only(request)) is not None:
+            return refused
+        return get_swagger_ui_html(
+            openapi_url=OPENAPI_URL,
+            title=f"{api.title} - Swagger UI",
+            swagger_js_url=f"{SWAGGER_ASSETS}swagger-ui-bundle.js?v={__version__}",
+            swagger_css_url=f"{SWAGGER_ASSETS}swagger-ui.css?v={__version__}",
+            swagger_favicon_url=f"/ui/static/favicon.svg?v={__version__}",
+        )
 
     if settings.cors_origin_list:
         # Browsers on these origins may call the admin API with the X-Admin-Key header.
@@ -136,10 +147,12 @@ def _api(settings: Settings, runtime: Runtime) -> FastAPI:
             max_age=600,
         )
 
+    from heliox.admin.openapi import install_admin_openapi
     from heliox.admin.router import admin_router, install_admin_error_handlers
 
     install_admin_error_handlers(api)
     api.include_router(admin_router())
+    install_admin_openapi(api)
 
     from heliox.admin.throttle import AdminAuthGuard
     from heliox.ui.auth import session_actor_hook

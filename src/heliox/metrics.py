@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import threading
 import time
 from bisect import bisect_left
@@ -20,6 +21,10 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from math import inf, isnan
 from typing import Any
+
+from prometheus_client.process_collector import ProcessCollector
+
+from heliox import __version__
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The route label of a request that matched no configured route (no route name can contain
@@ -44,6 +49,180 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     10.0,
     30.0,
 )
+
+
+# Each event counted with `Metrics.count` is exported twice: as heliox_events_total{event=...}
+# (kept for the dashboards that use it) and as the named counter below, with its own help text.
+# An event missing here is in heliox_events_total only (tests/test_metrics.py checks that every
+# event the code counts is named). Named counters are written even at 0, so an alert or a panel
+# never looks at a series that does not exist yet.
+EVENT_METRICS: dict[str, tuple[str, str]] = {
+    # request log (PostgreSQL): rows written, kept on disk, replayed, or given up
+    "log_rows_written": ("heliox_log_rows_written_total", "Request log rows written"),
+    "log_rows_spilled": (
+        "heliox_log_rows_spilled_total",
+        "Request log rows written to the spill file because the database did not take them",
+    ),
+    "log_rows_replayed": (
+        "heliox_log_rows_replayed_total",
+        "Spilled request log rows written to the database later",
+    ),
+    "log_rows_lost": (
+        "heliox_log_rows_lost_total",
+        "Request log rows given up: the spill file could not be written or read",
+    ),
+    "log_queue_dropped": (
+        "heliox_log_rows_dropped_total",
+        "Request log rows dropped because the in-memory log queue was full (LOG_QUEUE_SIZE)",
+    ),
+    "log_write_errors": (
+        "heliox_log_write_errors_total",
+        "Failed or timed-out request log writes to the database",
+    ),
+    "refused_log_rows_dropped": (
+        "heliox_refused_log_rows_dropped_total",
+        "Log rows of refused requests without a valid key not written (over the log budget)",
+    ),
+    "access_log_dropped": (
+        "heliox_access_log_lines_dropped_total",
+        "Access log lines (ACCESS_LOG) dropped because standard output did not keep up",
+    ),
+    # configuration
+    "config_reloads": ("heliox_config_reloads_total", "Configuration snapshots loaded"),
+    "config_poll_errors": (
+        "heliox_config_poll_errors_total",
+        "Configuration version polls that failed (the last snapshot stays in use)",
+    ),
+    "config_full_reloads": (
+        "heliox_config_full_reloads_total",
+        "Configuration snapshots loaded whole (at start-up, or when no change set applies)",
+    ),
+    "config_deltas_applied": (
+        "heliox_config_deltas_applied_total",
+        "Configuration changes applied to the snapshot in use without loading it whole",
+    ),
+    # cache
+    "cache_l1_hits": (
+        "heliox_cache_l1_hits_total",
+        "Cache hits answered from the in-process copy (L1) without asking Redis",
+    ),
+    "coalesced": (
+        "heliox_cache_coalesced_total",
+        "Requests that waited for another request's upstream call instead of making their own",
+    ),
+    "stale_if_error": (
+        "heliox_cache_stale_if_error_total",
+        "Stale copies served because the upstream failed (stale-if-error)",
+    ),
+    "swr_refresh": (
+        "heliox_cache_background_refreshes_total",
+        "Background refreshes of stale entries (stale-while-revalidate)",
+    ),
+    "swr_refresh_failed": (
+        "heliox_cache_background_refresh_failures_total",
+        "Background refreshes that stored nothing (upstream error or answer not storable)",
+    ),
+    "cache_fills_outdated": (
+        "heliox_cache_fills_outdated_total",
+        "Cache fills not stored because a purge happened while they were in flight",
+    ),
+    "cache_purges": ("heliox_cache_purges_total", "Cache purges through the admin API"),
+    "redis_errors": (
+        "heliox_cache_redis_errors_total",
+        "Cache operations that failed on Redis (the request went on without the cache)",
+    ),
+    # admission and upstream
+    "admission_unavailable": (
+        "heliox_admission_unavailable_total",
+        "Admission checks the rate-limit store could not answer (fail-open or 503)",
+    ),
+    "bad_key_limited": (
+        "heliox_bad_key_limited_total",
+        "Requests refused 429 because their address sent too many invalid API keys",
+    ),
+    "upstream_retries": (
+        "heliox_upstream_retries_total",
+        "Upstream requests retried on a fresh connection after a stale keep-alive one failed",
+    ),
+    # abuse detection
+    "abuse_blocks": ("heliox_abuse_blocks_total", "Keys blocked by the abuse detector"),
+    "abuse_slowdowns": (
+        "heliox_abuse_slowdowns_total",
+        "Keys slowed down by the abuse detector (ABUSE_ACTION=multiplier)",
+    ),
+    "abuse_shadow_flags": (
+        "heliox_abuse_shadow_flags_total",
+        "Keys the abuse detector flagged without acting (ABUSE_ACTION=shadow)",
+    ),
+    "abuse_unblocks": ("heliox_abuse_unblocks_total", "Keys unblocked through the admin API"),
+    "abuse_forgets": (
+        "heliox_abuse_forgets_total",
+        "Abuse detector baselines forgotten after an unblock (this instance's or another's)",
+    ),
+    # admin authentication
+    "admin_auth_failures": (
+        "heliox_admin_auth_failures_total",
+        "Failed admin authentications (wrong X-Admin-Key or UI password)",
+    ),
+    "admin_auth_lockouts": (
+        "heliox_admin_auth_lockouts_total",
+        "Client addresses locked out after repeated failed admin authentications",
+    ),
+    "admin_auth_refused_locked": (
+        "heliox_admin_auth_refused_locked_total",
+        "Admin requests refused because their address was locked out",
+    ),
+    "admin_auth_failures_unaudited": (
+        "heliox_admin_auth_failures_unaudited_total",
+        "Failed admin authentications whose audit row could not be written",
+    ),
+    "admin_auth_throttle_unavailable": (
+        "heliox_admin_auth_throttle_unavailable_total",
+        "Admin authentication throttle checks Redis could not answer",
+    ),
+    # periodic jobs
+    "jobs_run": ("heliox_jobs_run_total", "Periodic job runs"),
+    "jobs_skipped": (
+        "heliox_jobs_skipped_total",
+        "Periodic job runs skipped because another process held the job's lock",
+    ),
+    "job_errors": ("heliox_job_errors_total", "Periodic job runs that failed"),
+}
+
+# Help text of the gauges set by name (Metrics.gauges[name] is exported as heliox_<name>).
+GAUGE_HELP: dict[str, str] = {
+    "database_up": "1 when the database answers its health check (/health ok), else 0",
+    "redis_up": "1 when Redis answers and has had no recent trouble (/health ok), else 0",
+    "redis_breaker_open": "1 while the Redis circuit breaker is open or half-open, else 0",
+    "log_queue_length": "Request log rows waiting in memory for the database",
+    "config_version": "Version of the configuration snapshot in use",
+}
+# A worker's process sample older than this (against the newest one) is a worker that is gone:
+# workers rewrite theirs every 0.5 s (SharedMetrics).
+PROCESS_STALE_SECONDS = 10.0
+# process_* families as prometheus-client's ProcessCollector names them (name, type, help).
+PROCESS_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds"),
+    ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes"),
+    ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes"),
+    ("process_open_fds", "gauge", "Number of open file descriptors"),
+    ("process_max_fds", "gauge", "Maximum number of open file descriptors"),
+    ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch"),
+)
+_process_collector: ProcessCollector | None = None
+
+
+def process_sample() -> dict[str, float]:
+    """This process's process_* values (read from /proc by prometheus-client's ProcessCollector;
+    about 50 us), empty where /proc is not available."""
+    global _process_collector
+    if _process_collector is None:
+        _process_collector = ProcessCollector(registry=None)
+    out: dict[str, float] = {}
+    for family in _process_collector.collect():
+        for sample in family.samples:
+            out[sample.name] = float(sample.value)
+    return out
 
 
 class Histogram:
@@ -92,6 +271,8 @@ class Metrics:
         # Named event counters: config reloads, log queue drops, Redis errors, coalesced waiters...
         self.events: defaultdict[str, int] = defaultdict(int)
         self.gauges: dict[str, float] = {}
+        # process_* of each live worker process: (pid, taken at, values); filled by `absorb`.
+        self.processes: list[tuple[int, float, dict[str, float]]] = []
 
     def observe_request(
         self,
@@ -146,11 +327,13 @@ class Metrics:
             "admission": [[r, o, why, n] for (r, o, why), n in self.admission.items()],
             "events": dict(self.events),
             "gauges": dict(self.gauges),
+            "process": {"pid": os.getpid(), "at": time.time(), "values": process_sample()},
         }
 
     def absorb(self, d: Mapping[str, Any]) -> None:
         """Add another process's dump to this one. Gauges take the largest value: they describe
-        shared things (the Redis cache's size, the config version) that every worker reports."""
+        shared things (the Redis cache's size, the config version) that every worker reports;
+        a `*_up` gauge takes the smallest (a dependency is up when every worker reaches it)."""
         self.started_at = min(self.started_at, float(d.get("started_at", self.started_at)))
         for r, s, n in d.get("requests", []):
             self.requests[(r, int(s))] += n
@@ -172,7 +355,11 @@ class Metrics:
         for name, n in d.get("events", {}).items():
             self.events[name] += n
         for name, v in d.get("gauges", {}).items():
-            self.gauges[name] = max(self.gauges.get(name, v), v)
+            pick = min if name.endswith("_up") else max
+            self.gauges[name] = pick(self.gauges.get(name, v), v)
+        proc = d.get("process")
+        if proc and proc.get("values"):
+            self.processes.append((int(proc["pid"]), float(proc["at"]), dict(proc["values"])))
 
     # --- views ---------------------------------------------------------------------------------
     def as_json(self) -> dict[str, Any]:
@@ -253,12 +440,50 @@ class Metrics:
             ),
         )  # fmt: skip
         _family(
+            out, "heliox_upstream_errors_total", "counter",
+            "Upstream calls that failed (connect error, timeout, broken answer) by the status sent",
+            (
+                (("route", r), ("status", str(s)), n)
+                for (r, s), n in sorted(self.upstream_errors.items())
+            ),
+        )  # fmt: skip
+        _family(
             out, "heliox_events_total", "counter", "Named gateway events",
             ((("event", name), n) for name, n in sorted(self.events.items())),
         )  # fmt: skip
+        for event, (metric, doc) in sorted(EVENT_METRICS.items(), key=lambda kv: kv[1][0]):
+            _family(out, metric, "counter", doc, [(self.events.get(event, 0),)])
         for name, value in sorted(self.gauges.items()):
-            _family(out, f"heliox_{name}", "gauge", name.replace("_", " "), [(value,)])
+            doc = GAUGE_HELP.get(name, name.replace("_", " "))
+            _family(out, f"heliox_{name}", "gauge", doc, [(value,)])
+        _family(
+            out, "heliox_build_info", "gauge", "Heliox version and Python version (always 1)",
+            [(("python", platform.python_version()), ("version", __version__), 1)],
+        )  # fmt: skip
+        self._process_text(out)
         return "".join(out).encode("utf-8")
+
+    def _process_text(self, out: list[str]) -> None:
+        """process_* of every live worker, one series per worker labelled `pid`, and
+        heliox_worker_processes: how many there are. Per worker rather than summed: a sum of
+        start times or descriptor limits means nothing, and sum() in PromQL gives the total."""
+        if not self.processes:
+            return
+        newest = max(at for _, at, _ in self.processes)
+        live = {
+            pid: values
+            for pid, at, values in sorted(self.processes, key=lambda p: p[1])
+            if newest - at <= PROCESS_STALE_SECONDS
+        }
+        _family(
+            out, "heliox_worker_processes", "gauge",
+            "Gateway processes whose metrics this exposition merges", [(len(live),)],
+        )  # fmt: skip
+        for name, kind, doc in PROCESS_FAMILIES:
+            _family(
+                out, name, kind, doc,
+                ((("pid", str(pid)), v[name]) for pid, v in sorted(live.items()) if name in v),
+            )  # fmt: skip
 
     @classmethod
     def merged(cls, dumps: Iterable[Mapping[str, Any]]) -> Metrics:

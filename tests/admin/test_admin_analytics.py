@@ -20,6 +20,7 @@ from heliox.db.analytics_queries import PERCENTILES, _together, interpolate_perc
 from heliox.db.engine import make_engine, make_session_factory
 from heliox.db.migrate import upgrade_database
 from heliox.db.models import ApiKey, RequestLog, Tenant
+from heliox.db.rollup_queries import rebuild_rollups
 from tests.admin.admin_support import (
     FakeRuntime,
     assert_problem,
@@ -102,6 +103,8 @@ async def insert_rows(
 ) -> None:
     async with session_factory() as session:
         await session.execute(insert(RequestLog), [r.values() for r in rows])
+        # Written around the log writer: the roll-ups (windows over an hour) are rebuilt.
+        await rebuild_rollups(await session.connection())
         await session.commit()
 
 
@@ -220,6 +223,7 @@ async def test_default_window_is_the_last_hour(
         values[0]["ts"] = now - timedelta(minutes=5)
         values[1]["ts"] = now - timedelta(hours=2)
         await session.execute(insert(RequestLog), values)
+        await rebuild_rollups(await session.connection())
         await session.commit()
     hour = await get_json(client, "/admin/analytics/summary")
     assert hour["window"] == "1h"

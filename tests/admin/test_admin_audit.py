@@ -10,10 +10,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 import heliox.admin.deps
+from heliox.config import load_settings
 from heliox.db.engine import make_session_factory
 from heliox.db.models import AuditLog, Tenant
 from heliox.db.snapshot_loader import read_config_version
-from tests.admin.admin_support import FakeRuntime, assert_problem
+from tests.admin.admin_support import ADMIN_KEY, FakeRuntime, assert_problem
 
 
 async def count(engine: AsyncEngine, model: type[AuditLog] | type[Tenant]) -> int:
@@ -60,6 +61,31 @@ async def test_each_write_leaves_one_row(client: httpx.AsyncClient) -> None:
     revoke = next(r for r in rows if r["action"] == "key.revoke")
     assert revoke["before"]["revoked_at"] is None and revoke["after"]["revoked_at"] is not None
     assert "key_hash" not in str(rows) and key["key"] not in str(rows)
+    # Every change says where it came from (the test client's address).
+    assert {r["client_ip"] for r in rows} == {"127.0.0.1"}
+
+
+async def test_the_address_of_a_change_follows_trusted_proxies(
+    client: httpx.AsyncClient, runtime: FakeRuntime
+) -> None:
+    """X-Forwarded-For names the client only when the peer is a trusted proxy, as for the admin
+    guard and the gateway: otherwise anyone could write any address into the audit trail."""
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    await client.post("/admin/tenants", json={"name": "direct"}, headers=forwarded)
+    runtime.settings = load_settings(
+        admin_api_key=ADMIN_KEY,
+        secret_key="test-secret-key-0123456789abcdef",
+        deployment_mode="demo",
+        database_url="",
+        redis_url="",
+        trusted_proxies="127.0.0.1/32",
+    )
+    await client.post("/admin/tenants", json={"name": "proxied"}, headers=forwarded)
+    rows = (await client.get("/admin/audit", params={"action": "tenant.create"})).json()["items"]
+    assert [(r["after"]["name"], r["client_ip"]) for r in rows] == [
+        ("proxied", "203.0.113.9"),
+        ("direct", "127.0.0.1"),
+    ]
 
 
 async def test_filters(client: httpx.AsyncClient) -> None:

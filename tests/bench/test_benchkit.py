@@ -75,30 +75,55 @@ def _result(rps: float, p99: float, non_2xx: int = 0) -> wrk.WrkResult:
 
 def _pair(case: str, mode: str, rps: float, p99: float, c: int = 50) -> report.Row:
     base = report.Row(case, "nginx", c, _result(10_000, 0.010))
-    return report.Row(case, "heliox", c, _result(rps, p99), mode=mode, baseline=base)
+    floor = report.Row(case, "floor", c, _result(20_000, 0.005))
+    return report.Row(case, "heliox", c, _result(rps, p99), mode=mode, baseline=base, floor=floor)
 
 
 @pytest.mark.parametrize(
-    ("case", "mode", "rps", "verdict"),
+    ("case", "mode", "rps", "label", "verdict"),
     [
-        (report.HIT, report.EMBEDDED, 4_000, "met"),
-        (report.HIT, report.EMBEDDED, 3_999, "missed"),
-        (report.HIT, report.REDIS, 2_000, "met"),
-        (report.HIT, report.REDIS, 1_900, "missed"),
-        (report.MISS, report.REDIS, 1_200, "met"),
-        (report.MISS, report.EMBEDDED, 1_100, "missed"),
+        # HIT against the floor (20,000 req/s): 0.5x embedded, 0.4x on Redis.
+        (report.HIT, report.EMBEDDED, 10_000, "req/s >= 0.50x floor", "met"),
+        (report.HIT, report.EMBEDDED, 9_999, "req/s >= 0.50x floor", "missed"),
+        (report.HIT, report.REDIS, 8_000, "req/s >= 0.40x floor", "met"),
+        (report.HIT, report.REDIS, 7_900, "req/s >= 0.40x floor", "missed"),
+        # MISS against nginx's proxy_pass (10,000 req/s): 0.35x in both modes.
+        (report.MISS, report.REDIS, 3_500, "req/s >= 0.35x nginx", "met"),
+        (report.MISS, report.EMBEDDED, 3_400, "req/s >= 0.35x nginx", "missed"),
     ],
 )
-def test_throughput_targets(case: str, mode: str, rps: float, verdict: str) -> None:
-    (rps_target, _p99) = report.targets_of(_pair(case, mode, rps, 0.010))
-    assert rps_target.verdict == verdict
+def test_throughput_targets(case: str, mode: str, rps: float, label: str, verdict: str) -> None:
+    (target,) = report.targets_of(_pair(case, mode, rps, 0.010))
+    assert (target.label, target.verdict) == (label, verdict)
 
 
-def test_p99_target_only_at_concurrency_50() -> None:
-    met = report.targets_of(_pair(report.HIT, report.EMBEDDED, 5_000, 0.030))[1]
-    missed = report.targets_of(_pair(report.HIT, report.EMBEDDED, 5_000, 0.031))[1]
-    assert (met.verdict, missed.verdict) == ("met", "missed")
-    assert len(report.targets_of(_pair(report.HIT, report.EMBEDDED, 5_000, 1.0, c=200))) == 1
+def _latency(mode: str, p50: float, p99: float, answer: str = report.HIT) -> report.Row:
+    direct = report.Row(report.LATENCY, "upstream direct", 1, _result(5_000, 0.0004))
+    result = _result(3_000, p99)
+    result.p50 = p50
+    return report.Row(report.LATENCY, "heliox", 1, result, mode=mode, direct=direct, answer=answer)
+
+
+@pytest.mark.parametrize(
+    ("mode", "p50", "p99", "verdicts"),
+    [
+        # The upstream's own p50 is 200 µs: embedded may add 50 µs, Redis 150 µs.
+        (report.EMBEDDED, 250e-6, 750e-6, ("met", "met")),
+        (report.EMBEDDED, 251e-6, 760e-6, ("missed", "missed")),
+        (report.REDIS, 350e-6, 1.2e-3, ("met", "missed")),
+        (report.REDIS, 351e-6, 1.0e-3, ("missed", "met")),
+    ],
+)
+def test_latency_targets_at_concurrency_one(
+    mode: str, p50: float, p99: float, verdicts: tuple[str, str]
+) -> None:
+    added, spread = report.targets_of(_latency(mode, p50, p99))
+    assert (added.label, spread.label) == (
+        f"added p50 <= {report.ADDED_P50_TARGETS[mode] * 1e6:.0f} µs",
+        "p99 <= 3x p50",
+    )
+    assert (added.verdict, spread.verdict) == verdicts
+    assert report.targets_of(_latency(mode, p50, p99, answer=report.MISS)) == []
 
 
 def test_errors_make_a_comparison_invalid_not_fast() -> None:
@@ -106,19 +131,26 @@ def test_errors_make_a_comparison_invalid_not_fast() -> None:
     row.result = _result(50_000, 0.001, non_2xx=9_000)
     assert {t.verdict for t in report.targets_of(row)} == {"invalid (errors)"}
     assert "FLAGGED" in report.fmt_errors(row.result)
+    clean = _pair(report.HIT, report.EMBEDDED, 50_000, 0.001)
+    assert clean.floor is not None
+    clean.floor.result = _result(20_000, 0.005, non_2xx=9_000)  # a yardstick in error
+    assert {t.verdict for t in report.targets_of(clean)} == {"invalid (errors)"}
 
 
 def test_tables_carry_ratios_and_added_latency() -> None:
     direct = report.Row(report.LATENCY, "upstream direct", 1, _result(5_000, 0.0004))
     gw = report.Row(report.LATENCY, "heliox HIT", 1, _result(3_000, 0.0010), direct=direct)
     rep = report.Report(machine={}, settings={}, rows=[direct, gw])
-    _head, body = report.latency_table(rep.latency_rows)
-    assert body[1][4] == "300 µs"  # p50 0.5 ms minus 0.2 ms
+    head, body = report.latency_table(rep.latency_rows)
+    assert body[1][head.index("added p50")] == "300 µs"  # p50 0.5 ms minus 0.2 ms
+    assert body[1][head.index("p99/p50")] == "2.00x"
     pair = _pair(report.HIT, report.EMBEDDED, 2_500, 0.020)
-    assert pair.baseline is not None
-    _head, body = report.throughput_table([pair.baseline, pair])
-    assert body[1][9] == "0.25" and body[1][11] == "2.00x"
-    assert "missed" in body[1][12] and "met" in body[1][12]
+    assert pair.baseline is not None and pair.floor is not None
+    head, body = report.throughput_table([pair.baseline, pair.floor, pair])
+    assert body[2][head.index("req/s vs floor")] == "0.12"
+    assert body[2][head.index("req/s vs nginx")] == "0.25"
+    assert body[2][head.index("p99 vs nginx")] == "2.00x"
+    assert body[2][head.index("targets")] == "req/s >= 0.50x floor: missed"
 
 
 def test_nginx_config_renders_every_placeholder(tmp_path: Path) -> None:
@@ -160,14 +192,17 @@ def test_repeated_runs_report_medians_and_summed_counts() -> None:
     assert (r.rps, r.p99, r.requests, r.non_2xx) == (2_000, 0.020, 30_000, 5)
 
 
-def test_cpu_ratio_is_nginx_cpu_over_heliox_cpu() -> None:
+def test_cpu_ratios_are_the_references_cpu_over_heliox_cpu() -> None:
     row = _pair(report.HIT, report.EMBEDDED, 4_000, 0.010)
-    assert row.cpu_ratio is None  # not measured
-    assert row.baseline is not None
+    assert row.cpu_ratio is None and row.floor_cpu_ratio is None  # not measured
+    assert row.baseline is not None and row.floor is not None
     row.baseline.cpu_per_request = 20e-6
+    row.floor.cpu_per_request = 25e-6
     row.cpu_per_request = 200e-6
     assert row.cpu_ratio == pytest.approx(0.1)
-    assert "by CPU/req: 0.10" in report.summary_lines(report.Report({}, {}, [row]))[0]
+    assert row.floor_cpu_ratio == pytest.approx(0.125)
+    # The floor target is judged by the floor's CPU ratio, not nginx's.
+    assert "by CPU/req: 0.12" in report.summary_lines(report.Report({}, {}, [row]))[0]
 
 
 def test_install_hint_names_the_missing_packages() -> None:

@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -28,29 +30,50 @@ from heliox.db.migrate import (
     upgrade_database_sync,
 )
 from heliox.db.models import Base
+from heliox.db.partitions import DEFAULT_PARTITION, day_of, partition_name
+from heliox.db.rollups import ROLLUP_TABLES
 from heliox.seed import seed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0007"
+HEAD = "0010"
 TABLES = {
     "tenants",
     "api_keys",
     "cache_policies",
     "routes",
     "config_version",
+    "config_changes",
     "request_logs",
     "abuse_events",
     "audit_log",
+    *ROLLUP_TABLES,
 }
+
+
+def _is_partition(name: str) -> bool:
+    return day_of(name) is not None or name == DEFAULT_PARTITION
 
 
 def _diff(connection: Connection) -> list[object]:
     context = MigrationContext.configure(connection, opts={"compare_type": True})
-    return list(compare_metadata(context, Base.metadata))
+    # The daily partitions of request_logs (PostgreSQL) are tables no model describes.
+    return [
+        d
+        for d in compare_metadata(context, Base.metadata)
+        if not (isinstance(d, tuple) and _is_partition(_table_of(d)))
+    ]
+
+
+def _table_of(d: tuple[Any, ...]) -> str:
+    if d[0] == "remove_table":
+        return str(d[1].name)
+    if d[0] == "remove_index":
+        return str(d[1].table.name)
+    return ""
 
 
 def _tables(connection: Connection) -> set[str]:
-    return set(inspect(connection).get_table_names())
+    return {name for name in inspect(connection).get_table_names() if not _is_partition(name)}
 
 
 async def _inspect(url: str) -> tuple[set[str], list[object], str | None]:
@@ -207,6 +230,75 @@ async def test_cache_engine_columns_get_their_defaults_on_existing_policies(db_u
     assert not set(ENGINE_COLUMNS) & columns
     assert "cache_with_cookies" in columns  # only 0007's columns go
     assert names == ["before", "during"]
+
+
+INSERT_0009_LOG = (
+    "INSERT INTO request_logs (ts, request_id, route_name, method, path, status, cache_status,"
+    " latency_ms, bytes_in, bytes_out, client_ip, user_agent)"
+    " VALUES (:ts, :rid, 'demo', 'GET', '/x', 429, '', 1.0, 0, 0, '127.0.0.1', 't')"
+)
+DETAIL_COLUMNS = {"cache_key", "upstream_status", "refused_by", "refusal"}
+
+
+def _detail_schema(c: Connection, table: str) -> tuple[set[str], set[str], set[str]]:
+    """`table`'s 0010 log columns, its request-id indexes, and audit_log's columns."""
+    insp = inspect(c)
+    columns = {col["name"] for col in insp.get_columns(table)} & DETAIL_COLUMNS
+    indexes = {
+        str(ix["name"]) for ix in insp.get_indexes(table) if ix["column_names"] == ["request_id"]
+    }
+    audit = {col["name"] for col in insp.get_columns("audit_log")}
+    return columns, indexes, audit
+
+
+async def test_request_detail_columns_come_and_go_keeping_the_rows(db_url: str) -> None:
+    """0010 on a database with log and audit rows: the new columns are null on them, the
+    request-id index exists (on PostgreSQL on the partitioned parent and in each day's
+    partition, which also has the columns); the downgrade drops all of it and keeps the rows."""
+    cfg = alembic_config(db_url)
+    await asyncio.to_thread(command.upgrade, cfg, "0009")
+    postgres = db_url.startswith("postgresql")
+    ts = datetime.now(UTC) if postgres else datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    engine = make_engine(db_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(INSERT_0009_LOG), {"ts": ts, "rid": "before"})
+            await conn.execute(
+                text(
+                    "INSERT INTO audit_log (ts, actor, action, entity_type, entity_id)"
+                    " VALUES (CURRENT_TIMESTAMP, 'cli', 'tenant.create', 'tenant', '1')"
+                )
+            )
+        await upgrade_database(db_url)
+        partition = partition_name(datetime.now(UTC).date()) if postgres else "request_logs"
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE request_logs SET refused_by = 'daily_quota', upstream_status = 200"
+                    " WHERE request_id = 'before'"
+                )
+            )
+            for table in ("request_logs", partition):
+                columns, indexes, audit = await conn.run_sync(_detail_schema, table)
+                assert columns == DETAIL_COLUMNS, table
+                assert len(indexes) == 1, (table, indexes)
+            assert "client_ip" in audit
+            assert await conn.scalar(text("SELECT client_ip FROM audit_log")) is None
+            assert tuple(
+                (
+                    await conn.execute(text("SELECT refused_by, upstream_status FROM request_logs"))
+                ).one()
+            ) == ("daily_quota", 200)
+        await asyncio.to_thread(command.downgrade, cfg, "0009")
+        async with engine.connect() as conn:
+            columns, indexes, audit = await conn.run_sync(_detail_schema, "request_logs")
+            ids = list(await conn.scalars(text("SELECT request_id FROM request_logs")))
+            audits = await conn.scalar(text("SELECT count(*) FROM audit_log"))
+            revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    finally:
+        await engine.dispose()
+    assert (columns, indexes, "client_ip" in audit) == (set(), set(), False)
+    assert (ids, audits, revision) == (["before"], 1, "0009")
 
 
 async def test_compare_detects_drift(db_url: str) -> None:

@@ -3,6 +3,7 @@ rows that could not be written are spilled and replayed, never lost."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,10 +19,13 @@ from heliox.db.migrate import upgrade_database
 from heliox.db.models import RequestLog
 from heliox.metrics import Metrics
 
+# cache_key, upstream_status, refused_by, refusal (0010), all null.
+NEW_IN_0010 = (None, None, None, None)
+
 
 def _row(i: int, ts: float) -> tuple[object, ...]:
     return (ts, f"r-{i}", 1, 2, 3, "demo", "GET", f"/items/{i}", 200, "HIT", 1.5, None, 0, 10,
-            "127.0.0.1", "ua <script>", None)  # fmt: skip
+            "127.0.0.1", "ua <script>", None, None, None, None, None)  # fmt: skip
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -147,12 +151,50 @@ async def test_rows_spilled_before_the_error_column_are_replayed(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
     writer = _writer(engine, tmp_path)
-    await writer._spill([_row(1, time.time())[:-1]])  # as written by a version without `error`
-    writer.enqueue((*_row(2, time.time())[:-1], "upstream 10.0.0.1:80 timed out"))
+    await writer._spill([_row(1, time.time())[:16]])  # as written by a version without `error`
+    writer.enqueue((*_row(2, time.time())[:16], "upstream 10.0.0.1:80 timed out", *NEW_IN_0010))
     await writer.flush()
     async with make_session_factory(engine)() as session:
         rows = (await session.execute(select(RequestLog.request_id, RequestLog.error))).all()
     assert sorted(rows) == [("r-1", None), ("r-2", "upstream 10.0.0.1:80 timed out")]
+
+
+async def test_request_detail_fields_arrive_and_older_spilled_rows_get_them_null(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """0010's fields (cache key, upstream status, refusing limit with its numbers, as JSON) are
+    written by the COPY / executemany; a spill file of the previous version (17 fields a row),
+    replayed by this one (as after an upgrade, or adopted from an exited process), gets them
+    null."""
+    writer = _writer(engine, tmp_path)
+    now = time.time()
+    await writer._spill([_row(1, now)[:17]])
+    refusal = json.dumps({"quota": 1, "window_seconds": 86400, "retry_after": 3600})
+    hit = (*_row(2, now)[:17], "c:" + "ab" * 16, None, None, None)
+    miss = (*_row(3, now)[:17], "c:" + "cd" * 16, 304, None, None)
+    refused = (*_row(4, now)[:8], 429, "", *_row(4, now)[10:17], None, None, "daily_quota", refusal)
+    for row in (hit, miss, refused):
+        writer.enqueue(row)
+    await writer.flush()
+    assert not (tmp_path / "spill.jsonl").exists()
+    async with make_session_factory(engine)() as session:
+        rows = (
+            await session.execute(
+                select(
+                    RequestLog.request_id,
+                    RequestLog.cache_key,
+                    RequestLog.upstream_status,
+                    RequestLog.refused_by,
+                    RequestLog.refusal,
+                ).order_by(RequestLog.request_id)
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("r-1", None, None, None, None),
+        ("r-2", "c:" + "ab" * 16, None, None, None),
+        ("r-3", "c:" + "cd" * 16, 304, None, None),
+        ("r-4", None, None, "daily_quota", json.loads(refusal)),
+    ]
 
 
 async def test_a_line_cut_short_is_counted_lost_once(engine: AsyncEngine, tmp_path: Path) -> None:

@@ -92,12 +92,25 @@ class TcpProxy:
 
         self._loop.call_soon_threadsafe(do)
 
-    def close(self) -> None:
-        self.cut()
+    async def _shutdown(self) -> None:
+        self._up = False
+        self._drop_all()
         if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+            self._server.close()
+        # Connection handlers still reading (hung ones) end here, not as pending tasks destroyed
+        # with the loop.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()  # its self-pipe sockets are not closed otherwise
 
 
 class OwnRedis:

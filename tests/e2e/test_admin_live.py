@@ -62,6 +62,39 @@ def test_route_created_on_one_instance_serves_on_the_other(
     _within_bound(lambda: _status(pg_gateway_b, "fresh", None) == 200)
 
 
+def _events(gw: Gateway) -> dict[str, int]:
+    with gw.admin() as admin:
+        events: dict[str, int] = admin.get("/metrics").json()["events"]
+    return events
+
+
+def test_key_changes_reach_the_other_instance_as_deltas(
+    pg_gateway: Gateway, pg_gateway_b: Gateway
+) -> None:
+    """A key created, limited and revoked on A is in force on B within the bound, and B applied
+    each change as a delta: it never loaded its whole snapshot again."""
+    before = _events(pg_gateway_b)
+    with pg_gateway.admin() as admin:
+        tenant = admin.post("/admin/tenants", json={"name": "delta-config"}).json()
+        created = admin.post("/admin/keys", json={"tenant_id": tenant["id"], "name": "d"})
+        assert created.status_code == 201, created.text
+        key_id, key = created.json()["id"], created.json()["key"]
+        _within_bound(lambda: _status(pg_gateway_b, "demo", key) == 200)
+
+        limited = admin.patch(
+            f"/admin/keys/{key_id}", json={"rate_limit_rps": 0.001, "rate_limit_burst": 1}
+        )
+        assert limited.status_code == 200, limited.text
+        _within_bound(lambda: _status(pg_gateway_b, "demo", key) == 429)
+
+        assert admin.delete(f"/admin/keys/{key_id}").status_code == 204
+        _within_bound(lambda: _status(pg_gateway_b, "demo", key) == 401)
+    after = _events(pg_gateway_b)
+    assert after.get("config_full_reloads", 0) == before.get("config_full_reloads", 0)
+    applied = after.get("config_deltas_applied", 0) - before.get("config_deltas_applied", 0)
+    assert applied >= 3  # the limit, the revocation, and the tenant and key (perhaps as one)
+
+
 def test_unsafe_upstream_urls_are_refused(pg_gateway: Gateway) -> None:
     with pg_gateway.admin() as admin:
         for url in ("file:///etc/passwd", "http://169.254.169.254/latest/meta-data/", "gopher://x"):

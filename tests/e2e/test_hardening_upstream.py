@@ -105,15 +105,24 @@ class ScriptedUpstream:
     def close(self) -> None:
         self.release.set()
 
-        def stop() -> None:
+        async def stop() -> None:
             for w in list(self._writers):
                 w.transport.abort()
             if self._server is not None:
                 self._server.close()
-            self._loop.stop()
+            # Handlers still running (a stalled body sleeps an hour) end here, not as pending
+            # tasks destroyed with the loop.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        self._loop.call_soon_threadsafe(stop)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()  # its self-pipe sockets are not closed otherwise
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)

@@ -167,14 +167,15 @@ def start_asgi_server(
     name: str, args: list[str], port: int, env: dict[str, str], cwd: Path
 ) -> Proc:
     log_path = cwd / f"{name}.log"
-    popen = subprocess.Popen(
-        [sys.executable, "-m", *args],
-        env=env,
-        cwd=cwd,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with log_path.open("wb") as fh:  # the child has its own copy of the descriptor
+        popen = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            env=env,
+            cwd=cwd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     proc = Proc(name, popen, log_path)
 
     def ready() -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.hardening_support import PROBLEM, create_route, tag
+from tests.e2e.hardening_support import PROBLEM, create_key, create_route, tag
 from tests.e2e.harness import (
     ACME,
     Gateway,
@@ -249,6 +249,50 @@ def test_one_request_id_from_client_to_upstream_to_log_row(gateway: Gateway) -> 
     row = log_row(gateway, "webhooks", given)
     assert row["status"] == 200 and row["error"] is None
     assert log_row(gateway, "webhooks", ours.headers["x-request-id"])["status"] == 200
+
+
+def log_detail(gw: Gateway, request_id: str) -> dict[str, Any]:
+    """GET /admin/analytics/logs/{request_id}, once the writer has flushed the row."""
+    found: dict[str, Any] = {}
+
+    def written() -> bool:
+        with gw.admin() as admin:
+            r = admin.get(f"/admin/analytics/logs/{request_id}")
+        assert r.status_code in (200, 404), r.text
+        found.update(r.json() if r.status_code == 200 else {})
+        return r.status_code == 200
+
+    wait_until(written, timeout=15)
+    return found
+
+
+def test_the_detail_names_the_refusing_limit_the_cache_key_and_the_upstream_status(
+    gateway: Gateway,
+) -> None:
+    _, quota_key = create_key(gateway, daily_quota=1)
+    path = f"/g/demo/items?run={tag()}"
+    with httpx.Client(base_url=gateway.url, timeout=10) as c:
+        miss = c.get(path, headers={"X-API-Key": ACME})
+        hit = c.get(path, headers={"X-API-Key": ACME})
+        assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("MISS", "HIT")
+        admitted = c.get(f"/g/webhooks/echo/{tag()}", headers={"X-API-Key": quota_key})
+        refused = c.get(f"/g/webhooks/echo/{tag()}", headers={"X-API-Key": quota_key})
+    assert (admitted.status_code, refused.status_code) == (200, 429)
+    problem = refused.json()
+    (cache_key,) = re.findall(r'key="([^"]+)"', hit.headers["cache-status"])
+
+    row = log_detail(gateway, miss.headers["x-request-id"])
+    assert (row["cache_key"], row["upstream_status"], row["refused_by"]) == (cache_key, 200, None)
+    row = log_detail(gateway, hit.headers["x-request-id"])
+    assert (row["cache_key"], row["upstream_status"], row["refusal"]) == (cache_key, None, None)
+    row = log_detail(gateway, refused.headers["x-request-id"])
+    assert (row["status"], row["refused_by"], row["upstream_status"]) == (429, "daily_quota", None)
+    # The numbers the client was given, under the same names.
+    refusal = row["refusal"]
+    for name in ("quota", "window_seconds", "remaining", "retry_after", "reset_after", "reset_at"):
+        assert refusal[name] == problem[name], name
+    assert refusal["quota"] == 1
+    assert log_detail(gateway, admitted.headers["x-request-id"])["refused_by"] is None
 
 
 def test_every_answer_carries_its_own_request_id(gateway: Gateway) -> None:

@@ -142,8 +142,11 @@ def test_daily_quota_of_three_refuses_the_fourth(gateway: Gateway) -> None:
     assert r.status_code == 429
     body = r.json()
     assert body["limit"] == "daily_quota"
-    assert "daily quota of 3" in body["detail"]
+    assert body["detail"].startswith("daily quota exceeded: 3 requests per day, 0 left")
     assert body["reset_at"].endswith("T00:00:00Z")
+    # The quota refused: Retry-After and the RateLimit fields say when it is whole again.
+    assert r.headers["retry-after"] == r.headers["ratelimit-reset"] == str(body["retry_after"])
+    assert (r.headers["ratelimit-limit"], r.headers["ratelimit-remaining"]) == ("3", "0")
     with gateway.admin() as admin:
         usage = admin.get(f"/admin/keys/{key_id}/usage").json()
     assert usage["daily"]["used"] == 3
@@ -279,3 +282,39 @@ def test_multiplier_action_slows_the_key_down_instead(slowdown_gateway: Gateway)
     with gw.admin() as admin:
         assert admin.post(f"/admin/abuse/unblock/{key_id}").json()["unblocked"] is True
     wait_until(lambda: limit_now() == "2000", timeout=5)
+
+
+async def _first_refusal(url: str, key: str, deadline: float) -> httpx.Response:
+    """Requests 40 at a time until one is refused (or the deadline passes)."""
+    async with httpx.AsyncClient(timeout=20) as client:
+        while time.monotonic() < deadline:
+            rs = await asyncio.gather(
+                *(client.get(url + "/g/demo/items", headers={"X-API-Key": key}) for _ in range(40))
+            )
+            refused = [r for r in rs if r.status_code == 429]
+            if refused:
+                return refused[0]
+    raise AssertionError("no 429 before the deadline")
+
+
+def test_a_rate_refusal_says_what_its_headers_say(gateway: Gateway) -> None:
+    """The issue's key: 100 requests/s and the default burst of 2 x 100. Its 429 describes the
+    limit as RateLimit-Policy does (200 per 2 s, refilled at 100/s), and quotes the Retry-After
+    and RateLimit-Reset it carries."""
+    _, key = _create_key(gateway, rate_limit_rps=100)
+    _wait_key_live(gateway, key)
+    r = asyncio.run(_first_refusal(gateway.url, key, time.monotonic() + 60))
+    h, body = r.headers, r.json()
+    assert h["content-type"] == PROBLEM
+    assert h["ratelimit-policy"] == '"rate";q=200;w=2'
+    assert (h["ratelimit-limit"], h["ratelimit-remaining"]) == ("200", "0")
+    retry, reset = int(h["retry-after"]), int(h["ratelimit-reset"])
+    assert 1 <= retry <= reset <= 2  # one token is due within 10 ms, all 200 within 2 s
+    assert h["ratelimit"] == f'"rate";r=0;t={reset}'
+    assert body["detail"] == (
+        "rate limit exceeded: 200 requests per 2 s (a bucket of 200 refilled at 100 per second), "
+        f"0 left; the next request is admitted in {retry} s (Retry-After), all 200 in {reset} s "
+        "(RateLimit-Reset)"
+    )
+    assert (body["quota"], body["window_seconds"], body["remaining"]) == (200, 2, 0)
+    assert (body["retry_after"], body["reset_after"]) == (retry, reset)

@@ -178,10 +178,10 @@ def test_the_route_setting_is_validated(small_gateway: Gateway) -> None:
 def test_one_keys_slow_uploads_cannot_take_every_upstream_connection(
     small_gateway: Gateway, upstream: Upstream
 ) -> None:
-    """5 slow uploads with one key: 3 (UPSTREAM_MAX_REQUESTS_PER_KEY) reach the upstream, 2 get a
-    503 at once; another tenant on the same route and on another route is answered at once, and
-    the key works again when its uploads end. With one pool for everything, 4 uploads took it
-    and every other request waited for them."""
+    """5 slow uploads with one key: 3 (UPSTREAM_MAX_REQUESTS_PER_KEY) reach the upstream, 2 wait
+    for one of them (UPSTREAM_POOL_TIMEOUT), then get a 503; another tenant on the same route and
+    on another route is answered at once, and the key works again when its uploads end. With one
+    pool for everything, 4 uploads took it and every other request waited for them."""
     gw = small_gateway
     _, noisy = create_key(gw)
     path = f"/echo/{tag()}"
@@ -219,3 +219,23 @@ def test_one_keys_slow_uploads_cannot_take_every_upstream_connection(
         return (process["upstream_busy_routes"], process["upstream_busy_keys"]) == (0, 0)
 
     wait_until(idle, timeout=HANG)
+
+
+def test_a_key_over_its_cap_queues_instead_of_failing(
+    small_gateway: Gateway, upstream: Upstream
+) -> None:
+    """One client with more requests in flight than its key's cap (5 against 3), on an upstream
+    that answers in 0.1 s: the 2 beyond the cap wait for the key's own requests to finish and
+    are answered 200, not 503. A burst from one busy service is queueing, not an error."""
+    gw = small_gateway
+    _, key = create_key(gw)
+    marker = tag()
+    conns = send_all(
+        gw, [get("webhooks", f"/slow?delay=0.1&n={marker}-{i}", key) for i in range(5)]
+    )
+    try:
+        replies = replies_within(conns, 5, HANG)
+    finally:
+        for conn in conns:
+            conn.sock.close()
+    assert [r.status for r in replies] == [200] * 5, [r.body[:200] for r in replies]

@@ -10,6 +10,7 @@ import json
 import time
 import types
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -287,14 +288,18 @@ def test_token_bucket_reset_rounds_up_and_window_is_burst_over_rate(
     assert got["ratelimit"] == f'"rate";r=4;t={expected_t}'
 
 
-# (the key, requests admitted first, Retry-After, the problem's type / title / limit, reset_at,
-# the start of its detail)
+# (the key, requests admitted first, Retry-After, the problem's type / title / limit, the
+# refusing limit's q / w / RateLimit-Reset, the detail, the rate-limit fields sent)
 REFUSAL_CASES = [
     pytest.param(
+        # 100/s with the default burst of 2 x 100 is q=200, w=2: the example, scaled down.
         key(rate_limit_rps=0.5, rate_limit_burst=3), 3, 2,
-        "rate-limited", "Rate limit exceeded", "rate", "2026-11-27T12:00:02Z",
-        "rate limit of 3 requests exceeded; retry in 2 s (at 2026-11-27T12:00:02Z)",
-        {**rate_fields(3, 0, 6), "ratelimit": '"rate";r=0;t=6'},
+        "rate-limited", "Rate limit exceeded", "rate", (3, 6, 6),
+        "rate limit exceeded: 3 requests per 6 s (a bucket of 3 refilled at 0.5 per second), "
+        "0 left; the next request is admitted in 2 s (Retry-After), all 3 in 6 s "
+        "(RateLimit-Reset)",
+        {**rate_fields(3, 0, 6), "ratelimit": '"rate";r=0;t=6',
+         "ratelimit-policy": '"rate";q=3;w=6'},
         id="token-bucket",
     ),
     pytest.param(
@@ -302,17 +307,21 @@ REFUSAL_CASES = [
         # the 3 to fall to 2: 10 s + 10 s * 1/3, rounded up.
         key(rate_limit_rps=0.3, rate_limit_algorithm="sliding_window",
             rate_limit_window_seconds=10), 3, 14,
-        "rate-limited", "Rate limit exceeded", "rate", "2026-11-27T12:00:13Z",
-        "rate limit of 3 requests exceeded; retry in 14 s (at 2026-11-27T12:00:13Z)",
-        {**rate_fields(3, 0, 20), "ratelimit": '"rate";r=0;t=20'},
+        "rate-limited", "Rate limit exceeded", "rate", (3, 10, 20),
+        "rate limit exceeded: 3 requests per 10 s (sliding window), 0 left; the next request is "
+        "admitted in 14 s (Retry-After), all 3 in 20 s (RateLimit-Reset)",
+        {**rate_fields(3, 0, 20), "ratelimit": '"rate";r=0;t=20',
+         "ratelimit-policy": '"rate";q=3;w=10'},
         id="sliding-window",
     ),
     pytest.param(
         key(rate_limit_rps=100, rate_limit_burst=200, daily_quota=2), 2, TO_MIDNIGHT,
-        "daily-quota-exceeded", "Daily quota exceeded", "daily_quota", "2026-11-28T00:00:00Z",
-        "the daily quota of 2 requests is used up; it resets at 2026-11-28T00:00:00Z",
-        # The quota refused, so no token was taken: the limiter as it stood.
-        {**rate_fields(200, 198, 1),
+        "daily-quota-exceeded", "Daily quota exceeded", "daily_quota", (2, 86400, TO_MIDNIGHT),
+        f"daily quota exceeded: 2 requests per day, 0 left; it resets in {TO_MIDNIGHT} s "
+        "(Retry-After, RateLimit-Reset), at 2026-11-28T00:00:00Z",
+        # The quota refused: the legacy fields describe it; the rate limit's item is as it stood
+        # (no token was taken).
+        {**rate_fields(2, 0, TO_MIDNIGHT),
          "ratelimit": f'"rate";r=198;t=1, "daily";r=0;t={TO_MIDNIGHT}'},
         id="daily-quota",
     ),
@@ -320,9 +329,10 @@ REFUSAL_CASES = [
         key(rate_limit_rps=100, rate_limit_burst=200, daily_quota=50, monthly_quota=1), 1,
         TO_MONTH_END,
         "monthly-quota-exceeded", "Monthly quota exceeded", "monthly_quota",
-        "2026-12-01T00:00:00Z",
-        "the monthly quota of 1 requests is used up; it resets at 2026-12-01T00:00:00Z",
-        {**rate_fields(200, 199, 1),
+        (1, 2_592_000, TO_MONTH_END),
+        f"monthly quota exceeded: 1 requests per calendar month, 0 left; it resets in "
+        f"{TO_MONTH_END} s (Retry-After, RateLimit-Reset), at 2026-12-01T00:00:00Z",
+        {**rate_fields(1, 0, TO_MONTH_END),
          "ratelimit": f'"rate";r=199;t=1, "daily";r=49;t={TO_MIDNIGHT}, '
                       f'"monthly";r=0;t={TO_MONTH_END}'},
         id="monthly-quota",
@@ -330,8 +340,24 @@ REFUSAL_CASES = [
 ]  # fmt: skip
 
 
+# The 429 problem's numbers the request log's `refusal` repeats.
+LOGGED = (
+    "quota",
+    "window_seconds",
+    "remaining",
+    "retry_after",
+    "reset_after",
+    "retry_at",
+    "reset_at",
+)
+
+
+def _at(seconds: int) -> str:
+    return datetime.fromtimestamp(T0 + seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
 @pytest.mark.parametrize(
-    ("k", "before", "retry", "type_", "title", "limit", "reset_at", "detail", "rate"),
+    ("k", "before", "retry", "type_", "title", "limit", "policy", "detail", "rate"),
     REFUSAL_CASES,
 )
 async def test_a_refusal_is_a_429_problem_saying_which_limit_and_when(
@@ -341,7 +367,7 @@ async def test_a_refusal_is_a_429_problem_saying_which_limit_and_when(
     type_: str,
     title: str,
     limit: str,
-    reset_at: str,
+    policy: tuple[int, int, int],
     detail: str,
     rate: dict[str, str],
 ) -> None:
@@ -355,15 +381,26 @@ async def test_a_refusal_is_a_429_problem_saying_which_limit_and_when(
     sent = fields(wire.messages[0]["headers"])
     assert {name: sent[name] for name in rate} == rate  # the fields go on the refusal too
     assert sent["cache-control"] == "no-store"
+    quota, window, reset = policy
     assert wire.problem() == {
         "type": f"https://heliox.dev/problems/{type_}",
         "status": 429,
         "title": title,
         "detail": detail,
         "limit": limit,
+        "quota": quota,
+        "window_seconds": window,
+        "remaining": 0,
         "retry_after": retry,
-        "reset_at": reset_at,
+        "reset_after": reset,
+        "retry_at": _at(retry),
+        "reset_at": _at(reset),
     }
+    # The log row records the same limit and numbers, under the same names.
+    problem = wire.problem()
+    assert sink.ex.refused_by == limit
+    record = json.loads(sink.ex.refusal or "null")
+    assert {name: record[name] for name in LOGGED} == {name: problem[name] for name in LOGGED}
     assert s.metrics.admission == {
         (ROUTE.name, "admitted", ""): before,
         (ROUTE.name, "limited", limit): 1,
@@ -387,17 +424,32 @@ async def test_a_block_refuses_until_it_ends() -> None:
     s = Step()
     k = key(rate_limit_rps=10, rate_limit_burst=20)
     await s.backend.block("k:7", T0 + 90.5, {"reason": "spike"})
-    admitted, _, wire = await s.admit(k)
+    admitted, sink, wire = await s.admit(k)
     assert not admitted and wire.status == 429
     assert wire.header(b"retry-after") == b"91"  # whole seconds, rounded up
+    assert sink.ex.refused_by == "blocked" and sink.ex.refusal is not None
+    record = json.loads(sink.ex.refusal)
+    assert (record["blocked_until"], record["per"]) == ("2026-11-27T12:01:30Z", "key")
+    # Nothing passes while the block lasts: the rate limit's fields say so, for as long.
+    sent = fields(wire.messages[0]["headers"])
+    assert {name: sent[name] for name in (*rate_fields(20, 0, 91), "ratelimit")} == {
+        **rate_fields(20, 0, 91),
+        "ratelimit": '"rate";r=0;t=91',
+    }
     assert wire.problem() == {
         "type": "https://heliox.dev/problems/key-blocked",
         "status": 429,
         "title": "API key temporarily blocked",
-        "detail": "this API key is temporarily blocked after unusual traffic until "
-        "2026-11-27T12:01:30Z; an administrator can lift the block",
+        "detail": "this API key is temporarily blocked after unusual traffic; requests are "
+        "admitted again in 91 s (Retry-After, RateLimit-Reset), at 2026-11-27T12:01:30Z; "
+        "an administrator can lift the block",
         "limit": "blocked",
+        "quota": 20,
+        "window_seconds": 2,
+        "remaining": 0,
         "retry_after": 91,
+        "reset_after": 91,
+        "retry_at": "2026-11-27T12:01:30Z",
         "reset_at": "2026-11-27T12:01:30Z",
     }
     assert not (await s.admit(k))[0]  # still blocked a moment later
@@ -433,9 +485,12 @@ async def test_an_unreachable_store_fails_open_or_closed_per_route(
     assert s.metrics.events["admission_unavailable"] == 1
     assert s.metrics.admission == {(route.name, *outcome): 1}
     assert s.step.fail_open.count(time.monotonic()) == (1 if admitted else 0)
+    # The log row says what refused it, or nothing when the request went on.
+    assert sink.ex.refused_by == (None if admitted else "unavailable")
     if admitted:
         assert wire.messages == []
         return
+    assert json.loads(sink.ex.refusal or "null") == {"retry_after": 1}
     assert wire.status == 503
     assert wire.header(b"retry-after") == b"1"
     problem = wire.problem()
@@ -468,7 +523,7 @@ async def test_a_slowdown_lowers_the_rate_until_it_ends(step_clock: Step) -> Non
     assert (await s.admit(k))[0]
     admitted, _, wire = await s.admit(k)
     assert not admitted and wire.header(b"retry-after") == b"1"
-    assert wire.problem()["detail"].startswith("rate limit of 2 requests exceeded")
+    assert wire.problem()["detail"].startswith("rate limit exceeded: 2 requests per 2 s")
     other = KeyConfig(id=8, tenant_id=1, name="other", key_prefix="hx_o", rate_limit_rps=10)
     assert fields((await s.admit(other))[1].extra_headers)["ratelimit-limit"] == "20"
     s.clock.advance(59.9)  # 1/s: tokens come back, but no more than the slowed burst

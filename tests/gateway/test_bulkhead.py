@@ -1,5 +1,5 @@
-"""The bulkheads' arithmetic, driven directly: per-route slots with a bounded, first-come wait,
-a per-key cap refused at once, and maps that return to empty."""
+"""The bulkheads' arithmetic, driven directly: per-route slots and a per-key cap, each with a
+bounded, first-come wait, and maps that return to empty."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def heads(route_limit: int = 2, key_limit: int = 100, wait: float = 10.0) -> Bul
     return Bulkheads(route_limit=route_limit, key_limit=key_limit, wait=wait)
 
 
-async def test_key_cap_refuses_at_once_and_counts_across_routes() -> None:
-    b = heads(route_limit=10, key_limit=3)
+async def test_key_cap_counts_across_routes_and_refuses_after_the_wait() -> None:
+    b = heads(route_limit=10, key_limit=3, wait=SHORT)
     held = [await b.acquire(route_id=r, limit=None, key_id=7) for r in (1, 1, 2)]
     with pytest.raises(Busy) as caught:
         await b.acquire(route_id=3, limit=None, key_id=7)
@@ -27,6 +27,30 @@ async def test_key_cap_refuses_at_once_and_counts_across_routes() -> None:
     held[0].release()
     held.append(await b.acquire(route_id=3, limit=None, key_id=7))
     for permit in [*held, other, keyless]:
+        permit.release()
+    assert b.in_flight() == (0, 0)
+
+
+async def test_a_key_at_its_cap_waits_for_its_own_requests_in_order() -> None:
+    """One client with more connections than the cap queues instead of getting 503s, while the
+    route still has connections for other keys."""
+    b = heads(route_limit=10, key_limit=2)
+    held = [await b.acquire(route_id=1, limit=None, key_id=4) for _ in range(2)]
+    order: list[str] = []
+
+    async def waiter(name: str) -> None:
+        permit = await b.acquire(route_id=1, limit=None, key_id=4)
+        order.append(name)
+        permit.release()
+
+    tasks = [asyncio.create_task(waiter("a")), asyncio.create_task(waiter("b"))]
+    await asyncio.sleep(0)  # one turn: each waiter runs into its queue (the assert checks it)
+    assert not order and len(b._keys[4].waiters) == 2
+    neighbour = await b.acquire(route_id=1, limit=None, key_id=5)  # not held up at all
+    held[0].release()
+    await asyncio.gather(*tasks)
+    assert order == ["a", "b"]
+    for permit in (held[1], neighbour):
         permit.release()
     assert b.in_flight() == (0, 0)
 
@@ -42,7 +66,7 @@ async def test_a_full_route_makes_requests_wait_in_order_then_hands_over() -> No
         permit.release()
 
     tasks = [asyncio.create_task(waiter("a")), asyncio.create_task(waiter("b"))]
-    await asyncio.sleep(0)  # let both queue up
+    await asyncio.sleep(0)  # one turn: each waiter runs into its queue (the assert checks it)
     assert not order and len(b._gates[1].waiters) == 2
     other_route = await b.acquire(route_id=2, limit=None, key_id=None)  # not held up at all
     first.release()
@@ -79,7 +103,7 @@ async def test_a_cancelled_waiter_leaves_nothing_behind() -> None:
     b = heads(route_limit=1)
     held = await b.acquire(route_id=1, limit=None, key_id=9)
     task = asyncio.create_task(b.acquire(route_id=1, limit=None, key_id=9))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn: it runs into the queue (acquire queues before awaiting)
     assert len(b._gates[1].waiters) == 1  # it waits: the cancellation finds it queued
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

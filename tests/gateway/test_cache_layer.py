@@ -320,11 +320,20 @@ async def test_hit_in_memory_touches_only_the_store(make_rig: RigFactory) -> Non
     assert touched == ["store.get"]
 
 
+async def _gauges_read(rig: Rig) -> None:
+    """Until the background gauge task has finished its first read of the store (its commands
+    are then all sent; the next read is GAUGE_INTERVAL away), so it cannot mix with a count."""
+    deadline = time.monotonic() + 30
+    while "cache_entries" not in rig.deps.metrics.gauges:
+        assert time.monotonic() < deadline, "the cache gauges were never read"
+        await asyncio.sleep(0.01)
+
+
 async def test_hit_on_redis_is_one_get(make_rig: RigFactory) -> None:
     rig = await make_rig("redis")
     await rig.get("/respond/one")
     redis: CountingRedis = rig.deps.redis
-    await asyncio.sleep(0)  # let the background gauge task run its first read
+    await _gauges_read(rig)
     redis.commands.clear()
     assert (await rig.get("/respond/one")).x_cache == "HIT"
     assert redis.commands == ["GET"]
@@ -350,7 +359,7 @@ async def test_fresh_entries_kept_in_process_spare_the_cache_round_trip(
     rig = await make_rig("redis", fresh_entries=FreshEntries(1 << 20))
     assert (await _with_generation(rig, "/respond/l1")).x_cache == "MISS"
     redis: CountingRedis = rig.deps.redis
-    await asyncio.sleep(0)  # let the background gauge task run its first read
+    await _gauges_read(rig)
     req = await _admitted(rig, "/respond/l1")
     redis.commands.clear()
     assert (await rig.send(req)).x_cache == "HIT"
@@ -1176,7 +1185,7 @@ async def test_a_varying_hit_kept_in_process_costs_no_redis_round_trip(
 
     assert (await admitted(GZIP)).x_cache == "MISS"
     redis: CountingRedis = rig.deps.redis
-    await asyncio.sleep(0)
+    await _gauges_read(rig)
     redis.commands.clear()
     hit = await admitted(GZIP)
     assert (hit.x_cache, hit.headers["content-encoding"]) == ("HIT", "gzip")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from heliox.config import load_settings
 from heliox.gateway.exchange import Exchange
 from heliox.gateway.refusals import RefusalGuard
@@ -32,6 +34,18 @@ def test_bad_keys_get_401_up_to_the_burst_then_429_with_the_wait() -> None:
     assert g.bad_key("192.0.2.1") is None
     assert g.bad_key("192.0.2.1") == 1
     assert metrics.events["bad_key_limited"] == 3
+
+
+def test_a_bad_key_429_records_the_limit_and_its_numbers_for_the_log_row() -> None:
+    clock = FakeClock(T0)
+    g, _ = guard(clock)
+    ex = refused("192.0.2.1", 429)
+    retry = next(r for r in (g.bad_key("192.0.2.1") for _ in range(6)) if r is not None)
+    g.note_bad_key(ex, retry)
+    assert ex.refused_by == "bad_key"
+    assert ex.refusal is not None
+    assert json.loads(ex.refusal) == {"retry_after": 1, "rate": 2, "burst": 5, "per": "address"}
+    assert refused("192.0.2.2").refused_by is None  # nothing on requests it did not refuse
 
 
 def test_rows_of_refusals_are_sampled_per_address_and_for_the_process() -> None:

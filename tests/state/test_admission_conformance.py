@@ -33,6 +33,7 @@ from heliox.state.admission import (
 )
 from heliox.state.admission_memory import MemoryAdmission
 from heliox.state.admission_redis import RedisAdmission
+from tests.cluster_support import LocalCluster
 from tests.support import FakeClock
 
 T0 = datetime(2026, 11, 27, 12, tzinfo=UTC).timestamp()
@@ -72,7 +73,14 @@ async def pooled_client(redis_server: str) -> AsyncIterator[aioredis.Redis]:
         await pool.aclose()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)], name="h")
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
+    ],
+    name="h",
+)
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     clock = FakeClock(T0)
     if request.param == "memory":
@@ -84,21 +92,28 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
 
         yield Harness("memory", clock, memory)
         return
-    client: Any = request.getfixturevalue("pooled_client")
-    prefix: str = request.getfixturevalue("redis_prefix")
-    url: str = request.getfixturevalue("redis_server")
+    if request.param == "redis-cluster":
+        client: Any = request.getfixturevalue("redis_cluster_client")
+        prefix: str = request.getfixturevalue("redis_cluster_prefix")
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        urls = [f"redis://127.0.0.1:{port}/0" for port in cluster.masters()]
+    else:
+        client = request.getfixturevalue("pooled_client")
+        prefix = request.getfixturevalue("redis_prefix")
+        urls = [request.getfixturevalue("redis_server")]
 
     def on_redis(clk: FakeClock | None, tz: str) -> AdmissionBackend:
         return RedisAdmission(client, prefix=prefix, quota_tz=tz, clock=clk)
 
     yield Harness("redis", clock, on_redis)
-    sync = redis.Redis.from_url(url)
-    try:
-        keys = list(sync.scan_iter(match=prefix + "*", count=1000))
-        without_ttl = [k for k in keys if sync.pttl(k) == -1]
-        assert without_ttl == [], f"keys left without a TTL: {without_ttl}"
-    finally:
-        sync.close()
+    for url in urls:
+        sync = redis.Redis.from_url(url)
+        try:
+            keys = list(sync.scan_iter(match=prefix + "*", count=1000))
+            without_ttl = [k for k in keys if sync.pttl(k) == -1]
+            assert without_ttl == [], f"keys left without a TTL: {without_ttl}"
+        finally:
+            sync.close()
 
 
 def tb(rate: float, burst: int) -> LimitSpec:

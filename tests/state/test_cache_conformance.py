@@ -35,7 +35,14 @@ async def _poll_until_gone(store: CacheStore, key: str, deadline: float) -> None
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)], name="h")
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
+    ],
+    name="h",
+)
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if request.param == "memory":
         clock = FakeClock(1_700_000_000.0)
@@ -46,8 +53,13 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
 
         yield Harness(memory, clock, advance)
         return
-    client: Any = request.getfixturevalue("redis_client")
-    prefix: str = request.getfixturevalue("redis_prefix")
+    if request.param == "redis-cluster":
+        # Three masters: the store's shards, and so a purge's steps, span all of them.
+        client: Any = request.getfixturevalue("redis_cluster_client")
+        prefix: str = request.getfixturevalue("redis_cluster_prefix")
+    else:
+        client = request.getfixturevalue("redis_client")
+        prefix = request.getfixturevalue("redis_prefix")
     redis_store = RedisCacheStore(client, prefix=prefix, ttl_margin=0.0, purge_batch=3)
 
     async def wait(key: str, entry: CacheEntry) -> None:
@@ -255,7 +267,8 @@ async def test_entry_lives_through_its_error_window(h: Harness) -> None:
 
 async def test_expiry_past_the_stale_and_error_windows(h: Harness) -> None:
     now = h.now()
-    entry = make_entry(now, fresh=0.05, stale=0.1, error=0.1)
+    # Half a second: long enough to read it back on a loaded machine, short enough to wait out.
+    entry = make_entry(now, fresh=0.25, stale=0.5, error=0.5)
     key = await put(h, entry)
     assert await h.store.get(key) == entry
     await h.wait_until_expired(key, entry)

@@ -142,3 +142,19 @@ async def test_a_stuck_server_times_out_every_command_then_recovers(own_redis: O
         assert await client.set("k", b"v") is True and await client.get("k") == b"v"
     finally:
         await client.aclose()
+
+
+async def test_the_client_from_settings_closes_its_pool_on_aclose(redis_server: str) -> None:
+    """redis-py leaves a pool handed to its constructor open on aclose (it may be shared);
+    `redis_client`'s pool is its own, so aclose must disconnect it: no socket outlives it."""
+    from heliox.config import load_settings
+    from heliox.state.redis_client import redis_client
+
+    client = redis_client(load_settings(redis_url=redis_server, deployment_mode="demo"))
+    try:
+        await client.pttl("heliox-test:aclose")  # not piped: it takes a pooled connection
+        opened = [c for c in client.connection_pool._available_connections if c.is_connected]
+        assert opened
+    finally:
+        await client.aclose()
+    assert not any(c.is_connected for c in opened)

@@ -3,7 +3,7 @@
 One operator's session, start to finish: sign in, create a tenant and a key, use the key through
 /g/, watch the request arrive in the live log, edit a route's cache policy (and see a validation
 error beside its field), purge, block and unblock the key, sign out. Every page is screenshotted
-to test-artifacts/ui/; the dashboard's also goes to docs/screenshots/ for the README.
+to test-artifacts/ui/.
 
 Skips when playwright or /usr/bin/chromium is missing (fails instead under
 HELIOX_REQUIRE_SERVICES=1). Install: `pip install -e '.[dev]'` (playwright) and
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -49,7 +49,6 @@ CHROMIUM_ARGS = [
 ]
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "ui"
-README_SHOT = REPO / "docs" / "screenshots" / "dashboard.png"
 XSS_PATH = "/<img src=x onerror=alert(1)>"
 XSS_AGENT = "<script>alert('ua')</script>"
 REQUIRE = os.environ.get("HELIOX_REQUIRE_SERVICES", "") not in ("", "0", "false")
@@ -428,7 +427,8 @@ def test_an_operator_session_from_sign_in_to_sign_out(browser: Any, gateway: Gat
         page.locator("#pp-prefix").fill("/items")
         page.locator("#purge-prefix button[type=submit]").click()
         page.locator("#confirm-ok").click()
-        page.locator("#purge-result", has_text="Purged").wait_for()
+        # The outcome shows under the button that asked for it.
+        page.locator("#purge-prefix .purge-outcome", has_text="Purged").wait_for()
         shot(page, "cache")
 
         # --- abuse: block the key, see it blocked, unblock it -----------------------------------
@@ -492,10 +492,9 @@ def test_an_operator_session_from_sign_in_to_sign_out(browser: Any, gateway: Gat
         page.locator("#top-keys table", has_text="Acme Production").wait_for()
         page.locator("#top-routes table", has_text="products").wait_for()
         expect(page.locator("#chart-rps canvas")).to_have_count(1)
-        path = shot(page, "dashboard")
-        if os.environ.get("HELIOX_UPDATE_SCREENSHOTS"):  # refresh the README's picture
-            README_SHOT.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, README_SHOT)
+        # The README's dashboard picture (with an hour of history) is taken by
+        # test_ui_detail_browser.py.
+        shot(page, "dashboard")
 
         # --- a narrow screen ---------------------------------------------------------------------
         page.set_viewport_size({"width": 390, "height": 844})
@@ -529,6 +528,46 @@ def test_an_operator_session_from_sign_in_to_sign_out(browser: Any, gateway: Gat
     assert watch.console_errors == []
     assert watch.server_errors == []
     assert watch.dialogs == []
+
+
+def test_the_admin_api_docs_work_with_no_network_but_the_gateway(
+    browser: Any, gateway: Gateway
+) -> None:
+    """/admin/docs in the browser with every request to another origin blocked: Swagger UI
+    (vendored) renders every operation of the document and the Authorize button of the
+    X-Admin-Key scheme, and the page asks nothing of any other host."""
+    local = urlsplit(gateway.url).netloc
+    elsewhere: list[str] = []
+
+    def only_the_gateway(route: Any) -> None:
+        url = route.request.url
+        if urlsplit(url).netloc == local:
+            route.continue_()
+        else:
+            elsewhere.append(url)
+            route.abort()
+
+    context = browser.new_context(extra_http_headers={"X-Admin-Key": ADMIN_KEY})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.route("**/*", only_the_gateway)
+    page = context.new_page()
+    watch = Watch()
+    watch.attach(page)
+    try:
+        page.goto(gateway.url + "/admin/docs")
+        page.locator(".swagger-ui .opblock").first.wait_for()
+        operations = page.locator(".swagger-ui .opblock").count()
+        expect(page.locator(".swagger-ui button.authorize")).to_be_visible()
+        shot(page, "admin-docs")
+    finally:
+        context.close()
+    document = httpx.get(
+        gateway.url + "/admin/openapi.json", headers={"X-Admin-Key": ADMIN_KEY}, timeout=10
+    ).json()
+    assert operations == sum(len(item) for item in document["paths"].values())
+    assert elsewhere == []
+    assert watch.console_errors == []
+    assert watch.server_errors == []
 
 
 def test_open_streams_do_not_keep_a_stopping_gateway_alive(gateway: Gateway) -> None:

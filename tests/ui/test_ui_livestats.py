@@ -127,3 +127,19 @@ def test_points_after_the_id_of_a_point_exclude_that_point() -> None:
     sent = ls.points(samples)
     # The id the browser returns is the rounded ts it was sent.
     assert [p["ts"] for p in ls.points(samples, after=sent[0]["ts"])] == [sent[1]["ts"]]
+
+
+def test_refusals_are_counted_apart_for_the_dashboard_chart() -> None:
+    m = Metrics()
+    first = _scrape(m, 0.0)
+    m.observe_request("a", 401, 0.001, "", None)
+    m.observe_request("a", 401, 0.001, "", None)
+    m.observe_request("a", 429, 0.001, "", None)
+    m.observe_request("a", 404, 0.001, "MISS", 0.001)
+    m.observe_request("a", 200, 0.001, "MISS", 0.001)
+    m.observe_request("a", 503, 0.001, "", 0.001)
+    point = ls.interval(first, _scrape(m, 2.0))
+    assert point["unauthorized_401"] == 2
+    assert point["rejected_429"] == 1
+    assert point["errors_4xx"] == 4  # 401, 401, 429, 404: every 4xx
+    assert point["errors_5xx"] == 1

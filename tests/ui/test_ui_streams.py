@@ -1,17 +1,21 @@
-"""The live streams (SSE), read whole: each ends by itself after its (shortened) lifetime."""
+"""The live streams (SSE), read whole: each ends by itself after its (shortened) lifetime, or
+at a shutdown that a test starts once it has seen the events it waits for."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from heliox.gateway.app import Gateway
-from tests.ui.conftest import client_for, sign_in
+from tests.ui.conftest import client_for, sign_in, ui_state
 
 XSS_PATH = "/<img src=x onerror=alert(1)>"
 
@@ -37,6 +41,7 @@ def log_row(route: str, path: str, status: int = 200, key_id: int | None = 1) ->
     return (
         time.time(), "req-1", 1, key_id, 1, route, "GET", path, status, "MISS",
         1.5, 1.0, 0, 10, "127.0.0.1", "<script>alert('ua')</script>", None,
+        None, None, None, None,
     )  # fmt: skip
 
 
@@ -56,6 +61,38 @@ async def read_stream(client: httpx.AsyncClient, path: str, **kw: Any) -> httpx.
     return await asyncio.wait_for(client.get(path, **kw), 15)
 
 
+@contextlib.asynccontextmanager
+async def watching(
+    app: Gateway, signed_in: httpx.AsyncClient, seen: Callable[[dict[str, Any]], None]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client in `signed_in`'s session whose streams hand each event to `seen` as it is sent:
+    the test transport gives a response only once it has ended, and a test that acts between
+    events must know which have left (not guess it by waiting)."""
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        async def send_and_tell(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body":
+                for sent in parse_sse(message.get("body", b"").decode()):  # one event per chunk
+                    seen(sent)
+
+        await app(scope, receive, send_and_tell)
+
+    transport = httpx.ASGITransport(app=watched, raise_app_exceptions=False)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=signed_in.base_url, cookies=signed_in.cookies
+    ) as client:
+        yield client
+
+
+def outlive_the_read(app: Gateway) -> None:
+    """Streams that do not end by their lifetime within `read_stream`'s deadline: a test ends
+    them by starting a shutdown (`runtime.draining`) once it has seen what it waits for."""
+    ui = ui_state(app)
+    ui.timing = dataclasses.replace(ui.timing, lifetime=3600)
+    ui.feed.timing = ui.timing
+
+
 async def test_streams_need_a_session(anon: httpx.AsyncClient) -> None:
     for path in ("/ui/stream/dashboard", "/ui/stream/logs"):
         assert (await anon.get(path)).status_code == 401
@@ -69,6 +106,10 @@ async def test_streams_need_a_session(anon: httpx.AsyncClient) -> None:
         {"key_id": "x"},
         {"cache_status": "hit;"},
         {"method": "G T"},
+        {"request_id": "has space"},
+        {"request_id": "x" * 129},
+        {"key": "k" * 201},
+        {"key": "a\x01b"},
     ],
 )
 async def test_malformed_tail_filters_are_refused(
@@ -82,14 +123,23 @@ async def test_the_log_tail_sends_recent_rows_then_new_ones_and_ends(
 ) -> None:
     app.runtime.logs.enqueue(log_row("demo", "/before"))
     await wait_for_rows(signed_in, 1)
+    outlive_the_read(app)
+    backfill_sent = asyncio.Event()
+
+    def seen(sent: dict[str, Any]) -> None:
+        if sent["event"] == "rows" and sent["data"]["initial"]:
+            backfill_sent.set()
+        elif sent["event"] == "rows":
+            app.runtime.draining = True  # the new rows came: the stream ends at its next tick
 
     async def later() -> None:
-        await asyncio.sleep(0.3)
+        await backfill_sent.wait()  # so these are new rows, not part of the backfill
         app.runtime.logs.enqueue(log_row("demo", XSS_PATH, status=404))
         app.runtime.logs.enqueue(log_row("other", "/filtered-out"))
 
     writer = asyncio.create_task(later())
-    answer = await read_stream(signed_in, "/ui/stream/logs", params={"route": "demo"})
+    async with watching(app, signed_in, seen) as client:
+        answer = await read_stream(client, "/ui/stream/logs", params={"route": "demo"})
     await writer
     assert answer.headers["content-type"].startswith("text/event-stream")
     assert answer.headers["cache-control"] == "no-store"
@@ -117,6 +167,27 @@ async def test_the_log_tail_resumes_after_the_last_event_id(
     assert [r["path"] for r in rows] == ["/two", "/three"]
 
 
+async def test_the_log_tail_filters_by_request_id_and_by_key_name(
+    app: Gateway, signed_in: httpx.AsyncClient
+) -> None:
+    key = (await signed_in.get("/admin/keys", params={"limit": 1})).json()["items"][0]
+    app.runtime.logs.enqueue(log_row("demo", "/req-1 of the key", key_id=key["id"]))
+    app.runtime.logs.enqueue(log_row("demo", "/req-1 of no key", key_id=None))
+    other = list(log_row("demo", "/another request id", key_id=key["id"]))
+    other[1] = "req-2"
+    app.runtime.logs.enqueue(tuple(other))
+    await wait_for_rows(signed_in, 3)
+
+    async def paths(**params: str) -> list[str]:
+        answer = await read_stream(signed_in, "/ui/stream/logs", params=params)
+        events = [e for e in parse_sse(answer.text) if e["event"] == "rows"]
+        return sorted(r["path"] for e in events for r in e["data"]["rows"])
+
+    assert await paths(request_id="req-1") == ["/req-1 of no key", "/req-1 of the key"]
+    assert await paths(request_id="req-1", key=key["name"][:3].lower()) == ["/req-1 of the key"]
+    assert await paths(key=key["key_prefix"]) == ["/another request id", "/req-1 of the key"]
+
+
 async def test_the_dashboard_stream_sends_points_and_cluster_figures(
     app: Gateway, signed_in: httpx.AsyncClient
 ) -> None:
@@ -127,14 +198,31 @@ async def test_the_dashboard_stream_sends_points_and_cluster_figures(
     app.runtime.logs.enqueue(log_row("demo", "/items"))
     await wait_for_rows(signed_in, 1)
 
+    outlive_the_read(app)
+    feed = ui_state(app).feed
+
+    def seen(sent: dict[str, Any]) -> None:
+        if sent["event"] == "points" and any(p["requests"] for p in sent["data"]["points"]):
+            app.runtime.draining = True  # traffic between two samples was sent: enough
+
     async def traffic() -> None:
-        for _ in range(5):
-            await asyncio.sleep(0.15)
-            metrics.observe_request("demo", 200, 0.003, "MISS", 0.002)
+        # A request after each sample the stream takes, however slowly it runs, so that the
+        # next point counts it; 10 ms is only how often the samples are looked at.
+        sampled = 0
+        while True:
+            if len(feed.samples) > sampled:
+                sampled = len(feed.samples)
+                metrics.observe_request("demo", 200, 0.003, "MISS", 0.002)
+            await asyncio.sleep(0.01)
 
     task = asyncio.create_task(traffic())
-    answer = await read_stream(signed_in, "/ui/stream/dashboard")
-    await task
+    try:
+        async with watching(app, signed_in, seen) as client:
+            answer = await read_stream(client, "/ui/stream/dashboard")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     events = parse_sse(answer.text)
     kinds = {e["event"] for e in events}
     assert {"points", "top"} <= kinds, events

@@ -13,8 +13,8 @@ from heliox.gateway.app import Gateway
 from heliox.ui import auth, views
 from tests.ui.conftest import ADMIN_KEY, client_for, csrf_of, sign_in
 
-PAGES = ("dashboard", "tenants", "keys", "routes", "logs", "abuse", "cache")
-NAV_NAMES = ("Dashboard", "Tenants", "Keys", "Routes", "Logs", "Abuse", "Cache")
+PAGES = ("dashboard", "tenants", "keys", "routes", "logs", "abuse", "cache", "audit")
+NAV_NAMES = ("Dashboard", "Tenants", "Keys", "Routes", "Logs", "Abuse", "Cache", "Audit")
 
 
 def _cookies(response: httpx.Response, name: str) -> list[dict[str, str | bool]]:
@@ -177,6 +177,7 @@ async def test_optional_sections_say_when_the_gateway_lacks_them(
         ("logs", "Request logs not available."),
         ("abuse", "Blocked keys not available."),
         ("cache", "Cache purge not available."),
+        ("audit", "The audit log not available."),
     ):
         answer = await signed_in.get(f"/ui/{page}")
         assert answer.status_code == 200

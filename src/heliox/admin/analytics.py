@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
 from heliox.admin.deps import MAX_INT32, MAX_INT64, MAX_PAGE_SIZE, AdminDep, AdminRoute
-from heliox.admin.errors import invalid_field
+from heliox.admin.errors import NotFound, invalid_field
 from heliox.db import analytics_queries as q
+from heliox.db import analytics_reads as reads
 
 router = APIRouter(prefix="/analytics", route_class=AdminRoute, tags=["analytics"])
 
@@ -35,6 +36,10 @@ MAX_SERIES_POINTS = 2880
 MAX_TOP = 100
 MAX_ROUTES = 200
 DEFAULT_LOG_PAGE = 100
+# What the gateway accepts as a client's X-Request-Id (and what it generates): see gateway/app.py.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+MAX_KEY_MATCHES = 1000
+MAX_SAME_REQUEST_ID = 20
 _STATUS = re.compile(r"^([1-5])xx$|^([1-5][0-9][0-9])$")
 
 Bucket = Literal["10s", "1m", "5m", "1h"]
@@ -269,6 +274,80 @@ class LogOut(BaseModel):
     )
 
 
+class SameRequestIdOut(BaseModel):
+    id: int
+    ts: datetime
+    status: int
+    method: str
+    path: str
+
+
+class LogDetailOut(LogOut):
+    cache_key: str | None = Field(
+        None,
+        description="the cache entry's key, as in the Cache-Status field (purge by it); null "
+        "where the route does not cache or the request never reached the cache",
+    )
+    upstream_status: int | None = Field(
+        None, description="the upstream's own status, when this request called it and it answered"
+    )
+    refused_by: str | None = Field(
+        None,
+        description='the limit that refused the request, as the `limit` of its 429: "rate" '
+        "(the rate limit; a burst and the steady rate both empty the same token bucket, so they "
+        'are not told apart), "daily_quota", "monthly_quota", "blocked" (an abuse block); or '
+        '"bad_key" (too many requests without a valid key from the address), "unavailable" '
+        "(the limiter's store was unreachable and the route fails closed); null when admitted",
+    )
+    refusal: dict[str, Any] | None = Field(
+        None,
+        description="that limit's numbers, as the 429 gave them (quota, window_seconds, "
+        "remaining, retry_after, reset_after, retry_at, reset_at), with the limit's rate, burst, "
+        "algorithm, whose counter it is (`per`: key, key_route, address) and a block's "
+        "blocked_until",
+    )
+    key_name: str | None = Field(description="null without a key, or once the key is deleted")
+    key_prefix: str | None = Field(description="the key's display prefix, never key material")
+    tenant_name: str | None
+    same_request_id: list[SameRequestIdOut] = Field(
+        description="other rows carrying the same request id (a client may reuse its "
+        "X-Request-Id), newest first; open one with `log_id`"
+    )
+    more_same_request_id: bool = Field(
+        description=f"more than {MAX_SAME_REQUEST_ID} other rows share the request id"
+    )
+
+
+class RefusalPoint(BaseModel):
+    ts: datetime = Field(description="start of the bucket")
+    seconds: float = Field(description="part of the bucket inside the range")
+    requests: int
+    client_errors: int = Field(description="4xx answers")
+    unauthorized: int = Field(description="401: missing or unknown API key")
+    forbidden: int = Field(description="403")
+    rate_limited: int = Field(description="429: a rate limit, a quota or a block")
+
+
+class KeyRefusalOut(BaseModel):
+    key_id: int
+    tenant_id: int | None
+    tenant_name: str | None
+    name: str | None = Field(description="null when the key has been deleted")
+    key_prefix: str | None
+    requests: int
+    client_errors: int
+    forbidden: int
+    rate_limited: int
+    refused_rate: float | None = Field(description="client_errors / requests")
+
+
+class RefusalsOut(RangeOut):
+    bucket: str
+    bucket_seconds: int
+    series: list[RefusalPoint]
+    by_key: list[KeyRefusalOut]
+
+
 class LogPage(BaseModel):
     items: list[LogOut]
     next_cursor: int | None = Field(
@@ -335,7 +414,7 @@ async def summary(
     key_id: KeyFilter = None,
 ) -> SummaryOut:
     """Totals for the dashboard: traffic, errors, cache, latency, upstream calls saved."""
-    c = await q.summary(admin.read, _scope(r, route, tenant_id, key_id))
+    c = await reads.summary(admin.read, _scope(r, route, tenant_id, key_id))
     return SummaryOut(
         **_range_fields(r),
         requests=c.requests,
@@ -362,7 +441,7 @@ async def top_keys(
     tenant_id: TenantFilter = None,
 ) -> TopKeysOut:
     """The busiest API keys (requests without a key are left out). Never shows key material."""
-    rows = await q.top_keys(admin.read, _scope(r, route, tenant_id), limit)
+    rows = await reads.top_keys(admin.read, _scope(r, route, tenant_id), limit)
     items = [
         TopKeyOut(
             key_id=k.key_id,
@@ -393,7 +472,7 @@ async def top_routes(
     key_id: KeyFilter = None,
 ) -> TopRoutesOut:
     """The busiest routes, with error and cache hit rates and latency percentiles."""
-    groups = await q.by_route(admin.read, _scope(r, None, tenant_id, key_id), limit)
+    groups = await reads.by_route(admin.read, _scope(r, None, tenant_id, key_id), limit)
     items = [
         TopRouteOut(
             route_name=g.group,
@@ -446,14 +525,15 @@ async def cache_hit_rate(
     """Cache outcomes per route, and a time series for the dashboard's charts.
 
     The range is widened back to a bucket boundary so the first bucket is whole; the last one
-    is cut at `until` (see each point's `seconds`). Percentiles per bucket are exact on both
-    databases.
+    is cut at `until` (see each point's `seconds`). Over ranges longer than an hour every endpoint
+    reads the per-minute/hour/day roll-ups: counts and averages exact, percentiles from a latency
+    histogram (within one bucket, 26 %); shorter ranges and 10 s buckets are exact.
     """
     name, width = _choose_bucket(bucket, r)
     since_epoch = int(r.since.timestamp()) // width * width
     aligned = TimeRange(r.label, datetime.fromtimestamp(since_epoch, UTC), r.until)
     scope = _scope(aligned, route, tenant_id, key_id)
-    routes, points = await q.cache_overview(
+    routes, points = await reads.cache_overview(
         admin.read, scope, MAX_ROUTES, width if series else None
     )
     by_route = [
@@ -564,6 +644,23 @@ async def logs(
         Query(ge=0, le=MAX_INT64, description="live tail: rows with a larger id, oldest first"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_LOG_PAGE,
+    request_id: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            pattern=PRINTABLE,
+            description="exact X-Request-Id (the gateway's, or the one the client sent)",
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            pattern=PRINTABLE,
+            description="key name or display prefix: rows of every key whose name or prefix "
+            "starts with this (case-insensitive)",
+        ),
+    ] = None,
 ) -> LogPage:
     """Raw request log rows, newest first (or oldest first above `after_id` for a live tail).
 
@@ -576,6 +673,11 @@ async def logs(
         raise invalid_field(("query", "after_id"), "give before_id or after_id, not both")
     lo, hi = _status_bounds(status)
     start, end = _log_bounds(window, since, until, datetime.now(UTC))
+    key_ids: tuple[int, ...] | None = None
+    if key is not None and key.strip():
+        key_ids = tuple(await q.keys_matching(admin.read, key.strip(), MAX_KEY_MATCHES))
+        if not key_ids:
+            return LogPage(items=[], next_cursor=after_id, has_more=False)
     cache_value = None
     if cache_status is not None:
         cache_value = cache_status.strip().upper()
@@ -595,6 +697,8 @@ async def logs(
         path_prefix=path_prefix or None,
         before_id=before_id,
         after_id=after_id,
+        request_id=request_id.strip() if request_id and request_id.strip() else None,
+        key_ids=key_ids,
     )
     rows = await q.log_page(admin.read, query)
     has_more = len(rows) > limit
@@ -604,3 +708,119 @@ async def logs(
     else:
         cursor = items[-1].id if has_more else None
     return LogPage(items=items, next_cursor=cursor, has_more=has_more)
+
+
+@router.get(
+    "/logs/{request_id}",
+    responses={404: {"description": "no log row carries this request id"}},
+)
+async def log_detail(
+    admin: AdminDep,
+    request_id: Annotated[
+        str,
+        Path(
+            pattern=REQUEST_ID_PATTERN,
+            description="the X-Request-Id the gateway answered with",
+        ),
+    ],
+    log_id: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_INT64, description="which row, when several share the request id"),
+    ] = None,
+) -> LogDetailOut:
+    """One request as its log row holds it, with its key's name and its tenant's.
+
+    The gateway's own request ids are unique. A client's X-Request-Id need not be: when several
+    rows carry it, the newest is answered (or the one `log_id` names) and the others are listed
+    in `same_request_id`. Never shows key material.
+    """
+    if log_id is not None:
+        rows = await q.log_detail(admin.read, request_id, 1, log_id=log_id)
+        if not rows:
+            raise NotFound("request log row", f"{log_id} and request id {request_id}")
+        others = await q.log_detail(admin.read, request_id, MAX_SAME_REQUEST_ID + 2)
+        row = rows[0]
+    else:
+        others = await q.log_detail(admin.read, request_id, MAX_SAME_REQUEST_ID + 1)
+        if not others:
+            raise NotFound("request", request_id)
+        row = others[0]
+    same = [o for o in others if o["id"] != row["id"]]
+    return LogDetailOut.model_validate(
+        {
+            **row,
+            "same_request_id": [
+                SameRequestIdOut.model_validate(o) for o in same[:MAX_SAME_REQUEST_ID]
+            ],
+            "more_same_request_id": len(same) > MAX_SAME_REQUEST_ID,
+        }
+    )
+
+
+REFUSALS_BUCKETS: dict[str, int] = {"1m": 60, "5m": 300, "1h": 3600}
+
+
+@router.get("/refusals")
+async def refusals(
+    admin: AdminDep,
+    r: RangeDep,
+    bucket: Annotated[
+        Literal["1m", "5m", "1h"] | None,
+        Query(description="series resolution; default 1m (wider for long ranges)"),
+    ] = None,
+    limit: TopLimit = 10,
+    route: RouteFilter = None,
+    tenant_id: TenantFilter = None,
+) -> RefusalsOut:
+    """4xx answers over time (401, 403 and 429 apart) and the keys refused most.
+
+    A 429 is a rate limit, a daily or monthly quota or an abuse block; 401s mostly come without
+    a known key, so they show in the series but rarely per key.
+    """
+    name, width = (
+        _choose_bucket(bucket, r) if bucket is None else (bucket, REFUSALS_BUCKETS[bucket])
+    )
+    if bucket is not None and r.seconds / width > MAX_SERIES_POINTS:
+        raise invalid_field(
+            ("query", "bucket"),
+            f"{bucket} buckets over this range exceed {MAX_SERIES_POINTS} points; "
+            "choose a wider bucket or a shorter window",
+        )
+    since_epoch = int(r.since.timestamp()) // width * width
+    aligned = TimeRange(r.label, datetime.fromtimestamp(since_epoch, UTC), r.until)
+    scope = _scope(aligned, route, tenant_id)
+    found = {p.group: p for p in await q.refusal_series(admin.read, scope, width)}
+    keys = await q.refusals_by_key(admin.read, scope, limit)
+    until_epoch = aligned.until.timestamp()
+    series = []
+    for start in q.bucket_starts(since_epoch, until_epoch, width):
+        p = found.get(start) or q.Refusals(group=start)
+        series.append(
+            RefusalPoint(
+                ts=datetime.fromtimestamp(start, UTC),
+                seconds=round(min(start + width, until_epoch) - start, 3),
+                requests=p.requests,
+                client_errors=p.client_errors,
+                unauthorized=p.unauthorized,
+                forbidden=p.forbidden,
+                rate_limited=p.rate_limited,
+            )
+        )
+    by_key = [
+        KeyRefusalOut(
+            key_id=k.refusals.group,
+            tenant_id=k.tenant_id,
+            tenant_name=k.tenant_name,
+            name=k.name,
+            key_prefix=k.key_prefix,
+            requests=k.refusals.requests,
+            client_errors=k.refusals.client_errors,
+            forbidden=k.refusals.forbidden,
+            rate_limited=k.refusals.rate_limited,
+            refused_rate=_ratio(k.refusals.client_errors, k.refusals.requests),
+        )
+        for k in keys
+    ]
+    return RefusalsOut(
+        **_range_fields(aligned), bucket=name, bucket_seconds=width, series=series, by_key=by_key
+    )

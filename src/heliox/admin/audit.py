@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from heliox.admin.deps import AUDITED, MAX_INT64, AdminDep, AdminRoute
+from heliox.admin.deps import AUDITED, CHANGED, CLIENT_IP, MAX_INT64, AdminDep, AdminRoute
 from heliox.admin.schemas import AuditOut, AuditPage
 from heliox.db.models import AuditLog
 
@@ -25,9 +25,15 @@ async def record_audit(
     *,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
+    client_ip: str | None = None,
 ) -> None:
-    """Add an audit row to the session's transaction; `before`/`after` must hold no secrets."""
+    """Add an audit row to the session's transaction; `before`/`after` must hold no secrets.
+
+    The entity is also what an admin write records as changed: instances re-read just it.
+    `client_ip` defaults to the address of the request behind the session (`Admin.write`).
+    """
     session.info[AUDITED] = True
+    session.info.setdefault(CHANGED, set()).add((entity_type, str(entity_id)))
     session.add(
         AuditLog(
             actor=actor,
@@ -36,6 +42,7 @@ async def record_audit(
             entity_id=str(entity_id),
             before=before,
             after=after,
+            client_ip=client_ip if client_ip is not None else session.info.get(CLIENT_IP),
         )
     )
 

@@ -42,6 +42,7 @@ class PurgeBody(BaseModel):
     key: str | None = Field(
         None,
         pattern=r"^[a-z]{1,4}:[0-9a-f]{32}$",
+        max_length=37,
         description="one entry's cache key, as the `key` of its answers' Cache-Status shows it",
     )
     route: str | None = Field(None, min_length=1, max_length=100)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, Query, Request, Response
@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from heliox.admin.auth import authenticate, require_admin
 from heliox.admin.errors import NO_STORE, NotFound, problem_for_exception, problem_response
 from heliox.config import Settings
+from heliox.core.headers import request_client_ip
 from heliox.db.models import Base
-from heliox.db.snapshot_loader import bump_config_version
+from heliox.db.snapshot_loader import bump_config_version, record_config_change
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ MAX_BODY_BYTES = 1024 * 1024
 M = TypeVar("M", bound=Base)
 # Set in a session's info by `record_audit`: the transaction holds a change to commit.
 AUDITED = "heliox.admin.audited"
+# Also kept there by `record_audit`: the (entity type, id) pairs the change touched, which the
+# write records as its config delta.
+CHANGED = "heliox.admin.changed"
+# Set in a write session's info by `Admin.write`: the address the change came from, which
+# `record_audit` stores with it.
+CLIENT_IP = "heliox.admin.client_ip"
 
 
 class AdminRuntime(Protocol):
@@ -68,6 +75,11 @@ class Admin:
 
     runtime: AdminRuntime
     actor: str
+    # Where the request came from (TRUSTED_PROXIES apply, as for the admin guard); None for the
+    # CLI, which acts locally.
+    client_ip: str | None = None
+    # The session of the `batch()` in progress: every write() then joins its transaction.
+    _batch: AsyncSession | None = field(default=None, init=False, repr=False)
 
     @property
     def settings(self) -> Settings:
@@ -78,19 +90,37 @@ class Admin:
         return self.runtime.session_factory()
 
     @asynccontextmanager
+    async def batch(self) -> AsyncIterator[AsyncSession]:
+        """Many config changes as one: every `write()` inside the block joins one transaction,
+        committed at the end with one version bump and one notification, as a single `write()`
+        is; anything raised rolls all of it back (`heliox config apply`). Reads through `read()`
+        do not see the batch's uncommitted changes: use the session this yields."""
+        async with self.write() as session:
+            self._batch = session
+            try:
+                yield session
+            finally:
+                self._batch = None
+
+    @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """One transaction for a config change: bumps the version, commits, then notifies.
 
         The block makes its change and records the audit row (`record_audit`). A block that
         records none changed nothing: it is rolled back, unannounced. Anything raised rolls the
-        whole transaction back too.
+        whole transaction back too. Inside a `batch()` the block joins the batch's transaction.
         """
+        if self._batch is not None:
+            yield self._batch
+            return
         async with self.runtime.session_factory() as session:
+            session.info[CLIENT_IP] = self.client_ip
             yield session
             if not session.info.get(AUDITED):
                 await session.rollback()
                 return
-            await bump_config_version(session)
+            version = await bump_config_version(session)
+            await record_config_change(session, version, session.info.get(CHANGED, ()))
             await session.commit()
         try:
             await self.runtime.config_changed()
@@ -101,7 +131,14 @@ class Admin:
 
 
 async def admin_context(request: Request, actor: Annotated[str, Depends(require_admin)]) -> Admin:
-    return Admin(runtime=get_runtime(request), actor=actor)
+    runtime = get_runtime(request)
+    peer = request.scope.get("client")
+    client_ip = request_client_ip(
+        peer[0] if peer else None,
+        request.scope.get("headers", []),
+        runtime.settings.trusted_proxy_networks,
+    )
+    return Admin(runtime=runtime, actor=actor, client_ip=client_ip)
 
 
 AdminDep = Annotated[Admin, Depends(admin_context)]

@@ -30,8 +30,17 @@ _UNAVAILABLE_SQLSTATES = ("08", "53", "57", "3D", "28", "40001", "40P01", "55P03
 _TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 
 
+class FieldError(BaseModel):
+    """One invalid field of a 422 (for the OpenAPI schema)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class ProblemDetail(BaseModel):
-    """RFC 9457 problem document (for the OpenAPI schema)."""
+    """RFC 9457 problem document (for the OpenAPI schema). Other members may follow: `errors`
+    on a 422; on a 429 or 503 the seconds to wait, as in its Retry-After."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -39,6 +48,7 @@ class ProblemDetail(BaseModel):
     title: str
     status: int
     detail: str = ""
+    errors: list[FieldError] | None = None
 
 
 class AdminError(Exception):

@@ -11,7 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from heliox.admin.abuse import check_abuse_override
 from heliox.admin.audit import record_audit
-from heliox.admin.deps import MAX_INT32, AdminDep, AdminRoute, PageDep, get_or_404, id_in_range
+from heliox.admin.deps import (
+    MAX_INT32,
+    Admin,
+    AdminDep,
+    AdminRoute,
+    PageDep,
+    get_or_404,
+    id_in_range,
+)
 from heliox.admin.errors import Conflict, invalid_field
 from heliox.admin.keygen import generate_api_key
 from heliox.admin.schemas import (
@@ -136,6 +144,48 @@ async def create_key(admin: AdminDep, body: KeyCreate, response: Response) -> Ke
         )
     response.headers["Location"] = f"/admin/keys/{out.id}"
     return KeyCreated(**out.model_dump(), key=generated.plaintext)
+
+
+async def import_key(
+    admin: Admin,
+    body: KeyCreate,
+    *,
+    key_hash: str,
+    key_prefix: str,
+    is_active: bool = True,
+    expires_at: datetime | None = None,
+) -> KeyOut:
+    """A key made from its SHA-256 digest: its plaintext exists only with its holder, who keeps
+    using it (`heliox config apply` moving keys between instances). Not an HTTP endpoint; the
+    same checks and audit row as `create_key`, which marks the row `from_digest`."""
+    check_abuse_override(body.abuse_mode, body.abuse_zscore_threshold)
+    now = datetime.now(UTC)
+    async with admin.write() as session:
+        if not await _tenant_exists(session, body.tenant_id):
+            raise invalid_field(("body", "tenant_id"), f"no tenant with id {body.tenant_id}")
+        if await session.scalar(select(ApiKey.id).where(ApiKey.key_hash == key_hash)) is not None:
+            raise Conflict(f"a key with this digest already exists (prefix {key_prefix})")
+        key = ApiKey(
+            **body.model_dump(),
+            key_hash=key_hash,
+            key_prefix=key_prefix,
+            is_active=is_active,
+            expires_at=expires_at,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(key)
+        await session.flush()
+        out = _out(key, now)
+        await record_audit(
+            session,
+            admin.actor,
+            "key.create",
+            "key",
+            key.id,
+            after=out.model_dump(mode="json") | {"from_digest": True},
+        )
+    return out
 
 
 @router.get("/keys/{key_id}")

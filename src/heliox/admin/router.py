@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
 from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -55,10 +52,12 @@ def is_admin_path(path: str) -> bool:
 
 
 def install_admin_error_handlers(app: FastAPI) -> None:
-    """Problem responses for what happens outside the admin endpoints (unknown path, wrong
-    method) under /admin, and `Cache-Control: no-store` on every /admin response.
+    """Problem responses for what happens outside the endpoints (unknown path, wrong method,
+    invalid parameters), on every path of the app (/foo, /ui/nope, DELETE /health as much as
+    under /admin: every error is application/problem+json), and `Cache-Control: no-store` on
+    every /admin response.
 
-    Other paths keep FastAPI's default handling. Call before the app starts.
+    Call before the app starts.
     """
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_exception)
@@ -66,17 +65,27 @@ def install_admin_error_handlers(app: FastAPI) -> None:
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
-    if is_admin_path(request.url.path):
-        return problem_for_exception(exc)
     assert isinstance(exc, StarletteHTTPException)
-    return await http_exception_handler(request, exc)
+    if exc.status_code in (404, 405) and exc.detail == HTTPStatus(exc.status_code).phrase:
+        # Routing's own answer: say what exists instead of repeating the title. The path is the
+        # client's own text, so only its start is repeated.
+        path = request.url.path
+        if len(path) > 200:
+            path = path[:200] + "..."
+        if exc.status_code == 404:
+            detail = (
+                f"nothing at {path}: the data plane is under /g/{{route}}/, the admin API under "
+                f"{ADMIN_PREFIX}/ (described at {ADMIN_PREFIX}/openapi.json), the UI under /ui/"
+            )
+        else:
+            allowed = (exc.headers or {}).get("Allow", "")
+            detail = f"{request.method} is not allowed on {path}; allowed: {allowed}"
+        exc = StarletteHTTPException(exc.status_code, detail, exc.headers)
+    return problem_for_exception(exc)
 
 
 async def _validation_exception(request: Request, exc: Exception) -> Response:
-    if is_admin_path(request.url.path):
-        return problem_for_exception(exc)
-    assert isinstance(exc, RequestValidationError)
-    return await request_validation_exception_handler(request, exc)
+    return problem_for_exception(exc)
 
 
 class AdminNoStoreMiddleware:

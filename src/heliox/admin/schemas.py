@@ -86,9 +86,12 @@ DisplayName = Annotated[
     AfterValidator(_no_control),
 ]
 Description = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_text)]
-Slug = Annotated[str, AfterValidator(_slug)]
-Method = Annotated[str, AfterValidator(_method)]
-HeaderName = Annotated[str, AfterValidator(_header_name)]
+# The lengths repeat the validators' so the OpenAPI document states every bound.
+Slug = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_slug)]
+Method = Annotated[str, StringConstraints(min_length=1, max_length=20), AfterValidator(_method)]
+HeaderName = Annotated[
+    str, StringConstraints(min_length=1, max_length=100), AfterValidator(_header_name)
+]
 PathPattern = Annotated[
     str, StringConstraints(min_length=1, max_length=500), AfterValidator(_path_pattern)
 ]
@@ -557,6 +560,11 @@ class AuditOut(BaseModel):
     entity_id: str
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+    client_ip: str | None = Field(
+        None,
+        description="the address the change came from (null from the CLI, and on entries "
+        "written before this field existed)",
+    )
 
 
 class AuditPage(BaseModel):

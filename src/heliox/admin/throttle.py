@@ -150,7 +150,9 @@ class AdminAuthGuard:
         }
         try:
             async with self.session_factory() as session:
-                await record_audit(session, ACTOR, ACTION, ENTITY, address, after=after)
+                await record_audit(
+                    session, ACTOR, ACTION, ENTITY, address, after=after, client_ip=address
+                )
                 await session.commit()
         except Exception as exc:
             # The database is down: the log line above still records the failure.

@@ -39,7 +39,9 @@ MAX_TAGS = 64  # per response: bounds the index writes one stored entry can caus
 MAX_TAG_LENGTH = 128
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request, so not frozen: frozen=True sets each field through object.__setattr__,
+# about ten times the cost of the construction itself. Read-only by convention.
+@dataclass(slots=True)
 class CacheControl:
     """The directives a gateway acts on; None means the directive is absent."""
 

@@ -25,20 +25,26 @@ def to_us(seconds: float) -> int:
     return round(seconds * US)
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request, so not frozen: frozen=True sets each field through object.__setattr__,
+# about ten times the cost of the construction itself. Read-only by convention.
+@dataclass(slots=True)
 class TokenBucketState:
     tokens: float
     ts_us: int
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request, so not frozen: frozen=True sets each field through object.__setattr__,
+# about ten times the cost of the construction itself. Read-only by convention.
+@dataclass(slots=True)
 class SlidingWindowState:
     window: int  # index of the current window: now_us // window_us
     previous: int
     current: int
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request, so not frozen: frozen=True sets each field through object.__setattr__,
+# about ten times the cost of the construction itself. Read-only by convention.
+@dataclass(slots=True)
 class RateDecision:
     allowed: bool
     limit: int
@@ -47,13 +53,17 @@ class RateDecision:
     retry_after: float  # seconds until the next request (of `cost` when refused) would pass
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request, so not frozen: frozen=True sets each field through object.__setattr__,
+# about ten times the cost of the construction itself. Read-only by convention.
+@dataclass(slots=True)
 class TokenBucketOutcome:
     decision: RateDecision
     state: TokenBucketState  # store it only if the whole request is admitted
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request, so not frozen: frozen=True sets each field through object.__setattr__,
+# about ten times the cost of the construction itself. Read-only by convention.
+@dataclass(slots=True)
 class SlidingWindowOutcome:
     decision: RateDecision
     state: SlidingWindowState

@@ -5,6 +5,9 @@ and equal to PostgreSQL's `percentile_cont` (linear interpolation between the tw
 PostgreSQL computes them itself; on SQLite the two ranks around each percentile are picked with
 window functions and interpolated here with the same arithmetic.
 
+The endpoints read through heliox.db.analytics_reads, which sends ranges longer than an hour
+to the roll-ups (heliox.db.rollup_queries) instead.
+
 Aggregates are bounded by a time range, so the indexes on `ts`, `(route_name, ts)`,
 `(key_id, ts)` and `(tenant_id, ts)` keep their cost proportional to the rows in the window; log
 pages walk the primary key from the newest row (or from a cursor) and stop after one page.
@@ -119,6 +122,9 @@ class LogQuery:
     path_prefix: str | None = None
     before_id: int | None = None
     after_id: int | None = None
+    request_id: str | None = None
+    # Rows of any of these keys (a key name or prefix search resolved by `keys_matching`).
+    key_ids: tuple[int, ...] | None = None
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -610,6 +616,10 @@ async def log_page(sessions: Sessions, q: LogQuery) -> list[dict[str, Any]]:
         conds.append(T.status <= q.status_max)
     if q.path_prefix is not None:
         conds.append(T.path.startswith(q.path_prefix, autoescape=True))
+    if q.request_id is not None:
+        conds.append(T.request_id == q.request_id)
+    if q.key_ids is not None:
+        conds.append(T.key_id.in_(q.key_ids))
     query = select(*T).where(*conds).limit(q.limit + 1)
     if q.after_id is not None:
         query = query.where(T.id > q.after_id).order_by(T.id.asc())
@@ -628,3 +638,150 @@ def bucket_starts(since_epoch: int, until_epoch: float, bucket_seconds: int) -> 
     while start < until_epoch:
         yield start
         start += bucket_seconds
+
+
+# --- request detail, key search and refusals (the UI's log drawer and dashboard) ----------------
+def _detail_query() -> Select[Any]:
+    """Log rows with their key's name and prefix and their tenant's name (null once deleted)."""
+    return (
+        select(
+            *T,
+            ApiKey.name.label("key_name"),
+            ApiKey.key_prefix.label("key_prefix"),
+            Tenant.name.label("tenant_name"),
+        )
+        .outerjoin(ApiKey, ApiKey.id == T.key_id)
+        .outerjoin(Tenant, Tenant.id == T.tenant_id)
+    )
+
+
+async def log_detail(
+    sessions: Sessions, request_id: str, limit: int, *, log_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Rows carrying `request_id`, newest first, at most `limit` (just the row `log_id` if given).
+
+    A client may send the same X-Request-Id on many requests, so several rows can share one.
+    Served by `ix_request_logs_request_id` (0010).
+    """
+    query = _detail_query().where(T.request_id == request_id)
+    if log_id is not None:
+        query = query.where(T.id == log_id)
+    query = query.order_by(T.id.desc()).limit(limit)
+    async with sessions() as session:
+        await _tune(session)
+        return [dict(row._mapping) for row in await session.execute(query)]
+
+
+async def keys_matching(sessions: Sessions, text: str, limit: int) -> list[int]:
+    """Ids of the keys whose name or display prefix starts with `text` (case-insensitive)."""
+    pattern = text.lower()
+    query = (
+        select(ApiKey.id)
+        .where(
+            or_(
+                func.lower(ApiKey.name).startswith(pattern, autoescape=True),
+                func.lower(ApiKey.key_prefix).startswith(pattern, autoescape=True),
+            )
+        )
+        .order_by(ApiKey.id)
+        .limit(limit)
+    )
+    async with sessions() as session:
+        return [int(key_id) for key_id in await session.scalars(query)]
+
+
+@dataclass(slots=True)
+class Refusals:
+    """Requests and the 4xx answers among them; `group` is a bucket start or a key id."""
+
+    group: Any
+    requests: int = 0
+    client_errors: int = 0
+    unauthorized: int = 0
+    forbidden: int = 0
+    rate_limited: int = 0
+
+
+def _refusal_columns(c: Any = T) -> list[ColumnElement[Any]]:
+    return [
+        func.count().label("requests"),
+        _count_if(and_(c.status >= 400, c.status < 500), "client_errors"),
+        _count_if(c.status == 401, "unauthorized"),
+        _count_if(c.status == 403, "forbidden"),
+        _count_if(c.status == 429, "rate_limited"),
+    ]
+
+
+def _refusals_from(group: Any, row: Any) -> Refusals:
+    return Refusals(
+        group=group,
+        requests=int(row.requests or 0),
+        client_errors=int(row.client_errors or 0),
+        unauthorized=int(row.unauthorized or 0),
+        forbidden=int(row.forbidden or 0),
+        rate_limited=int(row.rate_limited or 0),
+    )
+
+
+async def refusal_series(
+    sessions: Sessions, scope: LogScope, bucket_seconds: int
+) -> list[Refusals]:
+    """Per time bucket (`group` = start, epoch seconds); empty buckets are left out."""
+    inner = select(_bucket(bucket_seconds), T.status).where(*scope.conditions()).subquery()
+    query = (
+        select(inner.c.bucket, *_refusal_columns(inner.c))
+        .group_by(inner.c.bucket)
+        .order_by(inner.c.bucket)
+    )
+    async with sessions() as session:
+        await _tune(session)
+        rows = list(await session.execute(query))
+    return [_refusals_from(int(row.bucket) * bucket_seconds, row) for row in rows]
+
+
+@dataclass(slots=True)
+class KeyRefusals:
+    refusals: Refusals
+    tenant_id: int | None
+    tenant_name: str | None
+    name: str | None
+    key_prefix: str | None
+
+
+async def refusals_by_key(sessions: Sessions, scope: LogScope, limit: int) -> list[KeyRefusals]:
+    """The keys with the most 4xx answers (keys with none are left out), most first."""
+    agg = (
+        select(T.key_id, func.max(T.tenant_id).label("log_tenant_id"), *_refusal_columns())
+        .where(*scope.conditions(), T.key_id.is_not(None))
+        .group_by(T.key_id)
+        .having(func.count().filter(and_(T.status >= 400, T.status < 500)) > 0)
+        .order_by(literal_column("client_errors").desc(), T.key_id)
+        .limit(limit)
+        .subquery()
+    )
+    tenant_id = func.coalesce(ApiKey.tenant_id, agg.c.log_tenant_id)
+    query = (
+        select(
+            agg,
+            tenant_id.label("tenant_id"),
+            Tenant.name.label("tenant_name"),
+            ApiKey.name,
+            ApiKey.key_prefix,
+        )
+        .outerjoin(ApiKey, ApiKey.id == agg.c.key_id)
+        .outerjoin(Tenant, Tenant.id == tenant_id)
+        .order_by(agg.c.client_errors.desc(), agg.c.key_id)
+    )
+    async with sessions() as session:
+        await _tune(session)
+        rows = list(await session.execute(query))
+    return [
+        KeyRefusals(
+            refusals=_refusals_from(int(row.key_id), row),
+            tenant_id=row.tenant_id,
+            tenant_name=row.tenant_name,
+            name=row.name,
+            key_prefix=row.key_prefix,
+        )
+        for row in rows
+    ]

@@ -9,6 +9,9 @@ spilled whenever it reaches half its bound, so a slow database never fills it. S
 by processes that have exited are adopted and replayed by a live one. A full queue drops the
 record, and a spill that cannot be written (disk full) loses its rows: both are counted
 (`log_queue_dropped`, `log_rows_lost`) and `lost` is shown on /health.
+
+Each batch also adds to the per-minute/hour/day roll-ups (heliox.db.rollups) in the same
+transaction, so the analytics read from them never disagree with the rows.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from heliox.db import rollups
 from heliox.db.models import RequestLog
 from heliox.metrics import Metrics
 
@@ -52,11 +56,19 @@ COLUMNS: tuple[str, ...] = (
     "client_ip",
     "user_agent",
     "error",
+    # 0010: new columns go last (rows are tuples in this order; spilled rows of an earlier
+    # version, shorter, are padded with None on replay).
+    "cache_key",
+    "upstream_status",
+    "refused_by",
+    "refusal",
 )
 # One row, in COLUMNS order; `ts` is a UTC epoch float until written.
 LogRow = tuple[Any, ...]
 
 BATCH_SIZE = 2000
+# The most rows one write takes from the queue (one COPY and one set of roll-up upserts).
+MAX_WRITE = 20_000
 FLUSH_INTERVAL = 0.25
 # Default bound on one database call of the writer (LOG_WRITE_TIMEOUT); a COPY of a full batch
 # takes milliseconds on a healthy server.
@@ -66,6 +78,10 @@ WRITE_TIMEOUT = 5.0
 RETRY_INTERVAL = 1.0
 # How often the spill folder is searched for files of processes that have exited.
 ADOPT_INTERVAL = 30.0
+# How often the writer looks for a finished hour of keyed roll-ups to compact.
+COMPACT_INTERVAL = 60.0
+# Advisory lock of the compaction on PostgreSQL ("heliox" + 1, beside the migrations' lock).
+COMPACT_LOCK_KEY = 0x68656C696F78 + 1
 _SPILL_NAME = re.compile(r"^logs-spill-(\d+)(?:-adopting-\d+)?\.jsonl$")
 T = TypeVar("T")
 
@@ -97,6 +113,7 @@ class LogWriter:
         self._driver: Any = None
         self._retry_at = 0.0  # monotonic time before which the database is not asked again
         self._adopt_at = 0.0
+        self._compact_at = time.monotonic() + COMPACT_INTERVAL
         self._abandoned: set[asyncio.Task[Any]] = set()
         self.written = 0
         # Rows given up: dropped from a full queue, or a spill that could not be written.
@@ -145,6 +162,8 @@ class LogWriter:
                 return
             if time.monotonic() >= self._adopt_at:
                 self._adopt_orphans()
+            if time.monotonic() >= self._compact_at and not self._spill_path.exists():
+                await self._compact_rollups()
 
     def _take_all(self) -> list[LogRow]:
         rows = list(self._queue)
@@ -166,7 +185,11 @@ class LogWriter:
                 await self._spill(self._take_all())
             return
         while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(BATCH_SIZE, len(self._queue)))]
+            # Everything queued, up to MAX_WRITE: the roll-up upserts cost per group (route,
+            # key, minute) rather than per row, so a database that falls behind catches up
+            # with larger, cheaper-per-row writes.
+            take = min(MAX_WRITE, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(take)]
             try:
                 await self._bounded(self._write(batch))
             except Exception as exc:
@@ -178,6 +201,10 @@ class LogWriter:
                     len(batch) + len(self._queue),
                 )
                 await self._spill(batch + self._take_all())
+                return
+            if len(self._queue) < BATCH_SIZE and not self._stopping:
+                # What arrived during this write waits for the next interval: draining it at
+                # once would turn a steady load into one tiny write per few requests.
                 return
 
     async def _bounded(self, call: Coroutine[Any, Any, T]) -> T:
@@ -232,9 +259,16 @@ class LogWriter:
                 driver = raw.driver_connection
                 assert driver is not None
                 self._driver = driver
-                await driver.copy_records_to_table(
-                    "request_logs", records=records, columns=list(COLUMNS)
-                )
+                # The rows and their roll-ups commit together or not at all (a failed batch is
+                # spilled and replayed whole).
+                async with driver.transaction():
+                    await driver.copy_records_to_table(
+                        "request_logs", records=records, columns=list(COLUMNS)
+                    )
+                    compacted = await driver.fetchval(_PG_MARK, rollups.COMPACTED_MARK)
+                    for grain, params in _rollup_params(batch, compacted or 0):
+                        if params:
+                            await driver.execute(_PG_UPSERTS[grain], *rollups.as_arrays(params))
                 self._driver = None
         else:
             # The driver's executemany on plain tuples: SQLAlchemy's per-row parameter processing
@@ -246,9 +280,25 @@ class LogWriter:
                 assert driver is not None
                 self._driver = driver
                 await driver.executemany(SQLITE_INSERT, rows)
+                cursor = await driver.execute(_SQLITE_MARK, (rollups.COMPACTED_MARK,))
+                mark = await cursor.fetchone()
+                for grain, params in _rollup_params(batch, mark[0] if mark else 0):
+                    await driver.executemany(_SQLITE_UPSERTS[grain], params)
                 self._driver = None
         self.written += len(batch)
         self._metrics.count("log_rows_written", len(batch))
+
+    async def _compact_rollups(self) -> None:
+        """Move the keyed roll-ups' compaction mark on by the hours that are finished, if no
+        other instance is doing it (heliox.db.rollups). Failures wait for the next interval."""
+        self._compact_at = time.monotonic() + COMPACT_INTERVAL
+        try:
+            moved = await self._bounded(compact_rollups(self._engine, time.time()))
+        except Exception as exc:
+            log.warning("request log roll-up compaction failed: %s", str(exc) or type(exc).__name__)
+            return
+        if moved:
+            log.info("compacted request log roll-ups up to %s", moved.isoformat())
 
     async def _not_yet_written(self, rows: list[LogRow]) -> list[LogRow]:
         """Rows of a spilled batch the database does not hold yet.
@@ -401,6 +451,98 @@ class LogWriter:
             os.replace(staged, self._spill_path)
         except OSError as exc:
             log.warning("cannot rewrite the request log spill file: %s", exc)
+
+
+# Roll-ups (heliox.db.rollups) are added to in the batch's own transaction, so analytics read
+# from them always agree with the rows: one upsert per group of the batch and grain.
+_PG_UPSERTS = {g: rollups.upsert_sql(g, postgres=True) for g in rollups.GRAINS}
+_SQLITE_UPSERTS = {g: rollups.upsert_sql(g, postgres=False) for g in rollups.GRAINS}
+_TS, _TENANT, _KEY, _ROUTE, _STATUS, _CACHE, _LATENCY, _UPSTREAM, _BYTES_IN, _BYTES_OUT = (
+    COLUMNS.index(name)
+    for name in (
+        "ts",
+        "tenant_id",
+        "key_id",
+        "route_name",
+        "status",
+        "cache_status",
+        "latency_ms",
+        "upstream_latency_ms",
+        "bytes_in",
+        "bytes_out",
+    )
+)
+
+
+# Read in the batch's transaction after its rows are in (on SQLite: with the write lock held),
+# FOR SHARE on PostgreSQL: a compaction waits for this batch to commit (heliox.db.rollups).
+_PG_MARK = f"SELECT upto FROM {rollups.MARKS_TABLE} WHERE name = $1 FOR SHARE"
+_SQLITE_MARK = f"SELECT upto FROM {rollups.MARKS_TABLE} WHERE name = ?"
+
+
+def _rollup_params(
+    batch: list[LogRow], compacted: float
+) -> list[tuple[rollups.Grain, list[tuple[Any, ...]]]]:
+    fields = (
+        (
+            row[_TS].timestamp() if isinstance(row[_TS], datetime) else float(row[_TS]),
+            row[_ROUTE],
+            row[_TENANT],
+            row[_KEY],
+            row[_STATUS],
+            row[_CACHE],
+            row[_LATENCY],
+            row[_UPSTREAM],
+            row[_BYTES_IN],
+            row[_BYTES_OUT],
+        )
+        for row in batch
+    )
+    groups = rollups.aggregate(fields, compacted)
+    return [(g, rollups.upsert_params(g, groups[g])) for g in rollups.GRAINS]
+
+
+async def compact_rollups(engine: AsyncEngine, now: float) -> datetime | None:
+    """One compaction run: returns the new mark, or None when there was nothing to do (or
+    another instance holds the mark)."""
+    postgres = engine.dialect.name == "postgresql"
+    lock = " FOR UPDATE" if postgres else ""
+    async with engine.begin() as conn:
+        if postgres:
+            # One compactor at a time (the others skip); FOR UPDATE below then waits for the
+            # batches in flight, which hold the mark FOR SHARE, and new batches wait for it.
+            if not await conn.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": COMPACT_LOCK_KEY}
+            ):
+                return None
+            await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+        else:
+            # Take SQLite's write lock first: a read that later writes could find its snapshot
+            # overtaken by another writer's commit.
+            await conn.execute(
+                text(f"UPDATE {rollups.MARKS_TABLE} SET upto = upto WHERE name = :name"),
+                {"name": rollups.COMPACTED_MARK},
+            )
+        mark = await conn.scalar(
+            text(f"SELECT upto FROM {rollups.MARKS_TABLE} WHERE name = :name{lock}"),
+            {"name": rollups.COMPACTED_MARK},
+        )
+        if mark is None:
+            return None
+        target = rollups.compacted_target(now, float(mark))
+        if target <= mark:
+            return None
+        for g in rollups.GRAINS:
+            if g.keyed and g.seconds > rollups.MINUTE:
+                await conn.execute(
+                    text(rollups.compact_sql(g, postgres=postgres)),
+                    {"since": int(mark), "until": int(target)},
+                )
+        await conn.execute(
+            text(f"UPDATE {rollups.MARKS_TABLE} SET upto = :upto WHERE name = :name"),
+            {"upto": int(target), "name": rollups.COMPACTED_MARK},
+        )
+    return datetime.fromtimestamp(target, UTC)
 
 
 SQLITE_INSERT = (

@@ -2,7 +2,8 @@
 
 Needs no alembic.ini, so it works from an installed wheel. On PostgreSQL several gateway processes
 may start at once; an advisory lock held on a dedicated connection lets one migrate while the
-others wait, then find the database already at head.
+others wait, then find the database already at head. Then, still under the lock, the request
+log partitions of the coming days are created (heliox.db.partitions).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic import command
@@ -47,10 +49,24 @@ async def upgrade_database(url: str, *, progress: Progress | None = None) -> Non
         async with _pg_migration_lock(url, report):
             report("migrating database …")
             revision = await _finish_in_thread(_upgrade, url)
+            await _create_partitions(url)
     else:
         report("migrating database …")
         revision = await _finish_in_thread(_upgrade, url)
     report(f"database at revision {revision}")
+
+
+async def _create_partitions(url: str) -> None:
+    """The request log partitions of the coming days (heliox.db.partitions), at every start:
+    a process that starts can write today's and the next days' rows to their own partition."""
+    from heliox.db.partitions import ensure_partitions
+
+    engine = make_engine(url, pool_size=1, statement_timeout_ms=None)
+    try:
+        async with engine.connect() as conn:
+            await ensure_partitions(conn, datetime.now(UTC))
+    finally:
+        await engine.dispose()
 
 
 def upgrade_database_sync(url: str, progress: Progress | None = None) -> None:

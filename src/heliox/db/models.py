@@ -13,12 +13,15 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     String,
+    Table,
     Text,
     TypeDecorator,
     false,
@@ -26,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from heliox.db.rollups import COUNT_COLUMNS, GRAINS, LAST_SEEN, LATENCY_SUM, MARKS_TABLE, Grain
 
 
 def utcnow() -> datetime:
@@ -184,6 +189,22 @@ class ConfigVersion(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class ConfigChange(Base):
+    """What one config version changed, written in the admin write's own transaction.
+
+    `changes` maps "keys", "tenants", "routes" and "policies" to the ids the write touched;
+    `full` marks a change no delta describes. Instances apply the rows after their version and
+    load the whole snapshot when one is missing. Only the latest versions are kept.
+    """
+
+    __tablename__ = "config_changes"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    changes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    full: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class RequestLog(Base):
     __tablename__ = "request_logs"
     __table_args__ = (
@@ -191,6 +212,7 @@ class RequestLog(Base):
         Index("ix_request_logs_route_ts", "route_name", "ts"),
         Index("ix_request_logs_key_ts", "key_id", "ts"),
         Index("ix_request_logs_tenant_ts", "tenant_id", "ts"),
+        Index("ix_request_logs_request_id", "request_id"),  # the detail view's lookup (0010)
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -214,6 +236,17 @@ class RequestLog(Base):
     # Why the upstream failed (its address and the cause), kept here rather than shown to the
     # client (added by 0003).
     error: Mapped[str | None] = mapped_column(String(500), default=None)
+    # Added by 0010, all null unless they apply. The cache entry's key (as in Cache-Status) when
+    # the route caches; the upstream's own status when it answered this request.
+    cache_key: Mapped[str | None] = mapped_column(Text, default=None)
+    upstream_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Which limit refused the request: the 429 problem's `limit` ("rate", "daily_quota",
+    # "monthly_quota", "blocked"), "bad_key" (too many requests without a valid key from the
+    # address) or "unavailable" (a fail-closed 503), and that limit's numbers (JSON object; see
+    # heliox.gateway.admission_step.refusal_record). One JSON column rather than a column per
+    # number: each limit has different numbers, and only refusals carry any.
+    refused_by: Mapped[str | None] = mapped_column(String(16), default=None)
+    refusal: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class AbuseEvent(Base):
@@ -249,3 +282,42 @@ class AuditLog(Base):
     entity_id: Mapped[str] = mapped_column(String(50), default="")
     before: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     after: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # The address the change came from (as the admin throttle sees it: TRUSTED_PROXIES apply);
+    # null for the CLI and for rows written before 0010.
+    client_ip: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+def _rollup_table(g: Grain) -> Table:
+    """One roll-up grain (heliox.db.rollups): counts are NULL where zero, tenant/key 0 = none."""
+    keys: list[Column[Any]] = [
+        Column("bucket", BigInteger, nullable=False, comment="start, epoch seconds")
+    ]
+    keys.append(Column("route_name", String(100), nullable=False))
+    indexes: list[Index] = []
+    if g.keyed:
+        keys.append(Column("tenant_id", Integer, nullable=False))
+        keys.append(Column("key_id", Integer, nullable=False))
+        indexes = [
+            Index(f"ix_{g.table}_key", "key_id", "bucket"),
+            Index(f"ix_{g.table}_tenant", "tenant_id", "bucket"),
+        ]
+    return Table(
+        g.table,
+        Base.metadata,
+        *keys,
+        *(Column(name, BigInteger, nullable=True) for name in COUNT_COLUMNS),
+        Column(LATENCY_SUM, Float, nullable=False),
+        Column(LAST_SEEN, Float, nullable=False, comment="newest row, epoch seconds"),
+        PrimaryKeyConstraint(*(c.name for c in keys), name=f"pk_{g.table}"),
+        *indexes,
+    )
+
+
+ROLLUPS: dict[Grain, Table] = {g: _rollup_table(g) for g in GRAINS}
+# How far the keyed hours and days are compacted from the keyed minutes (heliox.db.rollups).
+ROLLUP_MARKS = Table(
+    MARKS_TABLE,
+    Base.metadata,
+    Column("name", String(32), primary_key=True),
+    Column("upto", BigInteger, nullable=False, comment="epoch seconds, a whole hour"),
+)

@@ -3,19 +3,29 @@
 Which limit applies: the route's override if it has one (its own counter per key, or per client
 IP on a public route), else the key's, else DEFAULT_RATE_LIMIT_RPS / _BURST. Quotas belong to
 the key. The answer's rate-limit fields go on every response (unless the route hides them);
-a refusal is a 429 problem+json saying which limit was hit and when it resets.
+a refusal is a 429 problem+json saying which limit was hit and when it resets, in the same
+numbers as its Retry-After and RateLimit-* fields (the rule is in heliox.core.refusal).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import time
-from datetime import UTC, datetime
 
 from heliox.config import Settings
 from heliox.core.bounds import clamp_rate
 from heliox.core.breaker import RecentEvents
+from heliox.core.refusal import (
+    Refusal,
+    block_refusal,
+    iso,
+    quota_refusal,
+    rate_refusal,
+    token_bucket_window,
+)
 from heliox.gateway.exchange import ResponseSink
 from heliox.gateway.responses import Headers
 from heliox.metrics import Metrics
@@ -160,6 +170,8 @@ class AdmissionStep:
             self.metrics.count("admission_unavailable")
             if route.fail_mode == "closed":
                 self.metrics.admission[(route.name, "refused", "unavailable")] += 1
+                sink.ex.refused_by = UNAVAILABLE
+                sink.ex.refusal = _UNAVAILABLE_RECORD
                 await sink.problem(
                     503,
                     "Rate limiter unavailable",
@@ -173,54 +185,174 @@ class AdmissionStep:
             if self.fail_open is not None:
                 self.fail_open.add(time.monotonic())  # shown by /health and the dashboard
             return True
-        if not route.hide_ratelimit_headers:
-            sink.extra_headers.extend(rate_limit_headers(admission, result))
         if result.allowed:
+            if not route.hide_ratelimit_headers:
+                sink.extra_headers.extend(rate_limit_headers(admission, result))
             self.metrics.admission[(route.name, "admitted", "")] += 1
             sink.ex.cache_generation = result.cache_generation
             return True
         reason = result.reason or RATE
         self.metrics.admission[(route.name, "limited", reason)] += 1
-        await self._refuse(sink, admission, result, reason)
-        return False
-
-    async def _refuse(
-        self, sink: ResponseSink, admission: AdmissionRequest, result: AdmissionResult, reason: str
-    ) -> None:
-        reset_at = result.now + result.retry_after
-        if reason == BLOCKED and result.blocked_until is not None:
-            reset_at = result.blocked_until
-            detail = (
-                "this API key is temporarily blocked after unusual traffic until "
-                f"{_iso(reset_at)}; an administrator can lift the block"
-            )
-        elif reason == DAILY_QUOTA:
-            reset_at = result.daily_reset or reset_at
-            detail = (
-                f"the daily quota of {result.daily_limit} requests is used up; it resets at "
-                f"{_iso(reset_at)}"
-            )
-        elif reason == MONTHLY_QUOTA:
-            reset_at = result.monthly_reset or reset_at
-            detail = (
-                f"the monthly quota of {result.monthly_limit} requests is used up; it resets at "
-                f"{_iso(reset_at)}"
-            )
-        else:
-            detail = f"rate limit of {result.limit} requests exceeded"
-        retry = max(1, int(-(-(reset_at - result.now) // 1)))  # whole seconds, rounded up
-        if reason == RATE:
-            detail += f"; retry in {retry} s (at {_iso(reset_at)})"
+        refusal = refusal_for(admission, result, reason)
+        sink.ex.refused_by = reason
+        sink.ex.refusal = refusal_record(admission, result, refusal)
+        if not route.hide_ratelimit_headers:
+            sink.extra_headers.extend(refusal_headers(admission, result, refusal))
         await sink.problem(
             429,
             TITLES[reason],
-            detail,
-            [(b"retry-after", str(retry).encode())],
+            refusal.detail,
+            [(b"retry-after", b"%d" % refusal.retry_after)],
             type_=PROBLEM_TYPES[reason],
             limit=reason,
-            retry_after=retry,
-            reset_at=_iso(reset_at),
+            quota=refusal.quota,
+            window_seconds=refusal.window,
+            remaining=0,
+            retry_after=refusal.retry_after,
+            reset_after=refusal.reset,
+            retry_at=iso(refusal.retry_at),
+            reset_at=iso(refusal.reset_at),
         )
+        return False
+
+
+def refusal_for(admission: AdmissionRequest, result: AdmissionResult, reason: str) -> Refusal:
+    """The 429's numbers and words for the limit that refused (heliox.core.refusal)."""
+    now = result.now
+    if reason == DAILY_QUOTA and result.daily_limit is not None:
+        reset = result.daily_reset if result.daily_reset is not None else now + result.retry_after
+        return quota_refusal(DAILY_QUOTA, now=now, quota=result.daily_limit, reset_epoch=reset)
+    if reason == MONTHLY_QUOTA and result.monthly_limit is not None:
+        reset = (
+            result.monthly_reset if result.monthly_reset is not None else now + result.retry_after
+        )
+        return quota_refusal(MONTHLY_QUOTA, now=now, quota=result.monthly_limit, reset_epoch=reset)
+    quota, window = _rate_policy(admission, result)
+    if reason == BLOCKED:
+        until = result.blocked_until if result.blocked_until is not None else now + 1
+        return block_refusal(now=now, until=until, quota=quota, window=window)
+    spec = admission.limit
+    return rate_refusal(
+        now=now,
+        quota=quota,
+        window=window,
+        rate=spec.rate if spec is not None else 0.0,
+        token_bucket=spec is None or spec.algorithm == TOKEN_BUCKET,
+        wait=result.retry_after,
+        until_full=result.reset_after,
+    )
+
+
+# The request log's `refused_by` for a fail-closed 503 (the limiter's store unreachable): not a
+# limit, but the limiter refusing all the same.
+UNAVAILABLE = "unavailable"
+_UNAVAILABLE_RECORD = json.dumps({"retry_after": 1}, separators=(",", ":"))
+
+
+def refusal_record(admission: AdmissionRequest, result: AdmissionResult, refusal: Refusal) -> str:
+    """The refusing limit's numbers for the request log (`refusal`, compact JSON): the numbers
+    the 429 problem gave the client, under the same names, and what the limit is (its rate,
+    burst and algorithm; whose counter it is; the block's end). Built on refusals only.
+
+    A token bucket refuses when it is empty, whether a burst or the steady rate emptied it: the
+    log cannot tell those apart, so a rate refusal just says "rate"."""
+    record: dict[str, object] = {
+        "quota": refusal.quota,
+        "window_seconds": refusal.window,
+        "remaining": 0,
+        "retry_after": refusal.retry_after,
+        "reset_after": refusal.reset,
+        "retry_at": iso(refusal.retry_at),
+        "reset_at": iso(refusal.reset_at),
+    }
+    if refusal.kind in (RATE, BLOCKED):
+        spec = admission.limit
+        subject = admission.subject
+        if spec is not None:
+            record["algorithm"] = spec.algorithm
+            record["rate"] = spec.rate
+            if spec.algorithm == TOKEN_BUCKET:
+                record["burst"] = spec.burst
+        # Whose counter: the key's own, the key's on a route with its own limit, or (public
+        # route) the client address's.
+        if subject.startswith("ip:"):
+            record["per"] = "address"
+        else:
+            record["per"] = "key_route" if ":r:" in subject else "key"
+        if subject.endswith(":slow"):
+            record["slowed"] = True  # ABUSE_ACTION=multiplier: the reduced allowance
+    if refusal.kind == BLOCKED and result.blocked_until is not None:
+        record["blocked_until"] = iso(result.blocked_until)
+    return json.dumps(record, separators=(",", ":"))
+
+
+def _rate_policy(admission: AdmissionRequest, result: AdmissionResult) -> tuple[int, int]:
+    """The rate limit's q and w, as RateLimit-Policy states them (0, 0 without one)."""
+    spec = admission.limit
+    if spec is None or not result.limit:
+        return 0, 0
+    if spec.algorithm == TOKEN_BUCKET:
+        return result.limit, token_bucket_window(spec.burst, spec.rate)
+    return result.limit, spec.window_seconds
+
+
+def refusal_headers(
+    admission: AdmissionRequest, result: AdmissionResult, refusal: Refusal
+) -> Headers:
+    """The rate-limit fields of a 429: RateLimit-Policy as on every answer; RateLimit-Limit,
+    -Remaining, -Reset (and X-RateLimit-*) and the refusing limit's item of RateLimit describe
+    the limit that refused, with the Reset the problem's detail quotes (heliox.core.refusal).
+
+    Refusals only: the admitted path keeps its cheaper `rate_limit_headers`.
+    """
+    limit_b = b"%d" % refusal.quota
+    reset_b = b"%d" % refusal.reset
+    out: Headers = []
+    if refusal.quota:
+        out += [
+            (b"ratelimit-limit", limit_b),
+            (b"ratelimit-remaining", b"0"),
+            (b"ratelimit-reset", reset_b),
+            (b"x-ratelimit-limit", limit_b),
+            (b"x-ratelimit-remaining", b"0"),
+            (b"x-ratelimit-reset", reset_b),
+        ]
+    rate_q, window = _rate_policy(admission, result)
+    now = result.now
+    # The refusing limit's item says r=0 and the detail's Reset; a block empties the rate limit
+    # for as long as it lasts. The other items are the limits as they stand.
+    refusing = b"daily" if refusal.kind == DAILY_QUOTA else b"monthly"
+    if refusal.kind in (RATE, BLOCKED):
+        refusing = b"rate"
+    states: list[bytes] = []
+    if rate_q:
+        states.append(_item(b"rate", result.remaining, result.reset_after, refusing, refusal))
+    daily = result.daily_limit
+    if daily is not None and result.daily_remaining is not None and result.daily_reset is not None:
+        left = result.daily_reset - now
+        states.append(_item(b"daily", result.daily_remaining, left, refusing, refusal))
+    else:
+        daily = None
+    monthly = result.monthly_limit
+    if (
+        monthly is not None
+        and result.monthly_remaining is not None
+        and result.monthly_reset is not None
+    ):
+        left = result.monthly_reset - now
+        states.append(_item(b"monthly", result.monthly_remaining, left, refusing, refusal))
+    else:
+        monthly = None
+    if states:
+        out.append((b"ratelimit-policy", _policy_field(rate_q, window, daily, monthly)))
+        out.append((b"ratelimit", b", ".join(states)))
+    return out
+
+
+def _item(name: bytes, remaining: int, seconds: float, refusing: bytes, refusal: Refusal) -> bytes:
+    if name == refusing:
+        return b'"%s";r=0;t=%d' % (name, refusal.reset)
+    return b'"%s";r=%d;t=%d' % (name, remaining, max(0, math.ceil(seconds)))
 
 
 def rate_limit_headers(admission: AdmissionRequest, result: AdmissionResult) -> Headers:
@@ -257,7 +389,7 @@ def rate_limit_headers(admission: AdmissionRequest, result: AdmissionResult) -> 
         out = []
     daily = result.daily_limit
     if daily is not None and result.daily_remaining is not None and result.daily_reset is not None:
-        left = max(0, int(result.daily_reset - result.now))
+        left = max(0, int(-(-(result.daily_reset - result.now) // 1)))  # rounded up
         states.append(b'"daily";r=%d;t=%d' % (result.daily_remaining, left))
     else:
         daily = None
@@ -267,7 +399,7 @@ def rate_limit_headers(admission: AdmissionRequest, result: AdmissionResult) -> 
         and result.monthly_remaining is not None
         and result.monthly_reset is not None
     ):
-        left = max(0, int(result.monthly_reset - result.now))
+        left = max(0, int(-(-(result.monthly_reset - result.now) // 1)))  # rounded up
         states.append(b'"monthly";r=%d;t=%d' % (result.monthly_remaining, left))
     else:
         monthly = None
@@ -297,7 +429,3 @@ def _policy_field(rate_q: int, window: int, daily: int | None, monthly: int | No
         found = ", ".join(parts).encode()
         _POLICY_FIELDS[memo_key] = found
     return found
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

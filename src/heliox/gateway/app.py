@@ -234,6 +234,7 @@ class Gateway:
             if key is None:
                 retry = self.refusals.bad_key(ex.client_ip)
                 if retry is not None:
+                    self.refusals.note_bad_key(ex, retry)
                     await sink.problem(
                         429,
                         "Too many requests without a valid API key",
@@ -445,24 +446,30 @@ class Gateway:
             self.abuse.observe(key, time.time())
         elif key is None and not self.refusals.keep_row(ex):
             return  # a refusal over its address's log budget: counted, not written
-        rt.logs.enqueue(
-            (
-                time.time(),
-                ex.request_id,
-                key.tenant_id if key else None,
-                key.id if key else None,
-                route.id if route else None,
-                ex.route_name[:100],
-                ex.method,
-                ex.path[:2000],
-                ex.status,
-                ex.cache_status,
-                round(elapsed * 1000, 3),
-                round(ex.upstream_seconds * 1000, 3) if ex.upstream_seconds is not None else None,
-                ex.bytes_in,
-                ex.bytes_out,
-                ex.client_ip,
-                ex.user_agent,
-                ex.error[:500] if ex.error is not None else None,
-            )
+        row = (
+            time.time(),
+            ex.request_id,
+            key.tenant_id if key else None,
+            key.id if key else None,
+            route.id if route else None,
+            ex.route_name[:100],
+            ex.method,
+            ex.path[:2000],
+            ex.status,
+            ex.cache_status,
+            round(elapsed * 1000, 3),
+            round(ex.upstream_seconds * 1000, 3) if ex.upstream_seconds is not None else None,
+            ex.bytes_in,
+            ex.bytes_out,
+            ex.client_ip,
+            ex.user_agent,
+            ex.error[:500] if ex.error is not None else None,
+            # Added later, so at the end: whoever reads rows by position keeps working.
+            ex.cache_key,
+            ex.upstream_status,
+            ex.refused_by,
+            ex.refusal,
         )
+        if rt.access_log is not None:  # ACCESS_LOG: the same row, as a JSON line on stdout
+            rt.access_log.add(row)
+        rt.logs.enqueue(row)

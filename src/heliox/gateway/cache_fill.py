@@ -86,12 +86,28 @@ def tenant_of(req: ProxyRequest) -> int | None:
     return None if policy is None or policy.shared else req.tenant_id
 
 
+# Request -> entry key, for the URLs this process serves most: the key is a hash over
+# length-prefixed parts, computed on every cached request, and a hit asks it of the same few URLs
+# again and again. Bounded like the other memos: cleared when full, so a scan of distinct URLs
+# costs one hash each, as without it.
+_ENTRY_KEYS: dict[tuple[object, ...], str] = {}
+
+
 def entry_key(req: ProxyRequest) -> str:
     """The cache key of a GET/HEAD request (vary values as the upstream sees them)."""
-    policy = req.route.cache_policy
+    route = req.route
+    policy = route.cache_policy
     names = policy.vary_headers if policy is not None else ()
     vary = vary_values(names, req.lookup_headers) if names else []
-    return cache_key("GET", req.route.name, req.path, req.raw_query, vary, tenant_of(req))
+    tenant = tenant_of(req)
+    memo = (route.name, req.path, req.raw_query, tenant, *vary)
+    key = _ENTRY_KEYS.get(memo)
+    if key is None:
+        key = cache_key("GET", route.name, req.path, req.raw_query, vary, tenant)
+        if len(_ENTRY_KEYS) >= _MEMO_SIZE:
+            _ENTRY_KEYS.clear()
+        _ENTRY_KEYS[memo] = key
+    return key
 
 
 def variant_key(
@@ -573,4 +589,5 @@ class CacheIO:
             self.deps.metrics.upstream_latency[req.route.name].observe(seconds)
         else:
             req.ex.upstream_seconds = seconds
+            req.ex.upstream_status = resp.status
         return resp

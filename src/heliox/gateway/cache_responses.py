@@ -37,6 +37,22 @@ def status_headers(
     return [(b"x-cache", x_cache.encode("ascii")), (b"cache-status", status_field)]
 
 
+def _replayed(entry: CacheEntry) -> tuple[tuple[bytes, bytes], ...]:
+    """The fields `entry` is sent with, worked out once per entry: a HIT would otherwise filter
+    every stored field again."""
+    replayed = entry.replayed
+    if replayed is None:
+        # The fields targeting this cache stay in the entry (a 304 that freshens it recomputes
+        # its times from them, RFC 9111 §4.3.4) but are never replayed to a client.
+        fields = [
+            (n, v) for n, v in entry.headers if n != b"content-length" and n not in CONSUMED_FIELDS
+        ]
+        if entry.status not in _NO_LENGTH:
+            fields.append((b"content-length", b"%d" % len(entry.body)))
+        replayed = entry.replayed = tuple(fields)
+    return replayed
+
+
 async def send_entry(
     sink: ResponseSink,
     req: ProxyRequest,
@@ -52,14 +68,8 @@ async def send_entry(
         status = 304
         body = b""
     else:
-        # The fields targeting this cache stay in the entry (a 304 that freshens it recomputes
-        # its times from them, RFC 9111 §4.3.4) but are never replayed to a client.
-        headers = [
-            (n, v) for n, v in entry.headers if n != b"content-length" and n not in CONSUMED_FIELDS
-        ]
+        headers = list(_replayed(entry))
         status = entry.status
-        if status not in _NO_LENGTH:
-            headers.append((b"content-length", b"%d" % len(entry.body)))
         body = b"" if req.method == "HEAD" else entry.body
     headers.append((b"age", age_header(entry, now)))
     headers.append((b"via", VIA))

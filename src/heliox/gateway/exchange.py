@@ -46,8 +46,9 @@ class Exchange:
 
     __slots__ = (
         "body_detail", "body_error", "body_failed", "bytes_in", "bytes_out", "cache_generation",
-        "cache_key", "cache_status", "client_ip", "error", "key", "method", "path", "request_id",
-        "route", "route_name", "start", "status", "upstream_seconds", "user_agent",
+        "cache_key", "cache_status", "client_ip", "error", "key", "method", "path", "refusal",
+        "refused_by", "request_id", "route", "route_name", "start", "status", "upstream_seconds",
+        "upstream_status", "user_agent",
     )  # fmt: skip
 
     def __init__(self, method: str, start: float) -> None:
@@ -62,6 +63,7 @@ class Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
         self.upstream_seconds: float | None = None
+        self.upstream_status: int | None = None  # the upstream's own status, when it answered
         self.client_ip = ""
         self.user_agent = ""
         self.request_id = ""
@@ -74,6 +76,11 @@ class Exchange:
         # From admission on Redis: what the cache's in-process copies are checked against.
         self.cache_generation: bytes | None = None
         self.cache_key: str | None = None  # the entry's key, shown in Cache-Status (purge by it)
+        # Set only when a limit refused the request (a 429, or a fail-closed 503): which one
+        # (the 429 problem's `limit` value, or "bad_key" / "unavailable"), and its numbers as
+        # compact JSON, built then and written as they are (see heliox.gateway.admission_step).
+        self.refused_by: str | None = None
+        self.refusal: str | None = None
 
 
 class ResponseSink:

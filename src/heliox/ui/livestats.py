@@ -35,6 +35,8 @@ class Sample:
     requests: float = 0.0
     rejected_429: float = 0.0
     errors_5xx: float = 0.0
+    errors_4xx: float = 0.0  # 429 and 401 included
+    unauthorized: float = 0.0  # 401
     cache_served: float = 0.0
     cache_lookups: float = 0.0
     upstream_calls: float = 0.0
@@ -45,7 +47,8 @@ class Sample:
 
 def parse_sample(text: str, ts: float, *, blocked_keys: int | None = None) -> Sample:
     """One sample from Prometheus exposition text (every route summed)."""
-    requests = rejected = errors = served = lookups = upstream = 0.0
+    requests = rejected = errors = client_errors = unauthorized = 0.0
+    served = lookups = upstream = 0.0
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -54,8 +57,12 @@ def parse_sample(text: str, ts: float, *, blocked_keys: int | None = None) -> Sa
                 status = s.labels.get("status", "")
                 if status == "429":
                     rejected += s.value
+                elif status == "401":
+                    unauthorized += s.value
                 elif status.startswith("5"):
                     errors += s.value
+                if status.startswith("4"):
+                    client_errors += s.value
             elif s.name == CACHE + "_total":
                 result = s.labels.get("result", "")
                 if result in SERVED_FROM_CACHE:
@@ -75,6 +82,8 @@ def parse_sample(text: str, ts: float, *, blocked_keys: int | None = None) -> Sa
         requests=requests,
         rejected_429=rejected,
         errors_5xx=errors,
+        errors_4xx=client_errors,
+        unauthorized=unauthorized,
         cache_served=served,
         cache_lookups=lookups,
         upstream_calls=upstream,
@@ -100,6 +109,8 @@ def interval(a: Sample, b: Sample) -> dict[str, Any]:
         "rps": round(requests / seconds, 3),
         "rejected_429": b.rejected_429 - a.rejected_429,
         "errors_5xx": b.errors_5xx - a.errors_5xx,
+        "errors_4xx": b.errors_4xx - a.errors_4xx,
+        "unauthorized_401": b.unauthorized - a.unauthorized,
         "hit_rate": round(served / lookups, 4) if lookups > 0 else None,
         "upstream_calls": b.upstream_calls - a.upstream_calls,
         "upstream_saved": served,

@@ -173,9 +173,13 @@ class LogFilters:
     cache_status: str | None = None
     method: str | None = None
     path_prefix: str | None = None
+    request_id: str | None = None
+    key: str | None = None  # a key name or display prefix
 
     def params(self) -> dict[str, Any]:
         return {
+            "request_id": self.request_id,
+            "key": self.key,
             "route": self.route,
             "key_id": self.key_id,
             "status": self.status,

@@ -76,6 +76,7 @@ NAV = (
     NavItem("logs", "Logs", "Request logs"),
     NavItem("abuse", "Abuse", "Abuse detection"),
     NavItem("cache", "Cache", "Cache"),
+    NavItem("audit", "Audit", "Audit log"),
 )
 PAGES = {item.page: item for item in NAV}
 
@@ -93,11 +94,15 @@ OPTIONAL_ENDPOINTS = {
     "block": ("POST", "/admin/abuse/block/1"),
     "abuse_events": ("GET", "/admin/abuse/events"),
     "key_usage": ("GET", "/admin/keys/1/usage"),
+    "log_detail": ("GET", "/admin/analytics/logs/x"),
+    "refusals": ("GET", "/admin/analytics/refusals"),
+    "audit": ("GET", "/admin/audit"),
 }
 _SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9_\-./?=&%]*)?$")
 _CACHE_STATUS = re.compile(r"^[A-Z_]{1,16}$")
 _STATUS_FILTER = re.compile(r"^(?:[1-5][0-9][0-9]|[1-5]xx)$")
 _METHOD_FILTER = re.compile(r"^[A-Z]{1,16}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # what the gateway accepts or makes
 
 
 @dataclass
@@ -440,6 +445,11 @@ async def cache_page(request: Request) -> Response:
     return _page(request, "cache")
 
 
+@router.get("/audit")
+async def audit_page(request: Request) -> Response:
+    return _page(request, "audit")
+
+
 # --- live streams -------------------------------------------------------------------------------
 def _stream(body: Any) -> Response:
     response = StreamingResponse(body, media_type="text/event-stream")
@@ -485,6 +495,8 @@ async def logs_stream(
     cache_status: str = "",
     method: str = "",
     path_prefix: str = "",
+    request_id: str = "",
+    key: str = "",
 ) -> Response:
     ui = _ui(request)
     if auth.read_session(request, ui.settings) is None:
@@ -496,6 +508,8 @@ async def logs_stream(
         cache_status=cache_status,
         method=method,
         path_prefix=path_prefix,
+        request_id=request_id,
+        key=key,
     )
     if filters is None:
         return _headers(Response("invalid filter", status_code=400, media_type="text/plain"))
@@ -505,15 +519,28 @@ async def logs_stream(
 
 
 def log_filters(
-    *, route: str, key_id: str, status: str, cache_status: str, method: str, path_prefix: str
+    *,
+    route: str,
+    key_id: str,
+    status: str,
+    cache_status: str,
+    method: str,
+    path_prefix: str,
+    request_id: str = "",
+    key: str = "",
 ) -> streams.LogFilters | None:
     """The tail's filters from query parameters, or None when one is malformed."""
     route, status = route.strip(), status.strip().lower()
     cache, method = cache_status.strip().upper(), method.strip().upper()
+    request_id, key_text = request_id.strip(), key.strip()
     if len(route) > 100 or len(path_prefix) > 2000 or _has_control(route + path_prefix):
         return None
-    key = _bounded_int(key_id, 1, 2**31 - 1)
-    if key_id.strip() and key is None:
+    if request_id and not _REQUEST_ID.match(request_id):
+        return None
+    if len(key_text) > 200 or _has_control(key_text):
+        return None
+    key_number = _bounded_int(key_id, 1, 2**31 - 1)
+    if key_id.strip() and key_number is None:
         return None
     if status and not _STATUS_FILTER.match(status):
         return None
@@ -521,11 +548,13 @@ def log_filters(
         return None
     return streams.LogFilters(
         route=route or None,
-        key_id=key,
+        key_id=key_number,
         status=status or None,
         cache_status=cache or None,
         method=method or None,
         path_prefix=path_prefix or None,
+        request_id=request_id or None,
+        key=key_text or None,
     )
 
 

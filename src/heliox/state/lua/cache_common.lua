@@ -12,16 +12,27 @@
 --   P gen             the removal generation: raised after every delete and purge step, read by
 --                     admit.lua, so instances know when entries they keep in process may be gone,
 --                     and by fills, which store only if it has not moved since they started
--- Index keys are derived from P and the entry's own index part, so a standalone Redis (not a
--- cluster) is assumed.
+-- Index keys are derived from P and the entry's own index part: every key a script touches
+-- starts with P. On a Redis Cluster, P carries a hash tag: the cache is split into shards, each
+-- with all of the above under its own P (one hash slot per shard, the shards spread over the
+-- masters). There P gen is the shard's removal fence instead: the value the global generation
+-- (its own key, outside every shard) had when the latest removal in this shard began. See
+-- heliox.state.cache_redis.
 
 local FIXED = 68
 
 -- After removing entries: any copy an instance read before now is suspect. A missing counter
 -- (first use, or Redis lost its data) starts from Redis's clock in microseconds, above any value
 -- it held before, so an instance's old copies can never match again.
-local function bump_generation(P)
+-- On a cluster (`fence` given): raise the shard's fence to `fence` instead.
+local function bump_generation(P, fence)
   local g = P .. 'gen'
+  if fence and fence ~= '' then
+    if tonumber(redis.call('GET', g) or '0') < tonumber(fence) then
+      redis.call('SET', g, fence)
+    end
+    return
+  end
   if redis.call('EXISTS', g) == 0 then
     local t = redis.call('TIME')
     redis.call('SET', g, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))

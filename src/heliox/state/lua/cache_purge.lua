@@ -3,7 +3,8 @@
 -- ARGV: P, index key, dimension ('all'|'u'|'r'|'t'|'g'), start, batch,
 --       then the filters uri, route, tenant, prefix, tag: '' when absent, else '=' .. value;
 --       the tenant may also be '~' .. tenant: that tenant's entries or the shared ones (those
---       without a tenant; '~' alone: the shared ones only).
+--       without a tenant; '~' alone: the shared ones only); on a cluster, then the fence (see
+--       bump_generation).
 -- Returns {deleted, scanned, removed from this index}; the caller's next start is
 -- start + scanned - removed, and it stops when scanned < batch.
 local P, index_key, dim = ARGV[1], ARGV[2], ARGV[3]
@@ -63,5 +64,5 @@ for _, member in ipairs(members) do
   end
 end
 -- Every step, the last included: raised only after this step's deletions.
-bump_generation(P)
+bump_generation(P, ARGV[11])
 return {deleted, #members, removed}

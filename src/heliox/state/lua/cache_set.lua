@@ -2,11 +2,18 @@
 -- generation (a fill that started before a write must not store the old answer). Returns 1 when
 -- stored, 0 when the generation moved.
 -- ARGV: P, key, blob, ttl_ms, size, route, uri key, tenant ('' for shared), generation ('' for
--- no check), n, then n keys to drop (variants their index no longer holds: removed without
--- moving the generation), then tag...
+-- no check; on a cluster '>' .. generation: refused when the shard's fence is above it), n, then
+-- n keys to drop (variants their index no longer holds: removed without moving the
+-- generation), then tag...
 local P, member = ARGV[1], ARGV[2]
 local entry_key = P .. 'e:' .. member
-if ARGV[9] ~= '' and redis.call('GET', P .. 'gen') ~= ARGV[9] then
+local expected = ARGV[9]
+if string.sub(expected, 1, 1) == '>' then
+  local fence = tonumber(redis.call('GET', P .. 'gen') or '0')
+  if fence > tonumber(string.sub(expected, 2)) then
+    return 0
+  end
+elseif expected ~= '' and redis.call('GET', P .. 'gen') ~= expected then
   return 0
 end
 local dropped = tonumber(ARGV[10])

@@ -4,7 +4,6 @@ import {
 } from "./common.js";
 
 const hitBody = document.querySelector("#hit-table tbody");
-const result = document.getElementById("purge-result");
 const SERVED = ["HIT", "STALE", "NEGATIVE", "UPDATING"];
 const LOOKUPS = [...SERVED, "MISS", "EXPIRED", "REVALIDATED"];
 
@@ -73,9 +72,12 @@ async function purge(form, body) {
     title: "Purge cache", confirmLabel: body.all ? "Purge everything" : "Purge", danger: Boolean(body.all),
   });
   if (!ok) return;
+  // The outcome shows under the button that asked for it, not somewhere else on the page.
+  const outcome = form.querySelector(".purge-outcome");
+  outcome.textContent = "";
   const answer = await api("POST", "/admin/cache/purge", { body });
   const n = answer && (answer.purged ?? answer.deleted ?? answer.count);
-  result.textContent = typeof n === "number" ? `Purged ${n} entr${n === 1 ? "y" : "ies"} (${what}).` : `Purged ${what}.`;
+  outcome.textContent = typeof n === "number" ? `Purged ${n} entr${n === 1 ? "y" : "ies"} (${what}).` : `Purged ${what}.`;
   loadHitRates();
 }
 

@@ -141,6 +141,13 @@ export function emptyRow(tbody, columns, text) {
   tbody.replaceChildren(h("tr", null, h("td", { colspan: columns, class: "empty" }, text)));
 }
 
+// An empty table that says what to do next, with a button that does it (when there is one).
+export function emptyState(tbody, columns, text, action = null) {
+  const box = h("div", { class: "empty-cta" }, h("p", null, text),
+    action ? h("button", { type: "button", class: "btn btn-primary btn-sm", on: { click: action.onClick } }, action.label) : null);
+  tbody.replaceChildren(h("tr", null, h("td", { colspan: columns, class: "empty" }, box)));
+}
+
 // On narrow screens tables become stacks of cards; each cell shows its column's name, kept here
 // in data-label (from the table's header) for every row, including rows added later.
 function labelCells(table) {

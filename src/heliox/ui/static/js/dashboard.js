@@ -1,13 +1,18 @@
 import {
-  checkSession, fmtCompact, fmtMs, fmtNumber, fmtPct, fmtTime, h, itemsOf, stackTables,
+  api, checkSession, config, features, fmtCompact, fmtMs, fmtNumber, fmtPct, fmtTime, h, itemsOf, stackTables,
 } from "./common.js";
 
-const HISTORY_SECONDS = 15 * 60;
-let rangeSeconds = 5 * 60;
+const HISTORY_SECONDS = 60 * 60;
+const HISTORY_REFRESH_MS = 60_000;
+let rangeSeconds = 60 * 60;
 const css = getComputedStyle(document.documentElement);
 const color = (name) => css.getPropertyValue(name).trim();
+// Live points: this instance's samples since the page opened (or the server's recent ones).
 const points = [];
+// The last hour before that, per minute, from the request logs (every instance).
+let history = [];
 const charts = [];
+const SAMPLE_SECONDS = Number(config.sample_interval) || 2;
 
 const liveDot = document.getElementById("live-state");
 const liveLabel = document.getElementById("live-label");
@@ -27,7 +32,8 @@ const MIN_SPAN = 60;
 
 function xRange() {
   const now = Date.now() / 1000;
-  const first = points.length ? points[0].ts : now;
+  const all = merged();
+  const first = all.length ? all[0].ts - all[0].seconds : now;
   const span = Math.min(rangeSeconds, Math.max(MIN_SPAN, now - first));
   return [now - span, now];
 }
@@ -56,8 +62,8 @@ function makeChart(id, series, { format = (v) => fmtNumber(v), max = null } = {}
       y: { range: (u, lo, hi) => [0, max !== null ? max : Math.max(hi * 1.15, 1)] },
     },
     axes: [
-      { stroke: color("--muted"), grid: { stroke: "#eef0f5", width: 1 }, ticks: { stroke: "#eef0f5", width: 1 }, font: "11px system-ui" },
-      { stroke: color("--muted"), grid: { stroke: "#eef0f5", width: 1 }, ticks: { show: false }, size: 56, font: "11px system-ui", values: axisValues(format) },
+      { stroke: color("--muted"), grid: { stroke: color("--grid"), width: 1 }, ticks: { stroke: color("--grid"), width: 1 }, font: "11px system-ui" },
+      { stroke: color("--muted"), grid: { stroke: color("--grid"), width: 1 }, ticks: { show: false }, size: 56, font: "11px system-ui", values: axisValues(format) },
     ],
     series: [
       {},
@@ -68,7 +74,8 @@ function makeChart(id, series, { format = (v) => fmtNumber(v), max = null } = {}
         fill: s.fill ? color(s.color) + "1f" : undefined,
         // A value with no neighbour (one busy interval among idle ones) still shows, as a dot.
         points: { show: true, size: 5, filter: isolated },
-        spanGaps: Boolean(s.spanGaps),
+        // Never drawn across a gap: a null (nothing measured, or no request to time) breaks it.
+        spanGaps: false,
       })),
     ],
   };
@@ -83,12 +90,17 @@ const CHARTS = [
     { label: "429/s", color: "--c4", value: (p) => p.rejected_429 / p.seconds },
   ] },
   { id: "chart-latency", format: (v) => fmtMs(v), series: [
-    { label: "p50", color: "--c1", spanGaps: true, value: (p) => p.p50 },
-    { label: "p95", color: "--c2", spanGaps: true, value: (p) => p.p95 },
-    { label: "p99", color: "--c4", spanGaps: true, value: (p) => p.p99 },
+    { label: "p50", color: "--c1", value: (p) => p.p50 },
+    { label: "p95", color: "--c2", value: (p) => p.p95 },
+    { label: "p99", color: "--c4", value: (p) => p.p99 },
   ] },
   { id: "chart-hit", max: 100, format: (v) => `${fmtNumber(v, 0)}%`, series: [
-    { label: "hit rate", color: "--c3", fill: true, spanGaps: true, value: (p) => (p.hit_rate === null ? null : p.hit_rate * 100) },
+    { label: "hit rate", color: "--c3", fill: true, value: (p) => (p.hit_rate === null ? null : p.hit_rate * 100) },
+  ] },
+  { id: "chart-refused", series: [
+    { label: "4xx/s", color: "--c6", fill: true, value: (p) => (p.errors_4xx ?? null) === null ? null : p.errors_4xx / p.seconds },
+    { label: "401/s", color: "--c2", value: (p) => (p.unauthorized_401 ?? null) === null ? null : p.unauthorized_401 / p.seconds },
+    { label: "429/s", color: "--c4", value: (p) => p.rejected_429 / p.seconds },
   ] },
   { id: "chart-saved", series: [
     { label: "saved/s", color: "--c3", fill: true, value: (p) => p.upstream_saved / p.seconds },
@@ -96,15 +108,106 @@ const CHARTS = [
   ] },
 ];
 
+// History up to where the live points begin, then the live points. Each point covers
+// (ts - seconds, ts]; where the next one starts well after the previous ended, nothing was
+// measured, and a row of nulls goes in between so every line breaks there.
+function merged() {
+  const liveStart = points.length ? points[0].ts - points[0].seconds : Infinity;
+  const out = [];
+  for (const p of [...history.filter((q) => q.ts <= liveStart + SAMPLE_SECONDS), ...points]) {
+    const prev = out[out.length - 1];
+    if (prev && p.ts <= prev.ts) continue;
+    out.push(p);
+  }
+  return out;
+}
+
+function withGaps(list) {
+  const out = [];
+  for (const p of list) {
+    const prev = out[out.length - 1];
+    if (prev) {
+      const allowed = Math.max(prev.seconds, p.seconds, SAMPLE_SECONDS) * 1.5;
+      if (p.ts - p.seconds - prev.ts > allowed || p.ts - prev.ts > allowed + p.seconds) {
+        out.push({ ts: (prev.ts + p.ts - p.seconds) / 2, gap: true });
+      }
+    }
+    out.push(p);
+  }
+  return out;
+}
+
 function redraw() {
-  const xs = points.map((p) => p.ts);
+  const rows = withGaps(merged());
+  const xs = rows.map((p) => p.ts);
   CHARTS.forEach((spec, i) => {
-    const data = [xs, ...spec.series.map((s) => points.map((p) => {
+    const data = [xs, ...spec.series.map((s) => rows.map((p) => {
+      if (p.gap) return null;
       const v = s.value(p);
       return v === null || v === undefined || Number.isNaN(v) ? null : v;
     }))];
     charts[i].chart.setData(data);
   });
+}
+
+// --- history from the server ------------------------------------------------------------------
+// One point per minute of the last hour: the cache-hit-rate series (traffic, hit rate, latency)
+// joined with the refusals series (4xx, 401, 429) on the bucket start.
+function historyPoints(cache, refused) {
+  const byStart = new Map((refused ? refused.series : []).map((r) => [r.ts, r]));
+  return (cache ? cache.series : []).filter((s) => s.seconds > 0).map((s) => {
+    const r = byStart.get(s.ts);
+    const end = Date.parse(s.ts) / 1000 + s.seconds;
+    return {
+      ts: end, seconds: s.seconds, history: true,
+      requests: s.requests, rps: s.requests_per_second, hit_rate: s.hit_rate,
+      p50: s.p50_ms, p95: s.p95_ms, p99: s.p99_ms,
+      rejected_429: s.rate_limited, upstream_calls: s.upstream_calls, upstream_saved: s.hits,
+      errors_4xx: r ? r.client_errors : s.client_errors, unauthorized_401: r ? r.unauthorized : null,
+    };
+  });
+}
+
+async function loadHistory() {
+  if (!features.cache_hit_rate) return;
+  // 59 minutes, widened back to a whole minute, stay within the hour that the analytics answer
+  // from the raw request logs (exact percentiles); longer ranges come from the roll-ups.
+  const query = { window: "59m", bucket: "1m" };
+  try {
+    const [cache, refused] = await Promise.all([
+      api("GET", "/admin/analytics/cache-hit-rate", { query }),
+      features.refusals ? api("GET", "/admin/analytics/refusals", { query: { ...query, limit: 8 } }) : null,
+    ]);
+    history = historyPoints(cache, refused);
+    document.body.dataset.history = String(history.length);
+    if (refused) renderRefused(refused);
+    redraw();
+  } catch {
+    // The live samples still draw; the note under the charts says where history comes from.
+  }
+}
+
+function renderRefused(refused) {
+  const box = document.getElementById("refused-keys");
+  const rows = refused.by_key || [];
+  if (!rows.length) {
+    box.replaceChildren(h("p", { class: "empty" }, "No key was refused in the last hour."));
+    return;
+  }
+  box.replaceChildren(h("table", { class: "table table-dense", id: "refused-table" },
+    h("thead", null, h("tr", null,
+      h("th", { scope: "col" }, "Key"), h("th", { scope: "col" }, "Tenant"),
+      h("th", { scope: "col", class: "num" }, "Requests"), h("th", { scope: "col", class: "num" }, "4xx"),
+      h("th", { scope: "col", class: "num" }, "429"), h("th", { scope: "col", class: "num" }, "Refused"))),
+    h("tbody", null, rows.map((k) => h("tr", { dataset: { keyId: k.key_id } },
+      h("td", null, h("a", { href: `/ui/logs?key=${encodeURIComponent(k.key_prefix || k.name || "")}`, title: "Show this key's requests" },
+        k.name || `Key #${k.key_id}`), k.key_prefix ? h("div", { class: "cell-sub" }, `${k.key_prefix}…`) : null),
+      h("td", null, k.tenant_name || (k.tenant_id ? `#${k.tenant_id}` : "–")),
+      h("td", { class: "num" }, fmtCompact(k.requests)),
+      h("td", { class: "num" }, fmtCompact(k.client_errors)),
+      h("td", { class: "num" }, fmtCompact(k.rate_limited)),
+      h("td", { class: "num" }, fmtPct(k.refused_rate)))))));
+  stackTables(box);
 }
 
 function resize() {
@@ -138,6 +241,7 @@ function addPoints(list) {
   for (const p of list) if (p.ts > last) points.push(p);
   const cutoff = Date.now() / 1000 - HISTORY_SECONDS;
   while (points.length && points[0].ts < cutoff) points.shift();
+  while (history.length && history[0].ts < cutoff) history.shift();
 }
 
 // --- top keys and routes -----------------------------------------------------------------------
@@ -244,4 +348,6 @@ for (const button of document.querySelectorAll(".seg[data-range]")) {
 
 for (const spec of CHARTS) makeChart(spec.id, spec.series, spec);
 new ResizeObserver(resize).observe(document.querySelector(".charts"));
+loadHistory();
+setInterval(loadHistory, HISTORY_REFRESH_MS);
 connect();

@@ -1,6 +1,6 @@
 import {
-  ApiError, api, badge, config, confirmDialog, copyText, emptyRow, features, fieldValue, fmtCompact,
-  fmtDate, fmtDay, fmtNumber, fmtRelative, h, listAll, numberValue, onSubmit, openDialog, reportError,
+  ApiError, api, badge, config, confirmDialog, copyText, emptyRow, emptyState, features, fieldValue, fmtCompact,
+  fmtDate, fmtDay, fmtNumber, fmtRelative, h, itemsOf, listAll, numberValue, onSubmit, openDialog, reportError,
   setField, toast,
 } from "./common.js";
 
@@ -13,6 +13,8 @@ const rotateDialog = document.getElementById("rotate-dialog");
 const rotateForm = document.getElementById("rotate-form");
 const secretDialog = document.getElementById("secret-dialog");
 let tenants = new Map();
+// Keys soft-blocked right now (abuse detection or by hand): key id -> the block.
+let blocked = new Map();
 let editing = null;
 let rotating = null;
 
@@ -31,16 +33,40 @@ async function loadTenants() {
 
 async function load() {
   try {
-    const keys = await listAll("/admin/keys", {
+    const [keys] = await Promise.all([listAll("/admin/keys", {
       tenant_id: tenantFilter.value || null,
       include_revoked: showRevoked.checked ? true : null,
-    });
+    }), loadBlocked()]);
     render(keys);
     loadUsage(keys);
   } catch (err) {
     emptyRow(tbody, 6, "Could not load keys.");
     reportError(err, "Loading keys");
   }
+}
+
+async function loadBlocked() {
+  if (!features.abuse) return;
+  try {
+    const answer = await api("GET", "/admin/abuse/blocked");
+    blocked = new Map(itemsOf(answer).filter((b) => b.key_id !== null).map((b) => [b.key_id, b]));
+  } catch {
+    blocked = new Map();  // the status column then shows what the key record says
+  }
+}
+
+async function unblock(key) {
+  const ok = await confirmDialog(`Lift the block on “${key.name}” (${key.key_prefix}…)? Its requests are admitted again on every instance.`, {
+    title: "Unblock key", confirmLabel: "Unblock", danger: false,
+  });
+  if (!ok) return;
+  try {
+    await api("POST", `/admin/abuse/unblock/${key.id}`);
+    toast(`Unblocked ${key.name}`, "ok");
+  } catch (err) {
+    reportError(err, "Unblocking");
+  }
+  load();
 }
 
 function rateText(k) {
@@ -74,13 +100,25 @@ function quotaCell(k, usage) {
 
 function render(keys) {
   document.getElementById("key-count").textContent = `${keys.length} key${keys.length === 1 ? "" : "s"}`;
-  if (!keys.length) { emptyRow(tbody, 6, "No keys match."); return; }
+  if (!keys.length) {
+    const tenant = tenants.get(Number(tenantFilter.value));
+    const text = tenant ? `${tenant.name} has no ${showRevoked.checked ? "" : "usable "}keys yet.`
+      : "No API keys yet. Clients need one to call routes that are not public.";
+    emptyState(tbody, 6, text, { label: "Create a key", onClick: () => openForm(null) });
+    return;
+  }
   tbody.replaceChildren(...keys.map((k) => {
     const tenant = tenants.get(k.tenant_id);
     const live = k.status !== "revoked" && k.status !== "expired";
+    const block = live ? blocked.get(k.id) : undefined;
     const status = [badge(k.status, STATUS_KIND[k.status] ?? "")];
     status.push(h("div", { class: "cell-sub", title: fmtDate(k.created_at) }, `since ${fmtDay(k.created_at)}`));
     if (k.expires_at && live) status[1] = h("div", { class: "cell-sub", title: fmtDate(k.expires_at) }, `expires ${fmtRelative(k.expires_at)}`);
+    if (block) {
+      status.splice(1, 0, " ", badge("blocked", "danger"));
+      status.push(h("div", { class: "cell-sub", title: block.reason || null, dataset: { blockedUntil: block.blocked_until || "" } },
+        block.blocked_until ? `blocked until ${fmtDate(block.blocked_until)}` : "blocked"));
+    }
     return h("tr", { dataset: { id: k.id, prefix: k.key_prefix } },
       h("td", null, h("div", { class: "cell-title" }, k.name),
         h("div", { class: "cell-sub", title: `created ${fmtDate(k.created_at)}` }, h("code", null, `${k.key_prefix}…`), ` · #${k.id}`)),
@@ -91,7 +129,8 @@ function render(keys) {
       h("td", null, h("div", { class: "row-actions" },
         live ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => openForm(k) } }, "Edit") : null,
         live ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => openRotate(k) } }, "Rotate") : null,
-        live && features.block ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => openBlock(k) } }, "Block") : null,
+        live && features.block && !block ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => openBlock(k) } }, "Block") : null,
+        block && features.unblock ? h("button", { type: "button", class: "btn btn-ghost btn-sm", on: { click: () => unblock(k) } }, "Unblock") : null,
         k.status !== "revoked" ? h("button", { type: "button", class: "btn btn-link danger btn-sm", on: { click: () => revoke(k) } }, "Revoke") : null)));
   }));
 }
@@ -197,6 +236,7 @@ onSubmit(blockForm, async () => {
   });
   blockDialog.close();
   toast(`Blocked ${blocking.name}${answer && answer.blocked_until ? ` until ${fmtDate(answer.blocked_until)}` : ""}`, "ok");
+  load();
 });
 
 async function revoke(key) {

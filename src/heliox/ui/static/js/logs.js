@@ -1,7 +1,8 @@
 import {
-  ApiError, api, badge, cacheKind, checkSession, clearErrors, fmtDate, fmtMs, fmtTime, h, itemsOf, listAll,
-  reportError, showErrors, statusKind, svgIcon,
+  ApiError, api, badge, cacheKind, checkSession, clearErrors, fmtDate, fmtMs, fmtTime, h, itemsOf,
+  listAll, reportError, showErrors, statusKind, svgIcon,
 } from "./common.js";
+import { openLogDetail } from "./logdetail.js";
 
 const MAX_TAIL_ROWS = 500;
 const filters = document.getElementById("log-filters");
@@ -25,16 +26,26 @@ let lastQuery = null;
 function filterValues() {
   const data = new FormData(filters);
   const get = (name) => String(data.get(name) || "").trim();
+  // One "Key" box: a number is a key id, anything else a name or prefix to match.
+  const key = get("key");
+  const numeric = /^[0-9]+$/.test(key);
   return {
-    route: get("route"), key_id: get("key_id"), status: get("status").toLowerCase(),
+    route: get("route"), key_id: numeric ? key : "", key: numeric ? "" : key,
+    request_id: get("request_id"), status: get("status").toLowerCase(),
     cache_status: get("cache_status"), method: get("method"), path_prefix: get("path_prefix"),
   };
 }
 
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
 // One log row as a table row; every value goes in as text.
 function logRow(r, fresh) {
   const ua = r.user_agent || "";
-  return h("tr", { class: fresh ? "fresh" : null, dataset: { id: r.id } },
+  // Focusable and opened with Enter or a click: the row is the way to its details.
+  const tr = h("tr", {
+    class: "row-link" + (fresh ? " fresh" : ""), tabindex: 0, dataset: { id: r.id, requestId: r.request_id },
+    "aria-label": `${r.method} ${r.path} ${r.status}, ${fmtDate(r.ts)}: show details`,
+  },
     h("td", { title: fmtDate(r.ts) }, fmtTime(r.ts)),
     h("td", null, r.method),
     h("td", null, r.route_name || h("span", { class: "muted" }, "–")),
@@ -46,6 +57,14 @@ function logRow(r, fresh) {
     h("td", { class: "mono opt" }, r.client_ip || "–"),
     h("td", { class: "truncate opt", title: ua }, ua || "–"),
   );
+  tr.addEventListener("click", () => openLogDetail(r, tr));
+  tr.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      openLogDetail(r, tr);
+    }
+  });
+  return tr;
 }
 
 function setState(state, text) {
@@ -72,6 +91,10 @@ function connect() {
   }
   if (f.key_id && !/^[0-9]{1,10}$/.test(f.key_id)) {
     setState("down", "Key id must be a number");
+    return;
+  }
+  if (f.request_id && !REQUEST_ID.test(f.request_id)) {
+    setState("down", "A request id has only letters, digits and . _ : - (at most 128)");
     return;
   }
   const params = new URLSearchParams();
@@ -158,6 +181,10 @@ async function search(cursor) {
     const shown = searchBody.rows.length;
     searchStatus.textContent = shown ? `${shown} row${shown === 1 ? "" : "s"}${moreButton.hidden ? "" : " so far"}` : "No stored request matches.";
   } catch (err) {
+    // A rejected filter must not leave the previous search's rows looking like its answer.
+    searchBody.replaceChildren();
+    moreButton.hidden = true;
+    nextCursor = null;
     searchStatus.textContent = "Search failed.";
     if (err instanceof ApiError && err.status === 422) showErrors(filters, err);
     else if (!(err instanceof ApiError && err.status === 401)) reportError(err, "Searching logs");
@@ -180,7 +207,7 @@ if (filters) {
     event.preventDefault();
     search(null).catch(() => {});
   });
-  for (const name of ["route", "key_id", "status", "cache_status", "method", "path_prefix"]) {
+  for (const name of ["route", "key", "request_id", "status", "cache_status", "method", "path_prefix"]) {
     filters.elements.namedItem(name).addEventListener("change", () => {
       tailBody.replaceChildren();
       tailEmpty.hidden = false;
@@ -204,6 +231,14 @@ if (filters) {
   moreButton.addEventListener("click", () => { if (lastQuery) search(nextCursor); });
   window.addEventListener("pagehide", () => { if (source) source.close(); });
 
+  // /ui/logs?request_id=…&key=… (links from elsewhere): filled in and searched at once.
+  const given = new URLSearchParams(location.search);
+  let prefilled = false;
+  for (const name of ["request_id", "key", "path_prefix", "status"]) {
+    const value = given.get(name);
+    if (value) { filters.elements.namedItem(name).value = value; prefilled = true; }
+  }
   loadRoutes();
   connect();
+  if (prefilled) search(null).catch(() => {});
 }

@@ -1,5 +1,5 @@
 import {
-  api, badge, confirmDialog, emptyRow, features, fieldValue, fmtBytes, fmtNumber, fmtSeconds, h,
+  api, badge, confirmDialog, emptyRow, emptyState, features, fieldValue, fmtBytes, fmtNumber, fmtSeconds, h,
   listAll, listValue, numberValue, onSubmit, openDialog, reportError, setField, toast,
 } from "./common.js";
 
@@ -33,7 +33,11 @@ function limitText(r) {
 
 function renderRoutes(routes) {
   document.getElementById("route-count").textContent = `${routes.length} route${routes.length === 1 ? "" : "s"}`;
-  if (!routes.length) { emptyRow(routesBody, 7, "No routes yet."); return; }
+  if (!routes.length) {
+    emptyState(routesBody, 7, "No routes yet. A route maps /g/<name>/… to an upstream; the gateway proxies nothing without one.",
+      { label: "Add a route", onClick: () => openRoute(null) });
+    return;
+  }
   routesBody.replaceChildren(...routes.map((r) => h("tr", { dataset: { id: r.id, name: r.name } },
     h("td", null, h("div", { class: "cell-title" }, r.name), h("div", { class: "cell-sub mono" }, `/g/${r.name}${r.path_pattern === "/*" ? "/…" : r.path_pattern}`)),
     h("td", null, h("div", { class: "truncate mono", title: r.upstream_url }, r.upstream_url),
@@ -52,7 +56,11 @@ function renderRoutes(routes) {
 
 function renderPolicies(list) {
   document.getElementById("policy-count").textContent = `${list.length} polic${list.length === 1 ? "y" : "ies"}`;
-  if (!list.length) { emptyRow(policiesBody, 9, "No cache policies yet."); return; }
+  if (!list.length) {
+    emptyState(policiesBody, 9, "No cache policies yet. Routes without one follow the upstream's Cache-Control.",
+      { label: "Add a cache policy", onClick: () => openPolicy(null) });
+    return;
+  }
   policiesBody.replaceChildren(...list.map((p) => h("tr", { dataset: { id: p.id, name: p.name } },
     h("td", null, h("div", { class: "cell-title" }, p.name),
       h("div", { class: "cell-sub" }, [p.shared ? "shared" : "per tenant", p.negative_cache ? "negative cache" : null, p.cache_with_cookies ? "cookies cached" : null].filter(Boolean).join(" · "))),

@@ -1,5 +1,5 @@
 import {
-  api, badge, confirmDialog, emptyRow, fieldValue, fmtDate, fmtDay, h, listAll, onSubmit, openDialog,
+  api, badge, confirmDialog, emptyRow, emptyState, fieldValue, fmtDate, fmtDay, h, listAll, onSubmit, openDialog,
   numberValue, reportError, setField, toast,
 } from "./common.js";
 
@@ -21,7 +21,12 @@ async function load() {
 
 function render(tenants) {
   document.getElementById("tenant-count").textContent = `${tenants.length} tenant${tenants.length === 1 ? "" : "s"}`;
-  if (!tenants.length) { emptyRow(tbody, 5, "No tenants yet. Create one to issue keys."); return; }
+  if (!tenants.length) {
+    if (onlyActive.checked) { emptyRow(tbody, 5, "No active tenant."); return; }
+    emptyState(tbody, 5, "No tenants yet. Every API key belongs to a tenant: create one first.",
+      { label: "Create a tenant", onClick: () => openForm(null) });
+    return;
+  }
   tbody.replaceChildren(...tenants.map((t) => h("tr", { dataset: { id: t.id } },
     h("td", null,
       h("div", { class: "cell-title" }, t.name),

@@ -1,0 +1,257 @@
+"""CPU per request of Heliox's data plane alone, driven in process (no HTTP server, no sockets).
+
+    .venv/bin/python bench/pipeline_cost.py                  # HIT and MISS, embedded
+    .venv/bin/python bench/pipeline_cost.py --mode redis     # on Redis + PostgreSQL
+    .venv/bin/python bench/pipeline_cost.py --profile hit    # cProfile of the HIT loop
+
+The gateway is built as `heliox serve` builds it and called as its ASGI server would call it, one
+request at a time, so the figure is the pipeline's own cost: key, admission, cache, response,
+metrics and the request log (its SQLite writer thread included: process CPU counts every thread).
+`bench/run.py` measures the same pipeline behind granian and nginx; this script is for finding
+what a change saves without a quiet machine: process CPU per request moves little when other jobs
+run, where wrk's req/s moves a lot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchkit import gateway as gw_kit
+from benchkit import services
+from benchkit.procs import Processes
+
+DEFAULT_PG = os.environ.get(
+    "HELIOX_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+DEFAULT_REDIS = os.environ.get("HELIOX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def say(message: str) -> None:
+    print(f"pipeline: {message}", file=sys.stderr, flush=True)
+
+
+class Driver:
+    """Calls an ASGI app the way a server does, with one reusable receive and a counting send."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.status = 0
+        self.body = b""
+
+    async def receive(self) -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.body = b""
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+
+    def scope(self, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        raw, _, query = path.partition("?")
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": raw,
+            "raw_path": raw.encode(),
+            "query_string": query.encode(),
+            "headers": headers,
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8000),
+            "root_path": "",
+        }
+
+    async def call(self, path: str, headers: list[tuple[bytes, bytes]]) -> int:
+        await self.app(self.scope(path, headers), self.receive, self.send)
+        return self.status
+
+
+async def lifespan(app: Any) -> tuple[asyncio.Queue[dict[str, Any]], asyncio.Task[None]]:
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    started = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        return await inbox.get()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            started.set()
+        elif message["type"] == "lifespan.startup.failed":
+            raise SystemExit(f"start-up failed: {message.get('message')}")
+
+    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
+    await inbox.put({"type": "lifespan.startup"})
+    await asyncio.wait_for(started.wait(), 60)
+    return inbox, task
+
+
+async def admin(driver: Driver, method: str, path: str, payload: object) -> dict[str, Any]:
+    import httpx
+
+    transport = httpx.ASGITransport(app=driver.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        reply = await client.request(
+            method, path, json=payload, headers={"X-Admin-Key": gw_kit.ADMIN_KEY}
+        )
+    if reply.status_code >= 300:
+        raise SystemExit(f"{method} {path} -> {reply.status_code}: {reply.text[:300]}")
+    result: dict[str, Any] = reply.json()
+    return result
+
+
+async def measure(
+    driver: Driver, path: str, headers: list[tuple[bytes, bytes]], n: int, expect: str
+) -> float:
+    """Process CPU seconds per request over n requests (the median of three runs)."""
+    runs = []
+    for _ in range(3):
+        t0 = time.process_time()
+        for _ in range(n):
+            await driver.call(path, headers)
+        # Let the log writer take what these requests queued: its CPU belongs to them.
+        await asyncio.sleep(0.3)
+        runs.append((time.process_time() - t0) / n)
+    status = driver.status
+    if status != 200:
+        raise SystemExit(f"{path} answered {status}, expected 200 ({expect})")
+    return sorted(runs)[1]
+
+
+async def stalls(
+    driver: Driver, path: str, headers: list[tuple[bytes, bytes]], seconds: float
+) -> None:
+    """Sequential HITs for `seconds`: the latency distribution and when the slowest ones came,
+    to tell a periodic stall (a flush, a collection, a timer) from noise."""
+    times: list[tuple[float, float]] = []
+    clock = time.perf_counter
+    start = clock()
+    end = start + seconds
+    while (t0 := clock()) < end:
+        await driver.call(path, headers)
+        times.append((clock() - t0, t0 - start))
+        if len(times) % 64 == 0:
+            await asyncio.sleep(0)  # let timers and the log writer run, as between requests
+    ordered = sorted(d for d, _ in times)
+    n = len(ordered)
+    print(
+        f"{n} requests: p50 {ordered[n // 2] * 1e6:.0f} µs, p99 {ordered[n * 99 // 100] * 1e6:.0f} "
+        f"µs, p99.9 {ordered[n * 999 // 1000] * 1e6:.0f} µs, max {ordered[-1] * 1e6:.0f} µs"
+    )
+    worst = sorted(times, reverse=True)[:20]
+    print("slowest (µs at s):", ", ".join(f"{d * 1e6:.0f}@{at:.3f}" for d, at in worst))
+
+
+async def run(args: argparse.Namespace, backends: services.ProductionBackends | None) -> None:
+    from heliox.config import load_settings
+    from heliox.main import build_app
+
+    procs = Processes(Path(tempfile.mkdtemp(prefix="heliox-pipeline-")))
+    try:
+        up = gw_kit.start_upstream(procs, None)
+        env = gw_kit.gateway_env(up, {})
+        env.pop("DATABASE_URL", None)
+        env["DATABASE_URL"] = f"sqlite+aiosqlite:///{procs.workdir}/heliox.db"
+        if backends is not None:
+            env.update(backends.env())
+        os.environ.update(env)
+        app = build_app(load_settings(), served=args.served)
+        inbox, life = await lifespan(app)
+        driver = Driver(app)
+        tenant = await admin(driver, "POST", "/admin/tenants", {"name": "Benchmark"})
+        key = await admin(
+            driver,
+            "POST",
+            "/admin/keys",
+            {
+                "tenant_id": tenant["id"],
+                "name": "pipeline",
+                "rate_limit_rps": 1_000_000,
+                "rate_limit_burst": 2_000_000,
+                "daily_quota": None,
+                "monthly_quota": None,
+            },
+        )
+        await admin(
+            driver,
+            "POST",
+            "/admin/routes",
+            {"name": gw_kit.PASS_ROUTE, "path_pattern": "/*", "upstream_url": up.url},
+        )
+        headers = [
+            (b"host", b"gw"),
+            (b"user-agent", b"pipeline/1"),
+            (b"accept", b"*/*"),
+            (b"x-api-key", str(key["key"]).encode()),
+        ]
+        hit = f"/g/{gw_kit.CACHED_ROUTE}{gw_kit.ITEMS}"
+        miss = f"/g/{gw_kit.PASS_ROUTE}{gw_kit.ITEMS}"
+        deadline = time.monotonic() + 30
+        while (await driver.call(hit, headers), await driver.call(miss, headers)) != (200, 200):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"key and routes not live: {driver.status} {driver.body[:200]!r}")
+            await asyncio.sleep(0.1)
+        for _ in range(2000):  # warm: memo tables, the entry in process, code paths
+            await driver.call(hit, headers)
+        if args.stalls:
+            await stalls(driver, hit, headers, args.stalls)
+        elif args.profile:
+            path = hit if args.profile == "hit" else miss
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.requests):
+                await driver.call(path, headers)
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+        else:
+            cases = [("HIT", hit, args.requests), ("MISS", miss, max(1, args.requests // 10))]
+            for name, path, n in cases:
+                per = await measure(driver, path, headers, n, name)
+                print(f"{args.mode:9} {name:5} {per * 1e6:7.1f} µs CPU/request  (n={n})")
+        await inbox.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(life, 30)
+    finally:
+        procs.stop_all()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("embedded", "redis"), default="embedded")
+    parser.add_argument("--requests", type=int, default=20000, help="HIT requests per run")
+    parser.add_argument("--profile", choices=("hit", "miss"), help="print a cProfile instead")
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="wrap the app as `heliox serve` does (graceful shutdown, connection guard)",
+    )
+    parser.add_argument(
+        "--stalls", type=float, metavar="SECONDS", help="sequential HITs: where the slow ones fall"
+    )
+    parser.add_argument("--top", type=int, default=40, help="profile rows to print")
+    parser.add_argument("--pg-admin-dsn", default=DEFAULT_PG)
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS)
+    args = parser.parse_args()
+    backends = services.create(args.pg_admin_dsn, args.redis_url) if args.mode == "redis" else None
+    try:
+        asyncio.run(run(args, backends))
+    finally:
+        if backends is not None:
+            backends.drop()
+
+
+if __name__ == "__main__":
+    main()
