@@ -1,7 +1,7 @@
 """The measurements behind docs/scaling.md: Redis commands and CPU per request, request-log rows
 on PostgreSQL (bytes, COPY rate, backend CPU), connections per instance; then the fleet table.
 
-    .venv/bin/python bench/scaling_figures.py                 # about 3 minutes
+    .venv/bin/python bench/scaling_figures.py                 # about 6 minutes
     .venv/bin/python bench/scaling_figures.py --no-cluster    # skip the Redis Cluster part
 
 Needs PostgreSQL (a throwaway database is created and dropped), redis-server and redis-cli on the
@@ -12,13 +12,21 @@ Redis: a gateway (`heliox serve`, one worker, production mode) on the private Re
 (cache HIT, MISS then stored, pass-through, 429, purge) is sent N times one at a time under
 `MONITOR`, which tells the commands the gateway sends (round trips' commands) from those its Lua
 scripts run inside Redis; the idle rate (background timers) is measured and subtracted. Then wrk
-drives HIT, pass-through and 429 at 50 connections with MONITOR off, and the Redis server's
-CPU (INFO cpu, user + sys) and the gateway worker's CPU (/proc) are divided by the requests.
+drives HIT, MISS (a new URL per request), pass-through and 429 at 50 connections with MONITOR off,
+and the Redis server's CPU (INFO cpu, user + sys) and the gateway's CPU (/proc) are divided by the
+requests; the most Redis and PostgreSQL connections the gateway held meanwhile are sampled.
 
-PostgreSQL: bytes on disk per request-log row (all partitions, indexes and TOAST included) from
-the rows that gateway wrote, and from COPY batches of 2,000 rows written through the gateway's
-own LogWriter into a second throwaway database; the backend's CPU is read from /proc/<pid>/stat
-(run on the database's host, as root or its user), else only wall time is shown.
+PostgreSQL: bytes on disk per request-log row (the partitions holding rows, indexes and TOAST
+included) from the rows that gateway wrote, and from batches of 2,000 rows written through the
+gateway's own LogWriter (COPY + roll-up upserts) into fresh throwaway databases, by one writer and
+by four at once; the backends' CPU is read from /proc/<pid>/stat (run on the database's host, as
+root or its user), else only wall time is shown.
+
+Redis Cluster (skipped with --no-cluster): a local cluster of three masters and three replicas
+(tests/cluster_support.py), a gateway with REDIS_CLUSTER=true, with the defaults and with
+CACHE_L1_MAX_BYTES=0: commands per master (commandstats) and CPU per request on every node.
+
+The fleet table at the end is bench/benchkit/fleet.py's arithmetic on this run's costs.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ On a machine without them the tests that need them skip; with HELIOX_REQUIRE_SER
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,25 @@ PG_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("HELIOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("HELIOX_REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # What collection imported (the app, SQLAlchemy, hypothesis: ~170k objects) lives for the whole
+    # run. Frozen out of the collector's sight, the full collection after each test below costs
+    # ~10 ms instead of ~300 ms.
+    gc.collect()
+    gc.freeze()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Leaks fail the test that caused them. A socket, file or event loop left open warns
+    (ResourceWarning, an error in this suite) only when collected; objects in a reference cycle
+    are collected whenever the collector next runs, which would blame a random later test.
+    The collection before a test catches what a module's fixtures left at their teardown."""
+    gc.collect()
+    yield
+    gc.collect()
 
 
 def _unavailable(what: str, exc: BaseException) -> None:

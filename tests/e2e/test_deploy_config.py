@@ -63,7 +63,8 @@ def test_metrics_are_on_their_own_port_only(deployed: Gateway) -> None:
 def test_nothing_is_seeded(deployed: Gateway) -> None:
     answer = httpx.get(deployed.url + "/g/demo/items", headers={"X-API-Key": ACME}, timeout=10)
     assert answer.status_code == 404  # no such route: the demo's routes and keys are not there
-    routes = deployed.admin().get("/admin/routes")
+    with deployed.admin() as admin:
+        routes = admin.get("/admin/routes")
     assert routes.status_code == 200
     assert routes.json()["items"] == []
 

@@ -142,7 +142,8 @@ def test_postgres_outage_loses_no_log_rows(
             served += 1
         health = _health(gw)
         assert health["status"] == "degraded"
-        write = gw.admin().post("/admin/tenants", json={"name": "during-outage"})
+        with gw.admin() as admin:
+            write = admin.post("/admin/tenants", json={"name": "during-outage"})
         assert write.status_code == 503, write.text
         assert write.headers["content-type"] == "application/problem+json"
         pg_proxy.restore()

@@ -124,10 +124,27 @@ def test_purges_reach_the_entries_on_every_master(
 ) -> None:
     base = unique("spread")
     tag = unique("tag")
-    paths = [f"/respond/{base}/{i}" for i in range(2 * CLUSTER_SHARDS)]
-    tagged = set(paths[::2])
     a = httpx.Client(base_url=gw_a.url, timeout=15, headers={"X-API-Key": ACME})
     b = httpx.Client(base_url=gw_b.url, timeout=15, headers={"X-API-Key": ACME})
+    try:
+        _purge_across_masters(gw_a, gw_b, redis_cluster, cluster_prefix, a, b, base, tag)
+    finally:
+        a.close()
+        b.close()
+
+
+def _purge_across_masters(
+    gw_a: Gateway,
+    gw_b: Gateway,
+    redis_cluster: LocalCluster,
+    cluster_prefix: str,
+    a: httpx.Client,
+    b: httpx.Client,
+    base: str,
+    tag: str,
+) -> None:
+    paths = [f"/respond/{base}/{i}" for i in range(2 * CLUSTER_SHARDS)]
+    tagged = set(paths[::2])
     for p in paths:
         query = f"?surrogate_key={tag}" if p in tagged else ""
         assert a.get(f"/g/demo{p}{query}").headers["x-cache"] == "MISS"
@@ -152,8 +169,6 @@ def test_purges_reach_the_entries_on_every_master(
         body = {"route": "demo", "prefix": f"/respond/{base}/"}
         assert admin.post("/admin/cache/purge", json=body).json() == {"purged": len(paths)}
     assert {x_cache(p) for p in paths} == {"MISS"}
-    a.close()
-    b.close()
 
 
 def test_a_master_killed_under_traffic_fails_over_without_wrong_answers(

@@ -133,8 +133,11 @@ def logged(gateway: Gateway, **params: Any) -> list[dict[str, Any]]:
         return items
 
 
-def test_request_detail_log_searches_and_the_audit_page(browser: Any, gateway: Gateway) -> None:
+def test_request_detail_log_searches_and_the_audit_page(
+    browser: Any, gateway: Gateway, request: pytest.FixtureRequest
+) -> None:
     admin = gateway.admin()
+    request.addfinalizer(admin.close)  # also when an assert fails before the browser part
     suffix = uuid.uuid4().hex[:6]
     request_id = f"detail-{suffix}"
     key_id, key_name = next((k["id"], k["name"]) for k in admin.get("/admin/keys").json()["items"])
