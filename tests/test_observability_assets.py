@@ -461,3 +461,11 @@ def test_heliox_worker_logs_json_lines_with_log_format_json(tmp_path: Path) -> N
         ("info", "heliox.jobs"),  # "job log-retention ran ..."
     }
     assert any(x["message"].startswith("job log-retention ran") for x in lines)
+
+
+def test_access_fields_name_the_request_log_row_column_by_column() -> None:
+    """The access line is the log row named (structured_log.ACCESS_FIELDS), kept beside the
+    writer's COLUMNS in a lower layer: a column added to one and not the other fails here."""
+    from heliox.db.logwriter import COLUMNS
+
+    assert tuple("route" if c == "route_name" else c for c in COLUMNS) == ACCESS_FIELDS
