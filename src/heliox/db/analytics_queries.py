@@ -380,19 +380,7 @@ async def top_keys(sessions: Sessions, scope: LogScope, limit: int) -> list[KeyC
         .limit(limit)
         .subquery()
     )
-    tenant_id = func.coalesce(ApiKey.tenant_id, agg.c.log_tenant_id)
-    query = (
-        select(
-            agg,
-            tenant_id.label("tenant_id"),
-            Tenant.name.label("tenant_name"),
-            ApiKey.name,
-            ApiKey.key_prefix,
-        )
-        .outerjoin(ApiKey, ApiKey.id == agg.c.key_id)
-        .outerjoin(Tenant, Tenant.id == tenant_id)
-        .order_by(agg.c.requests.desc(), agg.c.key_id)
-    )
+    query = _with_key_names(agg, agg.c.requests)
 
     async def run(session: AsyncSession) -> list[KeyCounts]:
         return [
@@ -759,19 +747,7 @@ async def refusals_by_key(sessions: Sessions, scope: LogScope, limit: int) -> li
         .limit(limit)
         .subquery()
     )
-    tenant_id = func.coalesce(ApiKey.tenant_id, agg.c.log_tenant_id)
-    query = (
-        select(
-            agg,
-            tenant_id.label("tenant_id"),
-            Tenant.name.label("tenant_name"),
-            ApiKey.name,
-            ApiKey.key_prefix,
-        )
-        .outerjoin(ApiKey, ApiKey.id == agg.c.key_id)
-        .outerjoin(Tenant, Tenant.id == tenant_id)
-        .order_by(agg.c.client_errors.desc(), agg.c.key_id)
-    )
+    query = _with_key_names(agg, agg.c.client_errors)
     async with sessions() as session:
         await _tune(session)
         rows = list(await session.execute(query))
@@ -785,3 +761,22 @@ async def refusals_by_key(sessions: Sessions, scope: LogScope, limit: int) -> li
         )
         for row in rows
     ]
+
+
+def _with_key_names(agg: Any, most: Any) -> Any:
+    """`agg` (per key_id, with the log's `log_tenant_id`) joined to the key's name and prefix and
+    its tenant's name, `most` first: the key's tenant as it is now, else as the log row had it
+    (a deleted key)."""
+    tenant_id = func.coalesce(ApiKey.tenant_id, agg.c.log_tenant_id)
+    return (
+        select(
+            agg,
+            tenant_id.label("tenant_id"),
+            Tenant.name.label("tenant_name"),
+            ApiKey.name,
+            ApiKey.key_prefix,
+        )
+        .outerjoin(ApiKey, ApiKey.id == agg.c.key_id)
+        .outerjoin(Tenant, Tenant.id == tenant_id)
+        .order_by(most.desc(), agg.c.key_id)
+    )
