@@ -241,12 +241,21 @@ async def test_a_cache_shard_moved_to_another_master_under_traffic(
     source = redis_cluster.master_of(slot)
     target = next(port for port in redis_cluster.masters() if port != source)
     tasks = [asyncio.create_task(traffic(k * 7)) for k in range(4)]
+
+    async def more_traffic(than: int) -> None:
+        """Until the traffic has gone on past `than` answers (a deadline, not a guess)."""
+        deadline = time.monotonic() + 15
+        while outcomes["ok"] + outcomes["error"] <= than:
+            assert time.monotonic() < deadline, f"traffic stalled: {outcomes}"
+            await asyncio.sleep(0.01)  # the poll's interval
+
     try:
-        await asyncio.sleep(0.2)
+        await more_traffic(20)  # traffic runs when the move starts
         moved = await asyncio.to_thread(
             redis_cluster.migrate_slot, slot, target, lambda: time.sleep(0.05)
         )
-        await asyncio.sleep(0.2)
+        during = outcomes["ok"] + outcomes["error"]
+        await more_traffic(during + 20)  # and goes on after it
     finally:
         moving = False
         await asyncio.gather(*tasks)
