@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.harness import ACME, TECHFLOW, Gateway, Upstream
+from tests.e2e.harness import ACME, TECHFLOW, Gateway, Upstream, wait_until
 
 PROBLEM = "application/problem+json"
 
@@ -112,10 +112,18 @@ def test_gateway_requests_outnumber_upstream_calls(gateway: Gateway, upstream: U
         assert get(gateway, "/g/demo" + path).status_code == 200
     assert calls(upstream, path) == 1
     admin = {"X-Admin-Key": gateway.env["ADMIN_API_KEY"]}  # production: metrics need the key
-    metrics = httpx.get(gateway.url + "/metrics", headers=admin, timeout=5).json()
-    assert metrics["cache"]["HIT"] >= 4
-    assert metrics["routes"]["demo"]["cache"]["MISS"] >= 1
-    assert metrics["gauges"]["cache_entries"] >= 0
+
+    def metrics() -> dict[str, Any]:
+        answer: dict[str, Any] = httpx.get(
+            gateway.url + "/metrics", headers=admin, timeout=5
+        ).json()
+        return answer
+
+    now = metrics()
+    assert now["cache"]["HIT"] >= 4
+    assert now["routes"]["demo"]["cache"]["MISS"] >= 1
+    # The entry just stored is counted once the gauge's background read has run.
+    wait_until(lambda: metrics()["gauges"].get("cache_entries", 0) >= 1, timeout=30)
 
 
 # --- keys ----------------------------------------------------------------------------------------
