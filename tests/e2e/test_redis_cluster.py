@@ -183,6 +183,8 @@ def test_a_master_killed_under_traffic_fails_over_without_wrong_answers(
     with redis.Redis(port=redis_cluster.ports[0]) as node:
         slot = int(node.execute_command("CLUSTER", "KEYSLOT", cluster_prefix + "cache:gen"))
     victim = redis_cluster.master_of(slot)
+    # Its replica must be in sync to take over (a slow first sync once left the cluster failed).
+    redis_cluster.wait_healthy()
 
     answers: Counter[str] = Counter()
     wrong: list[str] = []
