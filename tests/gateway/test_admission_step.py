@@ -572,3 +572,16 @@ async def test_an_admission_hands_the_cache_generation_to_the_exchange() -> None
     assert admitted and sink.ex.cache_generation == b"gen-41"
     admitted, sink, _ = await s.admit(k)
     assert not admitted and sink.ex.cache_generation is None  # a refusal never reads the cache
+
+
+async def test_a_reloaded_key_or_route_takes_effect_at_its_next_request() -> None:
+    # The step builds a key's admission request once per (route, key) pair of objects: a
+    # configuration reload hands it new objects with the same ids, which must not meet the old.
+    s = Step()
+    k = key(rate_limit_rps=10, rate_limit_burst=20)
+    assert fields((await s.admit(k))[1].extra_headers)["ratelimit-limit"] == "20"
+    assert s.step.request_for(ROUTE, k, IP) is s.step.request_for(ROUTE, k, IP)
+    reloaded = dataclasses.replace(k, rate_limit_burst=50)
+    assert fields((await s.admit(reloaded))[1].extra_headers)["ratelimit-limit"] == "50"
+    own_limit = dataclasses.replace(ROUTE, rate_limit_rps=1.0, rate_limit_burst=3)
+    assert fields((await s.admit(reloaded, own_limit))[1].extra_headers)["ratelimit-limit"] == "3"

@@ -73,6 +73,20 @@ async def test_concurrent_commands_share_writes(piped: PipelinedRedis, redis_pre
     assert pipe.writes - writes <= 2  # one write per event-loop turn, not per command
 
 
+async def test_a_lone_command_is_written_without_waiting_for_a_loop_turn(
+    piped: PipelinedRedis, redis_prefix: str
+) -> None:
+    # At concurrency 1 the turn a batched write waits for is pure latency.
+    await piped.set(redis_prefix + "x", b"1")
+    pipe = piped.pipe
+    assert pipe is not None and not pipe.waiting
+    writes = pipe.writes
+    task = asyncio.ensure_future(piped.get(redis_prefix + "x"))
+    await asyncio.sleep(0)  # one turn: the task runs up to waiting for its reply
+    assert pipe.writes == writes + 1
+    assert await task == b"1"
+
+
 async def test_outage_fails_fast_and_recovers(
     own_redis: OwnRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,8 +43,11 @@ from heliox.state.admission import (
     key_subject,
     parse_key_subject,
 )
+from heliox.state.admission_memory import MemoryAdmission
 
 log = logging.getLogger("heliox.admission")
+
+REQUEST_MEMO_SIZE = 65_536
 
 PROBLEM_TYPES = {
     RATE: "https://heliox.dev/problems/rate-limited",
@@ -69,6 +72,8 @@ class AdmissionStep:
             TOKEN_BUCKET, settings.default_rate_limit_rps, settings.default_rate_limit_burst
         )
         self._specs: dict[tuple[object, ...], LimitSpec] = {}
+        # (route id, key id) -> (route, key, request): see request_for.
+        self._requests: dict[tuple[int, int], tuple[RouteConfig, KeyConfig, AdmissionRequest]] = {}
         # ABUSE_ACTION=multiplier: key id -> (until, multiplier), from the shared backend.
         self.slowed: dict[int, tuple[float, float]] = {}
         # Set by the gateway: fail-open admissions of the last minute, for /health and the UI.
@@ -96,6 +101,24 @@ class AdmissionStep:
         return spec
 
     def request_for(
+        self, route: RouteConfig, key: KeyConfig | None, client_ip: str
+    ) -> AdmissionRequest:
+        """What admission asks of the backend. A key's request depends on the route and key
+        alone (unless a slowdown applies), so it is built once per pair of them: a reloaded
+        snapshot brings new objects, and the identity check then rebuilds it."""
+        if key is None or (self.slowed and key.id in self.slowed):
+            return self._build_request(route, key, client_ip)
+        memo_key = (route.id, key.id)
+        found = self._requests.get(memo_key)
+        if found is not None and found[0] is route and found[1] is key:
+            return found[2]
+        request = self._build_request(route, key, client_ip)
+        if len(self._requests) >= REQUEST_MEMO_SIZE:
+            self._requests.clear()  # bounded: a spread of keys costs rebuilding, never memory
+        self._requests[memo_key] = (route, key, request)
+        return request
+
+    def _build_request(
         self, route: RouteConfig, key: KeyConfig | None, client_ip: str
     ) -> AdmissionRequest:
         if key is not None:
@@ -163,8 +186,12 @@ class AdmissionStep:
     ) -> bool:
         """True to go on; False when a refusal has been sent."""
         admission = self.request_for(route, key, client_ip)
+        backend = self.backend
         try:
-            result = await self.backend.admit(admission)
+            if type(backend) is MemoryAdmission:  # decides without I/O: no coroutine to await
+                result = backend.admit_sync(admission)
+            else:
+                result = await backend.admit(admission)
         except Exception as exc:
             # Authentication already happened; only the counters are unknown.
             self.metrics.count("admission_unavailable")

@@ -2,9 +2,10 @@
 
 redis-py spends ~90 µs of Python per call (pool checkout, per-call parser, locks); Redis itself
 answers in a few. Here the commands the request path issues (GET, EVALSHA, SET, TIME, ...) are
-encoded by hand, written together once per event-loop turn on ONE connection, and their replies
-parsed by `hiredis.Reader` and matched in order: concurrent requests share round trips, and each
-command costs a few microseconds. Everything else (pub/sub, SCAN, admin work) goes through
+encoded by hand, written together once per event-loop turn on ONE connection (a command sent
+while nothing is in flight is written at once), and their replies parsed by `hiredis.Reader` and
+matched in order: concurrent requests share round trips, and each command costs a few
+microseconds. Everything else (pub/sub, SCAN, admin work) goes through
 redis-py's pool unchanged, and so do the hot commands when the URL is not TCP.
 
 Failure semantics are the plain ones: a broken connection fails every command in flight with
@@ -255,7 +256,12 @@ class RedisPipe:
         self._buffer.append(encode_command(args))
         self.waiting.append((fut, loop.time() + self.timeout))
         self.commands_sent += 1
-        if not self._flush_scheduled:
+        if len(self.waiting) == 1 and len(self._buffer) == 1:
+            # Nothing else in flight or queued: write now rather than on the next loop turn
+            # (at low concurrency that turn is pure latency). Under load commands are in flight
+            # and whatever arrives meanwhile shares the next turn's write.
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         if self._watchdog is None:
