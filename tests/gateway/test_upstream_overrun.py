@@ -1,9 +1,7 @@
-"""Responses held to their declared Content-Length (`upstream_client._ResponseHandler`), with
-aiohttp's own parser: bytes are fed to the protocol as reads from the socket would be.
-
-These also pin what the protocol relies on in aiohttp (each parsed head queued through its
-`feed_data`, the connector building protocols with `_factory`): an aiohttp that changes either
-fails here.
+"""The upstream connection's HTTP/1.1 framing (`heliox.net.http1`): responses held to their
+declared Content-Length, surplus bytes never read as a response, chunked and close-delimited
+bodies, interim responses, strict heads. Bytes are fed to the connection as reads from the socket
+would be; then the same through `UpstreamClient` against real servers.
 """
 
 from __future__ import annotations
@@ -13,14 +11,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.http_exceptions import HttpProcessingError
 
-from heliox.net.upstream_client import (
-    UpstreamClient,
-    UpstreamTarget,
-    _Connector,
-    _ResponseHandler,
+from heliox.net.http1 import (
+    CHUNKED,
+    LENGTH,
+    NONE,
+    UNTIL_CLOSE,
+    ConnectionClosed,
+    Http1Connection,
+    ResponseError,
+    parse_head,
 )
+from heliox.net.upstream_client import UpstreamClient, UpstreamError, UpstreamTarget
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"
 SURPLUS = b"EXTRA-BYTES"
@@ -30,8 +32,13 @@ class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.closed = False
+        self.paused = False
+        self.written: list[bytes] = []
 
     def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
         self.closed = True
 
     def is_closing(self) -> bool:
@@ -41,31 +48,34 @@ class FakeTransport(asyncio.Transport):
         return ("127.0.0.1", 9) if name == "peername" else default
 
     def pause_reading(self) -> None:
-        pass
+        self.paused = True
 
     def resume_reading(self) -> None:
-        pass
+        self.paused = False
 
     def write(self, data: Any) -> None:
-        pass
+        self.written.append(bytes(data))
 
 
-def new_protocol(**params: Any) -> tuple[_ResponseHandler, FakeTransport]:
-    proto = _ResponseHandler(asyncio.get_running_loop())
+def new_connection(*, head_request: bool = False) -> tuple[Http1Connection, FakeTransport]:
+    conn = Http1Connection()
     transport = FakeTransport()
-    proto.connection_made(transport)
-    proto.set_response_params(**params)
-    return proto, transport
+    conn.connection_made(transport)
+    conn.start(head_request=head_request)
+    return conn, transport
 
 
-async def feed(proto: _ResponseHandler, *reads: bytes) -> None:
+def feed(conn: Http1Connection, *reads: bytes) -> None:
     for data in reads:
-        proto.data_received(data)
+        conn.data_received(data)
 
 
-async def body_of(proto: _ResponseHandler) -> tuple[int, bytes]:
-    message, payload = await asyncio.wait_for(proto.read(), 2)
-    return message.code, await asyncio.wait_for(payload.read(), 2)
+async def body_of(conn: Http1Connection) -> tuple[int, bytes]:
+    head = await asyncio.wait_for(conn.head(), 2)
+    parts = []
+    while chunk := await asyncio.wait_for(conn.read(), 2):
+        parts.append(chunk)
+    return head.status, b"".join(parts)
 
 
 def splits(data: bytes) -> list[list[bytes]]:
@@ -86,139 +96,274 @@ SPLIT_IDS = ["one-read", "after-head", "inside-crlfcrlf", "after-first-cr", "byt
 
 @pytest.mark.parametrize("reads", splits(HEAD + b"hello"), ids=SPLIT_IDS)
 async def test_a_response_of_its_declared_length_keeps_the_connection(reads: list[bytes]) -> None:
-    proto, transport = new_protocol()
-    await feed(proto, *reads)
-    assert await body_of(proto) == (200, b"hello")
-    assert (proto.overran, proto.should_close, transport.closed) == (False, False, False)
+    conn, transport = new_connection()
+    feed(conn, *reads)
+    assert await body_of(conn) == (200, b"hello")
+    assert (conn.overran, conn.reusable, transport.closed) == (False, True, False)
 
 
 @pytest.mark.parametrize("reads", splits(HEAD + b"hello" + SURPLUS), ids=SPLIT_IDS)
 async def test_a_surplus_is_dropped_and_closes_the_connection(reads: list[bytes]) -> None:
-    proto, transport = new_protocol()
-    await feed(proto, *reads)
-    assert await body_of(proto) == (200, b"hello")
-    assert proto.exception() is None  # not a failed response
-    assert (proto.overran, proto.should_close, transport.closed) == (True, True, True)
+    conn, transport = new_connection()
+    feed(conn, *reads)
+    assert await body_of(conn) == (200, b"hello")  # not a failed response
+    assert (conn.overran, conn.reusable, transport.closed) == (True, False, True)
 
 
 async def test_a_surplus_after_the_body_closes_the_idle_connection() -> None:
-    proto, transport = new_protocol()
-    await feed(proto, HEAD + b"hello")
-    assert await body_of(proto) == (200, b"hello")
+    conn, transport = new_connection()
+    feed(conn, HEAD + b"hello")
+    assert await body_of(conn) == (200, b"hello")
     assert not transport.closed
-    await feed(proto, SURPLUS)  # as while the connection waits in the pool
-    assert (proto.overran, proto.should_close, transport.closed) == (True, True, True)
-    assert proto.overran_at == proto.requests == 1  # the response it came after
+    feed(conn, SURPLUS)  # as while the connection waits in the pool
+    assert (conn.overran, conn.reusable, transport.closed) == (True, False, True)
+    assert conn.overran_at == conn.requests == 1  # the response it came after
 
 
 async def test_a_whole_response_as_surplus_is_never_parsed() -> None:
-    proto, transport = new_protocol()
-    await feed(proto, HEAD + b"hello" + b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
-    assert await body_of(proto) == (200, b"hello")
-    assert len(proto) == 0  # nothing else queued
-    assert proto.overran and transport.closed
+    conn, transport = new_connection()
+    feed(conn, HEAD + b"hello" + b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+    assert await body_of(conn) == (200, b"hello")
+    assert conn.overran and transport.closed
 
 
 async def test_responses_in_turn_on_one_connection() -> None:
-    proto, transport = new_protocol()
+    conn, transport = new_connection()
     for body in (b"hello", b"world"):
-        await feed(proto, HEAD + body)
-        assert await body_of(proto) == (200, body)
-        proto.set_response_params()  # the next request on the connection
-    assert (proto.overran, transport.closed) == (False, False)
+        feed(conn, HEAD + body)
+        assert await body_of(conn) == (200, body)
+        assert conn.reusable
+        conn.start(head_request=False)  # the next request on the connection
+    assert (conn.overran, transport.closed, conn.requests) == (False, False, 3)
 
 
 async def test_a_surplus_where_the_next_head_is_due_is_told_apart() -> None:
-    """The surplus arrives once the next request is on the connection: aiohttp fails that
-    request, and `stray` says why (the client sends it again when it may)."""
-    proto, transport = new_protocol()
-    await feed(proto, HEAD + b"hello")
-    assert await body_of(proto) == (200, b"hello")
-    proto.set_response_params()  # the next request
-    await feed(proto, SURPLUS + HEAD + b"hello")
-    with pytest.raises(HttpProcessingError):
-        await proto.read()
-    assert (proto.stray, proto.overran, transport.closed) == (True, False, True)
+    """The surplus arrives once the next request is on the connection: that request fails, and
+    `stray` says why (the client sends it again when it may)."""
+    conn, transport = new_connection()
+    feed(conn, HEAD + b"hello")
+    assert await body_of(conn) == (200, b"hello")
+    conn.start(head_request=False)  # the next request
+    feed(conn, SURPLUS + HEAD + b"hello")
+    with pytest.raises(ResponseError):
+        await conn.head()
+    assert (conn.stray, conn.overran, transport.closed) == (True, False, True)
 
 
 async def test_a_malformed_first_head_is_stray_too() -> None:
-    proto, transport = new_protocol()
-    await feed(proto, b"NOT HTTP\r\n\r\n")
-    assert proto.stray and transport.closed
-    proto, _ = new_protocol()
-    await feed(proto, HEAD + b"hello")
-    assert not proto.stray
+    conn, transport = new_connection()
+    feed(conn, b"NOT HTTP\r\n\r\n")
+    assert conn.stray and transport.closed
+    conn, _ = new_connection()
+    feed(conn, HEAD + b"hello")
+    assert not conn.stray
 
 
 async def test_interim_responses_come_before_the_final_one() -> None:
-    proto, transport = new_protocol()
-    await feed(proto, b"HTTP/1.1 100 Continue\r\n\r\n" + HEAD + b"hel", b"lo")
-    message, _ = await proto.read()
-    assert message.code == 100
-    assert await body_of(proto) == (200, b"hello")
-    assert not proto.overran
-    await feed(proto, SURPLUS)
-    assert proto.overran and transport.closed
+    conn, transport = new_connection()
+    feed(conn, b"HTTP/1.1 100 Continue\r\n\r\n" + HEAD + b"hel", b"lo")
+    assert await body_of(conn) == (200, b"hello")
+    assert not conn.overran
+    feed(conn, SURPLUS)
+    assert conn.overran and transport.closed
 
 
 @pytest.mark.parametrize(
-    ("params", "head"),
+    ("head_request", "head"),
     [
-        ({"skip_payload": True}, HEAD),  # a HEAD request's answer
-        ({}, b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
-        ({}, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"),
-        ({}, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        (True, HEAD),  # a HEAD request's answer
+        (False, b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+        (False, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
     ],
     ids=["head", "204", "304", "empty"],
 )
 async def test_a_body_after_a_response_without_one_is_surplus(
-    params: dict[str, Any], head: bytes
+    head_request: bool, head: bytes
 ) -> None:
-    proto, transport = new_protocol(**params)
-    await feed(proto, head)
-    assert (await body_of(proto))[1] == b""
-    assert not proto.overran
-    await feed(proto, b"hello")
-    assert proto.overran and transport.closed
+    conn, transport = new_connection(head_request=head_request)
+    feed(conn, head)
+    assert (await body_of(conn))[1] == b""
+    assert not conn.overran and conn.reusable
+    feed(conn, b"hello")
+    assert conn.overran and transport.closed
 
 
-async def test_chunked_and_close_delimited_bodies_pass_as_they_are() -> None:
-    proto, transport = new_protocol()
-    await feed(
-        proto, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-    )
-    assert await body_of(proto) == (200, b"hello")
-    proto.set_response_params(read_until_eof=True)  # as aiohttp's session asks
-    await feed(proto, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello", b" world")
-    proto.connection_lost(None)
-    assert await body_of(proto) == (200, b"hello world")
-    assert not proto.overran and not transport.closed
+@pytest.mark.parametrize(
+    "data",
+    splits(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    ),
+    ids=SPLIT_IDS,
+)
+async def test_chunked_bodies_are_decoded_and_trailers_dropped(data: list[bytes]) -> None:
+    conn, transport = new_connection()
+    feed(conn, *data)
+    assert await body_of(conn) == (200, b"hello world")
+    assert conn.reusable and not transport.closed
+    feed(conn, SURPLUS)
+    assert conn.overran and transport.closed
 
 
-async def test_a_body_larger_than_the_read_buffer_arrives_whole() -> None:
-    """The parser pauses when the body's reader is full: the count of bytes still due must not
-    lose track of what it held back."""
+@pytest.mark.parametrize(
+    "chunks",
+    [b"zz\r\nhello\r\n", b"5\r\nhello!!\r\n", b"1" * 5000],
+    ids=["bad-size", "longer-than-its-size", "endless-size-line"],
+)
+async def test_malformed_chunks_fail_the_body(chunks: bytes) -> None:
+    conn, transport = new_connection()
+    feed(conn, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+    await conn.head()
+    with pytest.raises(ResponseError):
+        while await conn.read():
+            pass
+    assert transport.closed and not conn.reusable
+
+
+async def test_a_close_delimited_body_ends_with_the_connection() -> None:
+    conn, _ = new_connection()
+    feed(conn, b"HTTP/1.0 200 OK\r\n\r\nhello", b" world")
+    conn.connection_lost(None)
+    assert await body_of(conn) == (200, b"hello world")
+    assert not conn.overran and not conn.reusable
+
+
+async def test_a_connection_lost_mid_body_fails_the_body() -> None:
+    conn, _ = new_connection()
+    feed(conn, HEAD + b"hel")
+    await conn.head()
+    assert await conn.read() == b"hel"
+    conn.connection_lost(None)
+    with pytest.raises(ConnectionClosed) as caught:
+        await conn.read()
+    assert not caught.value.before_response
+
+
+async def test_a_connection_lost_before_the_response_says_so() -> None:
+    conn, _ = new_connection()
+    conn.connection_lost(None)
+    with pytest.raises(ConnectionClosed) as caught:
+        await conn.head()
+    assert caught.value.before_response
+    conn, _ = new_connection()
+    feed(conn, b"HTTP/1.1 200")
+    conn.connection_lost(ConnectionResetError())
+    with pytest.raises(ConnectionClosed) as caught:
+        await conn.head()
+    assert not caught.value.before_response  # part of a head came: not a clean retry case
+
+
+async def test_a_large_body_pauses_the_socket_until_it_is_read() -> None:
     body = bytes(range(256)) * 2048  # 512 KiB
     data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body + SURPLUS
-    proto, _ = new_protocol(read_bufsize=1024)
-    reads = [data[i : i + 7000] for i in range(0, len(data), 7000)]
-    message, payload = None, None
-    for i, part in enumerate(reads):
-        proto.data_received(part)
-        if i == 0:
-            message, payload = await proto.read()
-    assert message is not None and payload is not None
-    got = await asyncio.wait_for(payload.read(), 5)
-    assert (len(got), got == body) == (len(body), True)
-    assert proto.overran
+    conn, transport = new_connection()
+    feed(conn, *(data[i : i + 7000] for i in range(0, len(data), 7000)))
+    assert transport.paused  # more than the high-water mark waits for its reader
+    status, got = await body_of(conn)
+    assert (status, len(got), got == body) == (200, len(body), True)
+    assert not transport.paused and conn.overran
 
 
-async def test_the_connector_builds_these_protocols() -> None:
-    connector = _Connector(idle_timeout=1.0)
-    try:
-        assert isinstance(connector._factory(), _ResponseHandler)
-    finally:
-        await connector.close()
+# --- heads -------------------------------------------------------------------------------------
+
+
+def test_obs_fold_is_unfolded_and_names_are_lower_case() -> None:
+    head = parse_head(
+        b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n  b\r\nContent-Length: 2", head_request=False
+    )
+    assert head.headers == [(b"x-folded", b"a b"), (b"content-length", b"2")]
+    assert (head.framing, head.length, head.keep_alive) == (LENGTH, 2, True)
+
+
+@pytest.mark.parametrize(
+    ("lines", "framing", "keep_alive"),
+    [
+        (b"Transfer-Encoding: gzip, chunked", CHUNKED, True),
+        (b"Transfer-Encoding: xchunked", UNTIL_CLOSE, False),  # RFC 9112 6.3: read to the close
+        (b"Content-Length: 5\r\nContent-Length: 5", LENGTH, True),  # the same length twice
+        (b"Content-Length: 5\r\nConnection: close", LENGTH, False),
+        (b"X-Other: 1", UNTIL_CLOSE, False),
+    ],
+)
+def test_framing(lines: bytes, framing: int, keep_alive: bool) -> None:
+    head = parse_head(b"HTTP/1.1 200 OK\r\n" + lines, head_request=False)
+    assert (head.framing, head.keep_alive) == (framing, keep_alive)
+
+
+def test_http_1_0_keeps_the_connection_only_when_asked() -> None:
+    assert not parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0", head_request=False).keep_alive
+    kept = parse_head(
+        b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1", head_request=False
+    )
+    assert kept.keep_alive and kept.framing == LENGTH
+    assert parse_head(HEAD[:-4], head_request=True).framing == NONE
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked",
+        b"HTTP/1.1 200 OK\r\nX-Bad: a\x00b",
+        b"HTTP/1.1 200 OK\r\nX Bad: 1",
+        b"HTTP/1.1 200 OK\r\nX-Bad",
+        b"HTTP/1.1 200 OK\r\n : folded first",
+        b"HTTP/2 200 OK",
+        b"HTTP/1.1 20 OK",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 20_000,
+        b"HTTP/1.1 200 OK" + b"".join(b"\r\nX-H%d: v" % i for i in range(300)),
+    ],
+)
+def test_heads_a_proxy_must_refuse(head: bytes) -> None:
+    with pytest.raises(ResponseError):
+        parse_head(head, head_request=False)
+
+
+async def test_a_head_that_never_ends_is_refused_once_too_long() -> None:
+    conn, transport = new_connection()
+    feed(conn, b"HTTP/1.1 200 OK\r\nX-Big: ", *([b"a" * 4096] * 5))
+    with pytest.raises(ResponseError):
+        await conn.head()
+    assert transport.closed
+
+
+# --- the request's head ------------------------------------------------------------------------
+
+
+def request_head(
+    target: UpstreamTarget, headers: list[tuple[bytes, bytes]], body: Any, *, chunked: bool = False
+) -> tuple[bytes, bool]:
+    client = UpstreamClient(pool_size=1, connect_timeout=1, read_timeout=1)
+    return client._request_head("POST", target, headers, body, chunked=chunked)
+
+
+def test_the_request_head_names_the_routes_host_and_frames_the_body() -> None:
+    target = UpstreamTarget("http", "api.example", 80, "/a?b=1")
+    head, chunked = request_head(target, [(b"host", b"evil"), (b"x-a", b"1")], b"{}")
+    assert head == (
+        b"POST /a?b=1 HTTP/1.1\r\nhost: api.example\r\nx-a: 1\r\ncontent-length: 2\r\n\r\n"
+    )
+    assert not chunked
+    head, chunked = request_head(UpstreamTarget("https", "::1", 8443, "/"), [], None)
+    assert head.startswith(b"POST / HTTP/1.1\r\nhost: [::1]:8443\r\n") and not chunked
+
+
+def test_a_streamed_body_goes_chunked_unless_its_length_is_declared() -> None:
+    target = UpstreamTarget("http", "127.0.0.1", 8080, "/")
+    head, chunked = request_head(target, [], object(), chunked=True)
+    assert chunked and b"\r\ntransfer-encoding: chunked\r\n" in head
+    head, chunked = request_head(target, [(b"content-length", b"7")], object(), chunked=True)
+    assert not chunked and b"\r\ncontent-length: 7\r\n" in head and b"chunked" not in head
+
+
+@pytest.mark.parametrize("value", [b"a\r\nx-injected: 1", b"a\nb", b"a\rb", b"a\x00b"])
+def test_a_field_that_could_split_the_request_is_never_sent(value: bytes) -> None:
+    target = UpstreamTarget("http", "127.0.0.1", 8080, "/")
+    with pytest.raises(UpstreamError):
+        request_head(target, [(b"x-a", value)], None)
 
 
 # --- through UpstreamClient --------------------------------------------------------------

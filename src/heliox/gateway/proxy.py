@@ -68,7 +68,8 @@ async def call_upstream(
         else:
             resp = await _request_with_body(client, req)
     except (BodyTooLarge, BodyTimeout, ClientGone, UpstreamError) as exc:
-        # aiohttp may wrap what the body stream raised: the stream's own flag is the truth.
+        # The call may fail for what the body stream did (its connection aborted under it):
+        # the stream's own flag is the truth.
         if ex.body_error is BodyTooLarge or isinstance(exc, BodyTooLarge):
             await sink.problem(
                 413,

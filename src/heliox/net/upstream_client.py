@@ -1,12 +1,13 @@
-"""The upstream HTTP client behind one small interface.
+"""The upstream HTTP client behind one small interface: `request()` and `UpstreamResponse`.
 
-aiohttp with explicit timeouts, no redirects followed, no environment proxies and no
-decompression: the gateway relays bytes, it does not reinterpret them. A leaner client can replace
-this class as long as it keeps `request()` and `UpstreamResponse`.
+HTTP/1.1 over pooled connections (`heliox.net.http1`): no redirects followed, no environment
+proxies, no decompression: the gateway relays bytes, it does not reinterpret them. It replaced
+aiohttp's client, which cost about 140 µs of CPU per request more than the exchange itself
+(`bench/round_trips.py`).
 
 Connections are bounded per route and per API key (`heliox.net.bulkhead`), not by one pool
 for everything; and no connection goes to an address in UPSTREAM_DENY_NETWORKS, whatever name led
-to it (checked on the resolved address, in the connector's socket factory).
+to it (checked on each resolved address, just before connecting to it).
 
 Pooled connections are closed before a typical upstream would close them (`heliox.core.keepalive`:
 UPSTREAM_KEEPALIVE_TIMEOUT, or less when the upstream announces a shorter `Keep-Alive: timeout=`),
@@ -23,29 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import functools
+import ipaddress
 import logging
 import socket
+import ssl
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any, cast
 
-import aiohttp
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.client_reqrep import ConnectionKey
-from aiohttp.http import RawResponseMessage
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.tracing import Trace
-from multidict import CIMultiDict
-from yarl import URL
+from aiohappyeyeballs import AddrInfoType as AddrInfo
+from aiohappyeyeballs import start_connection
 
+from heliox.core.headers import header_value
 from heliox.core.keepalive import announced_timeout, idle_limit, may_replay
 from heliox.core.netdeny import Network, address_denied
 from heliox.net.bulkhead import Bulkheads, Busy, Permit
+from heliox.net.http1 import ConnectionClosed, Http1Connection, ResponseError
 from heliox.snapshot import RouteConfig
 
 log = logging.getLogger("heliox.upstream")
@@ -53,8 +48,11 @@ log = logging.getLogger("heliox.upstream")
 READ_CHUNK = 64 * 1024
 BUSY_RETRY_AFTER = 1  # seconds: a slot frees as soon as any one of the requests in flight ends
 _TITLES = {502: "Bad gateway", 503: "Service unavailable", 504: "Gateway timeout"}
-# What the connector's socket factory is given: (family, type, proto, canonname, sockaddr).
-AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
+DNS_TTL = 30.0  # seconds a resolved name is reused
+HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's recommended connection attempt delay
+DNS_CACHE_SIZE = 1024
+# How often idle pooled connections are looked at, at most (they are closed once past their limit).
+IDLE_SWEEP_INTERVAL = 1.0
 
 
 class UpstreamError(Exception):
@@ -113,15 +111,6 @@ class UpstreamAddressDenied(UpstreamError):
         return "the upstream's address is not allowed"
 
 
-class _AddressNotAllowed(OSError):
-    """Raised instead of opening a socket to a denied address. One message for every address:
-    happy eyeballs keeps the exception's type only when all its attempts failed alike."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__("address not allowed")
-        self.address = address
-
-
 @dataclass(frozen=True, slots=True)
 class UpstreamTarget:
     scheme: str
@@ -130,227 +119,16 @@ class UpstreamTarget:
     path_and_query: str  # already percent-encoded
 
 
-class _Attempt:
-    """One try of an upstream request, as the connector sees it (through `_ATTEMPT`, which the
-    request's task sets): whether it got a pooled connection, and whether it must not."""
-
-    __slots__ = ("fresh", "protocol", "reused")
-
-    def __init__(self) -> None:
-        self.fresh = False
-        self.reused = False
-        self.protocol: ResponseHandler | None = None  # the connection's, once it has one
-
-
-_ATTEMPT: ContextVar[_Attempt | None] = ContextVar("heliox_upstream_attempt", default=None)
 # An origin as the pool knows it: (host, port, TLS).
-Origin = tuple[str, int | None, bool]
-_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+Origin = tuple[str, int, bool]
 
 
-# `_ResponseHandler._left` besides a count of body bytes still due.
-_HEAD = -1  # a response head is due
-_UNFRAMED = -2  # no Content-Length to hold the bytes to (chunked, until close, upgraded), or idle
-_DROP = -3  # after a surplus: nothing more reaches the parser
-
-
-class _ResponseHandler(ResponseHandler):
-    """aiohttp's protocol for one upstream connection, which gives its HTTP parser no byte past a
-    response's declared `Content-Length`. aiohttp's parser reads any such surplus as the start of
-    the next response on the connection: arrived with the body, it fails the response being read;
-    arrived later, it fails or forges the next one. Here the surplus is dropped, the connection
-    is closed instead of pooled, and `overran` is set.
-
-    The cost on the way of every response: one search for the end of its head (in the bytes that
-    hold it, which are fed to the parser in two calls instead of one), then one comparison per
-    read. Relies on aiohttp's `ResponseHandler` feeding each parsed response head to its own
-    `feed_data`, and on `data_received` being where every byte read goes (aiohttp is pinned;
-    tests/gateway/test_upstream_overrun.py breaks if either changes)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self._left = _UNFRAMED
-        self._carry = b""  # the end of the previous read, while a head is due: "\r\n\r" spans reads
-        self.overran = False
-        self.requests = 0  # requests sent on the connection so far
-        self.overran_at = 0  # the one whose response overran (1 for the first)
-        # Where a response head was due came bytes that are none: on a reused connection, most
-        # likely the surplus of the previous response, sent after it.
-        self.stray = False
-
-    def set_response_params(self, **kwargs: Any) -> None:
-        # Called for each request on the connection, before the request is sent.
-        if self._left != _DROP:
-            self._left = _HEAD
-            self._carry = b""
-            self.requests += 1
-        super().set_response_params(**kwargs)
-
-    def data_received(self, data: bytes) -> None:
-        left = self._left
-        # Body bytes within the declared length, unframed bytes, or b"" (resuming the parser).
-        if len(data) <= left or left == _UNFRAMED or not data:
-            if left > 0:
-                self._left = left - len(data)
-            super().data_received(data)
-        elif left != _DROP:
-            self._framed(data)
-
-    def _framed(self, data: bytes) -> None:
-        """`data` holds (the end of) a response head, or more than the body still due."""
-        while data:
-            left = self._left
-            if left == _HEAD:
-                joined = self._carry + data if self._carry else data
-                end = joined.find(b"\r\n\r\n")
-                if end < 0:
-                    self._carry = joined[-3:]
-                    super().data_received(data)
-                    self._check_head()
-                    return
-                cut = end + 4 - len(self._carry)
-                self._carry = b""
-                # The head alone: a parsed head sets `_left` (feed_data) before the body is read.
-                super().data_received(data[:cut])
-                data = data[cut:]
-                if self._check_head():
-                    return
-            elif left == _UNFRAMED:
-                super().data_received(data)
-                return
-            elif len(data) <= left:
-                self._left = left - len(data)
-                super().data_received(data)
-                return
-            else:
-                if left:
-                    super().data_received(data[:left])
-                self._left = 0
-                self._overrun(len(data) - left)
-                return
-
-    def _check_head(self) -> bool:
-        """Whether the parser refused the bytes where a head was due (aiohttp has then failed
-        the request and closed the connection)."""
-        if self._left == _HEAD and isinstance(self.exception(), HttpProcessingError):
-            self.stray = True
-            self._left = _DROP
-            return True
-        return False
-
-    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
-        # aiohttp's `data_received` queues each response head here, with the body's stream.
-        super().feed_data(data, size)
-        if self._left == _UNFRAMED:
-            return
-        message, payload = data
-        if message.code == 101 or message.upgrade:
-            self._left = _UNFRAMED  # another protocol from here on
-        elif message.code < 200:
-            self._left = _HEAD  # an interim response: the final one follows
-        elif payload is EMPTY_PAYLOAD:
-            self._left = 0  # HEAD, 204, 304: no body whatever the headers say
-        elif message.chunked or "Transfer-Encoding" in message.headers:
-            self._left = _UNFRAMED
-        else:
-            declared = message.headers.get("Content-Length")
-            try:
-                # The parser has taken the body bytes of this read already.
-                self._left = max(int(declared) - payload.total_bytes, 0)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                self._left = _UNFRAMED  # none (read until close), or one the parser took as is
-
-    def _overrun(self, surplus: int) -> None:
-        self.overran = True
-        self.overran_at = self.requests
-        self._left = _DROP
-        self.force_close()  # never pooled: released, the connection is closed
-        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-        log.warning(
-            "upstream %s sent more data than its Content-Length declared (%d bytes or more): "
-            "response cut at the declared length, connection closed",
-            peer[:2] if peer else "?",
-            surplus,
-        )
-        payload = self._payload  # aiohttp's: the last response's body stream
-        if self.transport is not None and (payload is None or payload.is_eof()):
-            # The body is all with its reader: close now, which is also what ends a connection
-            # that idles in the pool. A body the parser still holds back (its reader was full)
-            # keeps the connection until the response is released.
-            self.transport.close()
-
-
-class _Connector(aiohttp.TCPConnector):
-    """aiohttp's connector, which already closes connections idle for `keepalive_timeout`, plus:
-    a shorter idle limit per origin learnt from its `Keep-Alive: timeout=`, a note on the attempt
-    of whether its connection was reused, and no pooled connection for an attempt that needs a
-    new one. Overrides aiohttp's `_get` and reads its `_conns` (aiohttp is pinned)."""
-
-    def __init__(self, *, idle_timeout: float, **kwargs: Any) -> None:
-        super().__init__(keepalive_timeout=idle_timeout, **kwargs)
-        # aiohttp's protocol factory, replaced to hold responses to their Content-Length.
-        self._factory = cast(
-            "functools.partial[ResponseHandler]",
-            functools.partial(_ResponseHandler, loop=self._loop),
-        )
-        self._idle_timeout = idle_timeout
-        self._limits: dict[Origin, float] = {}  # origins that announced a shorter timeout
-        self._announced: dict[str, float] = {}  # Keep-Alive values already parsed
-
-    def learn(self, origin: Origin, keep_alive: str) -> None:
-        """Note the Keep-Alive header of a response from `origin`."""
-        limit = self._announced.get(keep_alive)
-        if limit is None:
-            if len(self._announced) >= 64:
-                self._announced.clear()  # upstreams send one value or few: stays tiny anyway
-            limit = idle_limit(self._idle_timeout, announced_timeout(keep_alive))
-            self._announced[keep_alive] = limit
-        if limit < self._idle_timeout:
-            if self._limits.get(origin) != limit:
-                if len(self._limits) >= 4096:
-                    self._limits.clear()
-                self._limits[origin] = limit
-        elif origin in self._limits:
-            del self._limits[origin]
-
-    async def connect(
-        self,
-        req: aiohttp.ClientRequest,
-        traces: list[Trace],
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
-    ) -> aiohttp.connector.Connection:
-        conn = await super().connect(req, traces, timeout)
-        attempt = _ATTEMPT.get()
-        if attempt is not None:
-            attempt.protocol = conn.protocol
-        return conn
-
-    async def _get(
-        self, key: ConnectionKey, traces: list[Trace]
-    ) -> aiohttp.connector.Connection | None:
-        attempt = _ATTEMPT.get()
-        if attempt is not None and attempt.fresh:
-            return None
-        limit = self._limits.get((key.host, key.port, key.is_ssl))
-        if limit is not None and (conns := self._conns.get(key)):
-            # Oldest first (released connections are appended): drop those idle too long.
-            too_old = monotonic() - limit
-            while conns and conns[0][1] <= too_old:
-                proto, _ = conns.popleft()
-                proto.close()
-        conn = await super()._get(key, traces)
-        if conn is not None and attempt is not None:
-            attempt.reused = True
-        return conn
-
-
-def _stray_head(attempt: _Attempt) -> bool:
-    """Whether the attempt's connection failed on bytes where the response head was due. On a
-    reused connection they are, as a rule, the previous response's surplus that arrived after it
-    (`_ResponseHandler`): not this response's first byte, so the request may be sent again as
-    when the connection had closed under it."""
-    protocol = attempt.protocol
-    return isinstance(protocol, _ResponseHandler) and protocol.stray
+def _before_response(exc: BaseException) -> bool:
+    """Whether an exchange failed before any byte of its response arrived: the upstream closed or
+    reset the connection, as when it had closed the idle connection first."""
+    if isinstance(exc, ConnectionClosed):
+        return exc.before_response
+    return isinstance(exc, ConnectionError)  # writing to a connection already closing
 
 
 class _TrackedBody:
@@ -370,43 +148,54 @@ class _TrackedBody:
         return await self._it.__anext__()
 
 
-def _before_response(exc: BaseException) -> bool:
-    """Whether an error of a request means its connection failed before any byte of the response:
-    the peer closed or reset it, as when it had closed the idle connection first."""
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        # A response head cut short is carried as the partial message.
-        return not isinstance(exc.message, RawResponseMessage)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return False  # connecting failed: no pooled connection was involved
-    if isinstance(exc, aiohttp.client_exceptions.ClientConnectionResetError):
-        return True  # writing the request to a connection already closing
-    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in _RESET_ERRNOS
+class _Exchange:
+    """What a response holds of its request: the connection, and the body still being sent."""
+
+    __slots__ = ("body_task", "conn", "origin", "request_no")
+
+    def __init__(
+        self, conn: Http1Connection, origin: Origin, body_task: asyncio.Task[None] | None
+    ) -> None:
+        self.conn = conn
+        self.origin = origin
+        self.body_task = body_task
+        self.request_no = conn.requests
 
 
 class UpstreamResponse:
-    __slots__ = ("_permit", "_protocol", "_request_no", "_resp", "headers", "status")
+    __slots__ = (
+        "_client",
+        "_conn",
+        "_exchange",
+        "_permit",
+        "_request_no",
+        "_timeout",
+        "content_length",
+        "headers",
+        "status",
+    )
 
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        content_length: int | None,
+        exchange: _Exchange,
+        client: UpstreamClient,
+        timeout: float,
         permit: Permit | None = None,
-        protocol: ResponseHandler | None = None,
     ) -> None:
-        self._resp = resp
-        # Its connection's, to tell `overran`; the connection may serve later requests.
-        self._protocol = protocol
-        self._request_no = protocol.requests if isinstance(protocol, _ResponseHandler) else 0
+        self.status = status
+        self.headers = headers  # names in lower case
+        self.content_length = content_length  # as declared
+        self._exchange: _Exchange | None = exchange  # until released or closed
+        self._conn = exchange.conn  # kept after that, for `overran`
+        self._request_no = exchange.request_no
+        self._client = client
+        self._timeout = timeout
         # The request's share of its route's connections and its key's cap: held until the
         # response is released or closed, which is when its connection is free again.
         self._permit = permit
-        self.status = resp.status
-        self.headers: list[tuple[bytes, bytes]] = [
-            (name.lower(), value) for name, value in resp.raw_headers
-        ]
-
-    @property
-    def content_length(self) -> int | None:
-        return self._resp.content_length
 
     @property
     def overran(self) -> bool:
@@ -414,19 +203,22 @@ class UpstreamResponse:
         is cut at the declared length and the connection closed, and the response is not one to
         store. Known by the time the body's last byte is read when the surplus came with it; a
         surplus sent later still closes the connection, but may come after the body was used."""
-        protocol = self._protocol
-        return (
-            isinstance(protocol, _ResponseHandler)
-            and protocol.overran_at == self._request_no
-            and protocol.overran
-        )
+        conn = self._conn
+        return conn.overran and conn.overran_at == self._request_no
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises UpstreamError when the upstream breaks off mid-body."""
+        exchange = self._exchange
+        if exchange is None:
+            return
+        conn = exchange.conn
         try:
-            async for chunk in self._resp.content.iter_chunked(READ_CHUNK):
-                yield chunk
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            while True:
+                data = await conn.read(self._timeout)
+                if not data:
+                    return
+                yield data
+        except (ConnectionClosed, ResponseError, OSError) as exc:
             raise UpstreamError(502, f"upstream broke off the response body: {exc}") from exc
         except TimeoutError as exc:
             raise UpstreamError(504, "upstream stopped sending the response body") from exc
@@ -443,12 +235,22 @@ class UpstreamResponse:
         return b"".join(parts)
 
     def release(self) -> None:
-        self._resp.release()
+        """Done with the response: its connection goes back to the pool when the response was
+        read to its end (and the request's body sent whole), else it is closed."""
+        exchange = self._exchange
+        if exchange is not None:
+            self._exchange = None
+            self._client.give_back(exchange)
         self._free()
 
     def close(self) -> None:
-        # Closing (not releasing) drops the connection: used when the body was not read to the end.
-        self._resp.close()
+        """Done with the response, which was not read to its end: its connection is dropped."""
+        exchange = self._exchange
+        if exchange is not None:
+            self._exchange = None
+            if exchange.body_task is not None:
+                exchange.body_task.cancel()
+            exchange.conn.abort()
         self._free()
 
     def _free(self) -> None:
@@ -459,8 +261,12 @@ class UpstreamResponse:
 
     def __del__(self) -> None:
         # A response dropped without release (a cancellation at an unlucky moment) must not keep
-        # its route's slot forever.
+        # its route's slot, or its connection, forever.
         with contextlib.suppress(Exception):  # at interpreter exit the loop may be gone
+            exchange = self._exchange
+            if exchange is not None:
+                self._exchange = None
+                exchange.conn.abort()
             self._free()
 
 
@@ -483,6 +289,8 @@ class UpstreamClient:
         on_retry: Callable[[], None] | None = None,
     ) -> None:
         self._connect_timeout = connect_timeout
+        # Below the idle timeout of typical upstreams (Node's 5 s), so that the upstream does not
+        # close a connection just as a request is sent on it.
         self._keepalive_timeout = keepalive_timeout
         self._on_retry = on_retry
         self._read_timeout = read_timeout
@@ -491,62 +299,32 @@ class UpstreamClient:
         )
         self._deny = deny_networks
         self._denied_logged: set[tuple[str, str]] = set()
-        self._session: aiohttp.ClientSession | None = None
-        # For routes that opt in to private upstreams (allow_private_upstream): no deny list.
-        self._open_session: aiohttp.ClientSession | None = None
+        self._started = False
+        # Idle connections per origin, with when each became idle; the most recent last. No
+        # shared limit: each route has its own (`bulkhead`), so that one upstream that hangs
+        # cannot hold the connections every other route needs.
+        self._idle: dict[Origin, deque[tuple[Http1Connection, float]]] = {}
+        self._limits: dict[Origin, float] = {}  # origins that announced a shorter timeout
+        self._announced: dict[bytes, float] = {}  # Keep-Alive values already parsed
+        self._sweep: asyncio.TimerHandle | None = None
+        self._dns: dict[tuple[str, int], tuple[float, list[AddrInfo]]] = {}
+        self._host_fields: dict[tuple[str, int, str], bytes] = {}
+        self._tls: ssl.SSLContext | None = None
 
     async def start(self) -> None:
-        self._session = self._new_session(self._deny)
-        self._open_session = self._new_session(()) if self._deny else self._session
-
-    def _guarded_socket(self, addr_info: AddrInfo) -> socket.socket:
-        """A socket for `addr_info`, unless its address is denied: checked on the address about
-        to be connected to, after DNS, so neither a host's name nor a cached or rebound lookup
-        gets past it."""
-        family, type_, proto, _, sockaddr = addr_info
-        if address_denied(str(sockaddr[0]), self._deny):
-            raise _AddressNotAllowed(str(sockaddr[0]))
-        return socket.socket(family=family, type=type_, proto=proto)
-
-    def _new_session(self, deny: tuple[Network, ...]) -> aiohttp.ClientSession:
-        connector = _Connector(
-            # Below the idle timeout of typical upstreams (Node's 5 s), so that the upstream does
-            # not close a connection just as a request is sent on it.
-            idle_timeout=self._keepalive_timeout,
-            # No shared limit: each route has its own (`bulkhead`), so that one upstream that
-            # hangs cannot hold the connections every other route needs.
-            limit=0,
-            limit_per_host=0,
-            socket_factory=self._guarded_socket if deny else None,
-            ttl_dns_cache=30,
-            enable_cleanup_closed=False,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self._connect_timeout, sock_read=self._read_timeout
-            ),
-            read_bufsize=READ_CHUNK,
-            max_line_size=16 * 1024,
-            max_field_size=16 * 1024,
-            max_headers=256,
-        )
-        # aiohttp would send an idempotent request again itself, on whatever pooled connection
-        # comes next (often one the upstream has closed as well): `_send` retries instead, once,
-        # only after a reused connection failed, and on a new connection.
-        session._retry_connection = False
-        return session
+        self._started = True
 
     async def close(self) -> None:
-        for session in {self._session, self._open_session}:
-            if session is not None:
-                await session.close()
-        self._session = self._open_session = None
+        self._started = False
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for conns in self._idle.values():
+            for conn, _ in conns:
+                conn.close()
+        self._idle.clear()
 
+    # --- the request --------------------------------------------------------------------------
     async def request(
         self,
         method: str,
@@ -560,13 +338,13 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         """Send the request; `route` and `key_id` (the API key it is made for) subject it to the
         bulkheads. Raises UpstreamError (UpstreamBusy: no connection within the bulkheads)."""
-        session = self._session
-        if session is None:
+        if not self._started:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         permit: Permit | None = None
+        deny = self._deny
         if route is not None:
             if route.allow_private_upstream:
-                session = self._open_session or session
+                deny = ()
             try:
                 permit = await self.bulkheads.acquire(
                     route.id, route.max_upstream_connections, key_id
@@ -574,11 +352,7 @@ class UpstreamClient:
             except Busy as exc:
                 raise UpstreamBusy(_busy_detail(exc, route)) from None
         try:
-            resp, protocol = await self._send(session, method, target, headers, body, timeout)
-            keep_alive = resp.headers.get("Keep-Alive")
-            if keep_alive is not None and isinstance(connector := session.connector, _Connector):
-                connector.learn((target.host, target.port, target.scheme == "https"), keep_alive)
-            return UpstreamResponse(resp, permit, protocol)
+            return await self._send(method, target, headers, body, timeout, deny, permit)
         except BaseException:
             if permit is not None:
                 permit.release()
@@ -586,89 +360,310 @@ class UpstreamClient:
 
     async def _send(
         self,
-        session: aiohttp.ClientSession,
         method: str,
         target: UpstreamTarget,
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterable[bytes] | None,
         timeout: float | None,  # noqa: ASYNC109 - a per-route socket read timeout, not a deadline
-    ) -> tuple[aiohttp.ClientResponse, ResponseHandler | None]:
-        # Built from parts, never by joining strings: the host can only ever be the route's host.
-        path, _, query = target.path_and_query.partition("?")
-        url = URL.build(
-            scheme=target.scheme,
-            host=target.host,
-            port=target.port,
-            path=path,
-            query_string=query,
-            encoded=True,
+        deny: tuple[Network, ...],
+        permit: Permit | None,
+    ) -> UpstreamResponse:
+        origin = (target.host, target.port, target.scheme == "https")
+        read_timeout = self._read_timeout if timeout is None else timeout
+        connect_timeout = (
+            self._connect_timeout if timeout is None else min(self._connect_timeout, timeout)
         )
-        hdrs: CIMultiDict[str] = CIMultiDict(
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers
-        )
-        req_timeout = None
-        if timeout is not None:
-            req_timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=min(self._connect_timeout, timeout), sock_read=timeout
-            )
         tracked = None if body is None or isinstance(body, bytes) else _TrackedBody(body)
-        data = body if tracked is None else tracked
-        sock_timeout = req_timeout if req_timeout is not None else aiohttp.helpers.sentinel
-        attempt = _Attempt()
-        token = _ATTEMPT.set(attempt)
+        head, chunked = self._request_head(
+            method, target, headers, body, chunked=tracked is not None
+        )
+        fresh = False
+        for last in (False, True):
+            conn = None if fresh else self._checkout(origin)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(target, deny, connect_timeout)
+            try:
+                exchange, status, fields, length = await self._exchange(
+                    conn, origin, method, head, body, tracked, chunked, read_timeout
+                )
+            except TimeoutError as exc:
+                conn.abort()
+                raise UpstreamError(504, f"upstream {target.host}:{target.port} timed out") from exc
+            except (ConnectionClosed, ResponseError, OSError) as exc:
+                conn.abort()
+                # The upstream closed a pooled connection as the request went out (its idle
+                # timeout ran out first): once more on a new connection, if replayable.
+                if last or not (
+                    reused
+                    and (_before_response(exc) or conn.stray)
+                    and may_replay(
+                        method, body_streamed=None if tracked is None else tracked.started
+                    )
+                ):
+                    raise UpstreamError(
+                        502, f"upstream {target.host}:{target.port} failed: {exc}"
+                    ) from exc
+                log.debug(
+                    "retrying %s to upstream %s:%d on a new connection: the reused one failed (%s)",
+                    method,
+                    target.host,
+                    target.port,
+                    exc,
+                )
+                if self._on_retry is not None:
+                    self._on_retry()
+                fresh = True
+                continue
+            except BaseException:
+                conn.abort()
+                raise
+            return UpstreamResponse(status, fields, length, exchange, self, read_timeout, permit)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _exchange(
+        self,
+        conn: Http1Connection,
+        origin: Origin,
+        method: str,
+        head: bytes,
+        body: bytes | AsyncIterable[bytes] | None,
+        tracked: _TrackedBody | None,
+        chunked: bool,
+        timeout: float,  # noqa: ASYNC109 - the socket read timeout, from the request on
+    ) -> tuple[_Exchange, int, list[tuple[bytes, bytes]], int | None]:
+        conn.start(head_request=method == "HEAD")
+        body_task: asyncio.Task[None] | None = None
+        if tracked is not None:
+            conn.write(head)
+            body_task = asyncio.ensure_future(_send_body(conn, tracked, chunked=chunked))
+            body_task.add_done_callback(_observed)
+        elif isinstance(body, bytes) and body:
+            conn.write(head + body)
+        else:
+            conn.write(head)
+        answer = conn.head_future()
         try:
-            for last in (False, True):
+            if body_task is not None and not answer.done():
+                # No read timeout while the body goes out (it has limits of its own, see
+                # `heliox.gateway.exchange.body_stream`): the upstream's time to answer counts
+                # from the body's end. An answer that comes before it is taken as it comes.
+                await asyncio.wait((answer, body_task), return_when=asyncio.FIRST_COMPLETED)
+                if not answer.done() and body_task.done() and not body_task.cancelled():
+                    failure = body_task.exception()
+                    if failure is not None:
+                        raise failure
+            response = await conn.head(timeout)
+        except BaseException:
+            if body_task is not None:
+                if body_task.done() and not body_task.cancelled():
+                    failure = body_task.exception()
+                    # The client's body failed (too large, too slow, gone): that is the story.
+                    if failure is not None and not isinstance(failure, OSError):
+                        raise failure from None
+                body_task.cancel()
+            raise
+        keep_alive = header_value(response.headers, b"keep-alive")
+        if keep_alive is not None:
+            self._learn(origin, keep_alive)
+        return (
+            _Exchange(conn, origin, body_task),
+            response.status,
+            response.headers,
+            response.length,
+        )
+
+    def _request_head(
+        self,
+        method: str,
+        target: UpstreamTarget,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterable[bytes] | None,
+        *,
+        chunked: bool,
+    ) -> tuple[bytes, bool]:
+        """The request line and fields, as bytes, and whether the body goes chunked. Host is the
+        route's; the framing is the body's."""
+        host_key = (target.host, target.port, target.scheme)
+        host = self._host_fields.get(host_key)
+        if host is None:
+            host = b"host: " + _host_value(target).encode("idna") + b"\r\n"
+            if len(self._host_fields) >= 1024:
+                self._host_fields.clear()
+            self._host_fields[host_key] = host
+        fields = [
+            b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target.path_and_query.encode("ascii")),
+            host,
+        ]
+        has_length = False
+        for name, value in headers:
+            if name == b"host" or name == b"transfer-encoding":
+                continue  # the route's host; framing is this client's
+            if name == b"content-length":
+                if isinstance(body, bytes) or body is None:
+                    continue
+                has_length = True
+            fields.append(name + b": " + value + b"\r\n")
+        chunked = chunked and not has_length
+        if isinstance(body, bytes) and body:
+            fields.append(b"content-length: %d\r\n" % len(body))
+        elif chunked:
+            fields.append(b"transfer-encoding: chunked\r\n")
+        fields.append(b"\r\n")
+        data = b"".join(fields)
+        # Every line ends in CRLF, and nothing else holds CR, LF or NUL: no value can add a field
+        # or end the head early (the pipeline checks values too; this is the last line of it).
+        if data.count(b"\n") != len(fields) or data.count(b"\r") != len(fields) or b"\x00" in data:
+            raise UpstreamError(502, "a request field holds CR, LF or NUL: not sent upstream")
+        return data, chunked
+
+    # --- connections --------------------------------------------------------------------------
+    def _checkout(self, origin: Origin) -> Http1Connection | None:
+        conns = self._idle.get(origin)
+        if not conns:
+            return None
+        too_old = monotonic() - self._limits.get(origin, self._keepalive_timeout)
+        while conns:
+            conn, since = conns.pop()  # the most recently used: the least likely to be closed
+            if conn.closed:
+                continue
+            if since <= too_old:
+                # This one, and every older one, has been idle too long.
+                conn.close()
+                while conns:
+                    conns.pop()[0].close()
+                break
+            return conn
+        del self._idle[origin]
+        return None
+
+    def give_back(self, exchange: _Exchange) -> None:
+        """A released response's connection: pooled when it may carry another request."""
+        conn = exchange.conn
+        task = exchange.body_task
+        if task is not None and (not task.done() or task.cancelled() or task.exception()):
+            task.cancel()
+            conn.abort()  # the request's body is not all sent: the connection is in no state
+            return
+        if not conn.reusable or not self._started:
+            conn.close()
+            return
+        if self._limits.get(exchange.origin, self._keepalive_timeout) <= 0:
+            conn.close()  # the upstream announced it keeps nothing idle worth reusing
+            return
+        conns = self._idle.get(exchange.origin)
+        if conns is None:
+            conns = self._idle[exchange.origin] = deque()
+        conns.append((conn, monotonic()))
+        if self._sweep is None:
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(IDLE_SWEEP_INTERVAL, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        """Close idle connections past their limit, so none is left for the upstream to close."""
+        self._sweep = None
+        now = monotonic()
+        for origin in list(self._idle):
+            conns = self._idle[origin]
+            too_old = now - self._limits.get(origin, self._keepalive_timeout)
+            while conns and (conns[0][0].closed or conns[0][1] <= too_old):
+                conns.popleft()[0].close()
+            if not conns:
+                del self._idle[origin]
+        if self._idle:
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(IDLE_SWEEP_INTERVAL, self._sweep_idle)
+
+    def _learn(self, origin: Origin, keep_alive: bytes) -> None:
+        """Note the Keep-Alive header of a response from `origin`."""
+        limit = self._announced.get(keep_alive)
+        if limit is None:
+            if len(self._announced) >= 64:
+                self._announced.clear()  # upstreams send one value or few: stays tiny anyway
+            announced = announced_timeout(keep_alive.decode("latin-1"))
+            limit = idle_limit(self._keepalive_timeout, announced)
+            self._announced[keep_alive] = limit
+        if limit < self._keepalive_timeout:
+            if self._limits.get(origin) != limit:
+                if len(self._limits) >= 4096:
+                    self._limits.clear()
+                self._limits[origin] = limit
+        elif origin in self._limits:
+            del self._limits[origin]
+
+    async def _connect(
+        self,
+        target: UpstreamTarget,
+        deny: tuple[Network, ...],
+        timeout: float,  # noqa: ASYNC109 - resolving, connecting and TLS together
+    ) -> Http1Connection:
+        """A new connection to `target`. Every address its host resolves to that `deny` does not
+        refuse (checked on the address about to be connected to, after DNS, so neither a host's
+        name nor a cached or rebound lookup gets past it), tried as RFC 8305 says: the next one
+        starts 0.25 s after the last, families interleaved, the first to connect wins."""
+        loop = asyncio.get_running_loop()
+        tls = self._tls_context() if target.scheme == "https" else None
+        try:
+            async with asyncio.timeout(timeout):
+                infos = await self._resolve(target.host, target.port)
+                allowed = [i for i in infos if not (deny and address_denied(str(i[4][0]), deny))]
+                if not allowed:
+                    denied = str(infos[0][4][0])
+                    self._log_denied(target, denied)
+                    raise UpstreamAddressDenied(
+                        f"upstream {target.host}:{target.port} resolves to {denied}, which "
+                        "UPSTREAM_DENY_NETWORKS refuses"
+                    )
+                sock = await start_connection(
+                    allowed, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1
+                )
                 try:
-                    resp = await session.request(
-                        method,
-                        url,
-                        headers=hdrs,
-                        data=data,
-                        allow_redirects=False,
-                        compress=None,
-                        chunked=None,
-                        timeout=sock_timeout,
+                    _, conn = await loop.create_connection(
+                        Http1Connection,
+                        sock=sock,
+                        ssl=tls,
+                        server_hostname=target.host if tls is not None else None,
                     )
-                    break
-                except aiohttp.ClientError as exc:
-                    # The upstream closed a pooled connection as the request went out (its idle
-                    # timeout ran out first): once more on a new connection, if replayable.
-                    if last or not (
-                        attempt.reused
-                        and (_before_response(exc) or _stray_head(attempt))
-                        and may_replay(
-                            method, body_streamed=None if tracked is None else tracked.started
-                        )
-                    ):
-                        raise
-                    log.debug(
-                        "retrying %s to upstream %s:%d on a new connection: the reused one "
-                        "failed (%s)",
-                        method,
-                        target.host,
-                        target.port,
-                        exc,
-                    )
-                    if self._on_retry is not None:
-                        self._on_retry()
-                    attempt.fresh = True
-        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+                except BaseException:
+                    sock.close()
+                    raise
+                return conn
+        except TimeoutError as exc:
             raise UpstreamError(504, f"upstream {target.host}:{target.port} timed out") from exc
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, _AddressNotAllowed):
-                self._log_denied(target, exc.os_error.address)
-                raise UpstreamAddressDenied(
-                    f"upstream {target.host}:{target.port} resolves to "
-                    f"{exc.os_error.address}, which UPSTREAM_DENY_NETWORKS refuses"
-                ) from exc
+        except OSError as exc:  # no address, refused, unreachable, TLS refused
             raise UpstreamError(
-                502, f"upstream {target.host}:{target.port} refused or unreachable: {exc.os_error}"
+                502, f"upstream {target.host}:{target.port} refused or unreachable: {exc}"
             ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(502, f"upstream {target.host}:{target.port} failed: {exc}") from exc
-        finally:
-            _ATTEMPT.reset(token)
-        return resp, attempt.protocol
+
+    async def _resolve(self, host: str, port: int) -> list[AddrInfo]:
+        """The addresses of `host`, in the resolver's order; reused for DNS_TTL seconds."""
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+            return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+        now = monotonic()
+        found = self._dns.get((host, port))
+        if found is not None and found[0] > now:
+            return found[1]
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses: list[AddrInfo] = []
+        seen: set[object] = set()
+        for info in infos:
+            if info[4] not in seen:
+                seen.add(info[4])
+                addresses.append(info)
+        if len(self._dns) >= DNS_CACHE_SIZE:
+            self._dns.clear()
+        self._dns[(host, port)] = (now + DNS_TTL, addresses)
+        return addresses
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
     def _log_denied(self, target: UpstreamTarget, address: str) -> None:
         """Tell the operator once per host and address (a route's every request would repeat it)."""
@@ -685,6 +680,36 @@ class UpstreamClient:
             target.port,
             address,
         )
+
+
+async def _send_body(conn: Http1Connection, body: _TrackedBody, *, chunked: bool) -> None:
+    """Stream a request body: chunked unless the request declared its length."""
+    try:
+        async for chunk in body:
+            if not chunk:
+                continue
+            conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await conn.drain()
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+    except BaseException:
+        conn.abort()  # a request cut short: the upstream must not take it for a whole one
+        raise
+
+
+def _observed(task: asyncio.Task[None]) -> None:
+    """A request body's task may fail after its response was taken (the upstream answered early
+    and closed): its failure is the response's business then, not an unretrieved exception."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _host_value(target: UpstreamTarget) -> str:
+    """The Host field for `target`: the host, bracketed when an IPv6 address, and the port unless
+    it is the scheme's default."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    default = 443 if target.scheme == "https" else 80
+    return host if target.port == default else f"{host}:{target.port}"
 
 
 def _busy_detail(exc: Busy, route: RouteConfig) -> str:
