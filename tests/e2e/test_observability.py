@@ -368,7 +368,7 @@ def test_upstream_failures_tell_the_client_the_request_id_and_the_log_the_cause(
         slow = create_route(gateway, upstream_url=upstream.url, is_public=True, timeout_seconds=0.3)
         cases = [
             (refused, "/x", 502, closed, f"127.0.0.1:{closed}"),
-            (babbling, "/x", 502, garbage.port, "Bad status line"),
+            (babbling, "/x", 502, garbage.port, "not an HTTP/1.x status line"),
             (slow, "/slow?delay=3", 504, upstream.port, f"127.0.0.1:{upstream.port}"),
         ]
         for route, path, status, port, cause in cases:
