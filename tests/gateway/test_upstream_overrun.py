@@ -265,6 +265,18 @@ async def test_a_large_body_pauses_the_socket_until_it_is_read() -> None:
     assert not transport.paused and conn.overran
 
 
+async def test_a_connection_paused_for_an_unread_body_reads_again_for_the_next_response() -> None:
+    body = b"x" * (600 * 1024)
+    conn, transport = new_connection()
+    feed(conn, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert (await conn.head()).status == 200
+    assert transport.paused and conn.reusable  # arrived whole; its reader took none of it
+    conn.start(head_request=False)  # the next request on the pooled connection
+    assert not transport.paused
+    feed(conn, HEAD + b"hello")
+    assert await body_of(conn) == (200, b"hello")
+
+
 # --- heads -------------------------------------------------------------------------------------
 
 

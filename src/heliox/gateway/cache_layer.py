@@ -559,6 +559,7 @@ class CacheLayer:
         to_client = not conditional and req.method != "HEAD"
         parts: list[bytes] | None = [] if keep is not None else None
         size = 0
+        ended = False
         try:
             try:
                 await sink.start(304 if conditional else resp.status, out)
@@ -579,7 +580,10 @@ class CacheLayer:
                         parts.append(chunk)
                 if to_client:
                     try:
-                        await sink.body(chunk, more=True)
+                        # The last part ends the answer (one message fewer); a surplus the
+                        # upstream sent with it is known by then (`overran`, below).
+                        ended = resp.body_done
+                        await sink.body(chunk, more=not ended)
                     except ClientGone:
                         fill.client_gone = True
                         to_client = False
@@ -598,7 +602,7 @@ class CacheLayer:
             return None
         finally:
             resp.release()
-        if to_client:
+        if to_client and not ended:
             try:
                 await sink.body(b"", more=False)
             except ClientGone:

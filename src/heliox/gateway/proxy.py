@@ -168,9 +168,12 @@ async def relay(
         if req.method == "HEAD":
             await sink.body(b"", more=False)
             return
+        ended = False
         async for chunk in resp.chunks():
-            await sink.body(chunk, more=True)
-        await sink.body(b"", more=False)
+            ended = resp.body_done  # the last part ends the answer: one message fewer
+            await sink.body(chunk, more=not ended)
+        if not ended:
+            await sink.body(b"", more=False)
     except UpstreamError as exc:
         # Headers are out: the only honest signal left is to abort the client connection.
         req.ex.error = exc.detail

@@ -279,6 +279,11 @@ class Http1Connection(asyncio.Protocol):
         self._buffered = 0
         self._eof = False
         self._error = None
+        if self._paused and self.transport is not None:
+            # The last response arrived whole but its reader left it (a body over the cache's
+            # size limit, say): the socket was paused for it, and the next response needs it.
+            self._paused = False
+            self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.closed:
@@ -352,6 +357,11 @@ class Http1Connection(asyncio.Protocol):
     def ready(self) -> bool:
         """`read()` would return at once: body bytes are buffered, or the body ended or failed."""
         return bool(self._body) or self._eof or self._error is not None
+
+    @property
+    def drained(self) -> bool:
+        """The body is complete and its reader has taken all of it: `read()` returns b""."""
+        return self._eof and not self._body and self._error is None
 
     @property
     def complete(self) -> bool:

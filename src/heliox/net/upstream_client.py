@@ -223,6 +223,13 @@ class UpstreamResponse:
         except TimeoutError as exc:
             raise UpstreamError(504, "upstream stopped sending the response body") from exc
 
+    @property
+    def body_done(self) -> bool:
+        """The body has been read to its end: the chunk just read was the last one. A relay
+        then ends the client's answer with it rather than with an empty message of its own."""
+        exchange = self._exchange
+        return exchange is not None and exchange.conn.drained
+
     async def read_all(self, limit: int) -> bytes | None:
         """The whole body if it fits in `limit` bytes, else None (the rest is left unread)."""
         parts: list[bytes] = []
