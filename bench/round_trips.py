@@ -114,7 +114,7 @@ async def upstream_trips(port: int, seconds: float) -> None:
     target = UpstreamTarget("http", "127.0.0.1", port, gw_kit.ITEMS)
     headers = [(b"host", b"127.0.0.1"), (b"user-agent", b"round-trips/1")]
 
-    async def aiohttp_get() -> None:
+    async def client_get() -> None:
         resp = await client.request("GET", target, headers, None)
         async for _ in resp.chunks():
             pass
@@ -131,7 +131,7 @@ async def upstream_trips(port: int, seconds: float) -> None:
         await proto.call(request)
 
     try:
-        await measure("upstream GET, the gateway's UpstreamClient", aiohttp_get, seconds)
+        await measure("upstream GET, the gateway's UpstreamClient", client_get, seconds)
         await measure("upstream GET, minimal keep-alive client", minimal_get, seconds)
     finally:
         assert proto.transport is not None

@@ -508,21 +508,20 @@ class Http1Connection(asyncio.Protocol):
         if self._buffered > READ_HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        waiter = self._body_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake_reader()
 
     def _finish_body(self) -> None:
         self._state = _IDLE
         self._eof = True
-        waiter = self._body_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake_reader()
 
     def _fail_body(self, exc: Exception) -> None:
         self._state = _IDLE
         self._error = exc
         self.abort()
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
         waiter = self._body_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
