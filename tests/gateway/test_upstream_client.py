@@ -1,10 +1,12 @@
-"""`UpstreamClient`'s pool and request bodies against real servers on loopback: idle connections
-closed by the client's own sweep before an upstream would close them, an upstream that answers
-before it has read the body, and a streamed body sent chunked or by its declared length."""
+"""`UpstreamClient`'s pool, connections and request bodies against real servers on loopback: idle
+connections closed by the client's own sweep before an upstream would close them, an upstream that
+answers before it has read the body, a streamed body sent chunked or by its declared length, an
+IPv6 literal, and a name whose addresses are tried until one answers."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -149,5 +151,49 @@ async def test_a_streamed_body_arrives_whole(declared: bool) -> None:
             assert server.bodies == [b"x" * (3 * 64 * 1024)]
             assert await _get(client, server.target()) == b"ok"
             assert server.opened == 1  # whole body sent, response read: the connection is reused
+    finally:
+        await client.close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_an_ipv6_literal_upstream_is_reached_and_named_in_brackets() -> None:
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = UpstreamClient(pool_size=4, connect_timeout=2, read_timeout=2)
+    await client.start()
+    try:
+        assert await _get(client, UpstreamTarget("http", "::1", port, "/v6")) == b"ok"
+        assert heads[0].startswith(b"GET /v6 HTTP/1.1\r\nhost: [::1]:%d\r\n" % port)
+    finally:
+        await client.close()
+        server.close()
+
+
+async def test_a_name_is_resolved_and_its_addresses_tried_until_one_answers() -> None:
+    # "localhost" may resolve to ::1 first; the server listens on 127.0.0.1 only.
+    client = UpstreamClient(pool_size=4, connect_timeout=2, read_timeout=2)
+    await client.start()
+    try:
+        async with Server() as server:
+            port = server.target().port
+            assert await _get(client, UpstreamTarget("http", "localhost", port, "/")) == b"ok"
+            assert b"\r\nhost: localhost:%d\r\n" % port in server.heads[0]
     finally:
         await client.close()
