@@ -346,10 +346,10 @@ async def test_a_head_that_never_ends_is_refused_once_too_long() -> None:
 
 
 def request_head(
-    target: UpstreamTarget, headers: list[tuple[bytes, bytes]], body: Any, *, chunked: bool = False
+    target: UpstreamTarget, headers: list[tuple[bytes, bytes]], body: Any
 ) -> tuple[bytes, bool]:
     client = UpstreamClient(pool_size=1, connect_timeout=1, read_timeout=1)
-    return client._request_head("POST", target, headers, body, chunked=chunked)
+    return client._request_head("POST", target, headers, body)
 
 
 def test_the_request_head_names_the_routes_host_and_frames_the_body() -> None:
@@ -365,9 +365,9 @@ def test_the_request_head_names_the_routes_host_and_frames_the_body() -> None:
 
 def test_a_streamed_body_goes_chunked_unless_its_length_is_declared() -> None:
     target = UpstreamTarget("http", "127.0.0.1", 8080, "/")
-    head, chunked = request_head(target, [], object(), chunked=True)
+    head, chunked = request_head(target, [], object())
     assert chunked and b"\r\ntransfer-encoding: chunked\r\n" in head
-    head, chunked = request_head(target, [(b"content-length", b"7")], object(), chunked=True)
+    head, chunked = request_head(target, [(b"content-length", b"7")], object())
     assert not chunked and b"\r\ncontent-length: 7\r\n" in head and b"chunked" not in head
 
 

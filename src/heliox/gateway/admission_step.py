@@ -43,7 +43,6 @@ from heliox.state.admission import (
     key_subject,
     parse_key_subject,
 )
-from heliox.state.admission_memory import MemoryAdmission
 
 log = logging.getLogger("heliox.admission")
 
@@ -186,12 +185,8 @@ class AdmissionStep:
     ) -> bool:
         """True to go on; False when a refusal has been sent."""
         admission = self.request_for(route, key, client_ip)
-        backend = self.backend
         try:
-            if type(backend) is MemoryAdmission:  # decides without I/O: no coroutine to await
-                result = backend.admit_sync(admission)
-            else:
-                result = await backend.admit(admission)
+            result = await self.backend.admit(admission)
         except Exception as exc:
             # Authentication already happened; only the counters are unknown.
             self.metrics.count("admission_unavailable")

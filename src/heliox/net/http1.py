@@ -354,11 +354,6 @@ class Http1Connection(asyncio.Protocol):
                     timer.cancel()
 
     @property
-    def ready(self) -> bool:
-        """`read()` would return at once: body bytes are buffered, or the body ended or failed."""
-        return bool(self._body) or self._eof or self._error is not None
-
-    @property
     def drained(self) -> bool:
         """The body is complete and its reader has taken all of it: `read()` returns b""."""
         return self._eof and not self._body and self._error is None

@@ -45,7 +45,6 @@ from heliox.snapshot import RouteConfig
 
 log = logging.getLogger("heliox.upstream")
 
-READ_CHUNK = 64 * 1024
 BUSY_RETRY_AFTER = 1  # seconds: a slot frees as soon as any one of the requests in flight ends
 _TITLES = {502: "Bad gateway", 503: "Service unavailable", 504: "Gateway timeout"}
 DNS_TTL = 30.0  # seconds a resolved name is reused
@@ -167,10 +166,9 @@ class _Exchange:
 class UpstreamResponse:
     __slots__ = (
         "_client",
-        "_conn",
         "_exchange",
+        "_held",
         "_permit",
-        "_request_no",
         "_timeout",
         "content_length",
         "headers",
@@ -190,9 +188,8 @@ class UpstreamResponse:
         self.status = status
         self.headers = headers  # names in lower case
         self.content_length = content_length  # as declared
-        self._exchange: _Exchange | None = exchange  # until released or closed
-        self._conn = exchange.conn  # kept after that, for `overran`
-        self._request_no = exchange.request_no
+        self._exchange = exchange
+        self._held = True  # the connection is this response's until released or closed
         self._client = client
         self._timeout = timeout
         # The request's share of its route's connections and its key's cap: held until the
@@ -205,15 +202,14 @@ class UpstreamResponse:
         is cut at the declared length and the connection closed, and the response is not one to
         store. Known by the time the body's last byte is read when the surplus came with it; a
         surplus sent later still closes the connection, but may come after the body was used."""
-        conn = self._conn
-        return conn.overran and conn.overran_at == self._request_no
+        exchange = self._exchange
+        return exchange.conn.overran and exchange.conn.overran_at == exchange.request_no
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises UpstreamError when the upstream breaks off mid-body."""
-        exchange = self._exchange
-        if exchange is None:
+        if not self._held:
             return
-        conn = exchange.conn
+        conn = self._exchange.conn
         try:
             while True:
                 data = await conn.read(self._timeout)
@@ -229,8 +225,7 @@ class UpstreamResponse:
     def body_done(self) -> bool:
         """The body has been read to its end: the chunk just read was the last one. A relay
         then ends the client's answer with it rather than with an empty message of its own."""
-        exchange = self._exchange
-        return exchange is not None and exchange.conn.drained
+        return self._held and self._exchange.conn.drained
 
     async def read_all(self, limit: int) -> bytes | None:
         """The whole body if it fits in `limit` bytes, else None (the rest is left unread)."""
@@ -246,20 +241,18 @@ class UpstreamResponse:
     def release(self) -> None:
         """Done with the response: its connection goes back to the pool when the response was
         read to its end (and the request's body sent whole), else it is closed."""
-        exchange = self._exchange
-        if exchange is not None:
-            self._exchange = None
-            self._client.give_back(exchange)
+        if self._held:
+            self._held = False
+            self._client.give_back(self._exchange)
         self._free()
 
     def close(self) -> None:
         """Done with the response, which was not read to its end: its connection is dropped."""
-        exchange = self._exchange
-        if exchange is not None:
-            self._exchange = None
-            if exchange.body_task is not None:
-                exchange.body_task.cancel()
-            exchange.conn.abort()
+        if self._held:
+            self._held = False
+            if self._exchange.body_task is not None:
+                self._exchange.body_task.cancel()
+            self._exchange.conn.abort()
         self._free()
 
     def _free(self) -> None:
@@ -272,10 +265,9 @@ class UpstreamResponse:
         # A response dropped without release (a cancellation at an unlucky moment) must not keep
         # its route's slot, or its connection, forever.
         with contextlib.suppress(Exception):  # at interpreter exit the loop may be gone
-            exchange = self._exchange
-            if exchange is not None:
-                self._exchange = None
-                exchange.conn.abort()
+            if self._held:
+                self._held = False
+                self._exchange.conn.abort()
             self._free()
 
 
@@ -383,9 +375,7 @@ class UpstreamClient:
             self._connect_timeout if timeout is None else min(self._connect_timeout, timeout)
         )
         tracked = None if body is None or isinstance(body, bytes) else _TrackedBody(body)
-        head, chunked = self._request_head(
-            method, target, headers, body, chunked=tracked is not None
-        )
+        head, chunked = self._request_head(method, target, headers, body)
         fresh = False
         for last in (False, True):
             conn = None if fresh else self._checkout(origin)
@@ -457,11 +447,9 @@ class UpstreamClient:
                 # No read timeout while the body goes out (it has limits of its own, see
                 # `heliox.gateway.exchange.body_stream`): the upstream's time to answer counts
                 # from the body's end. An answer that comes before it is taken as it comes.
+                # A body that fails aborts the connection (`_send_body`), which fails `answer`;
+                # the handler below then raises the body's own failure.
                 await asyncio.wait((answer, body_task), return_when=asyncio.FIRST_COMPLETED)
-                if not answer.done() and body_task.done() and not body_task.cancelled():
-                    failure = body_task.exception()
-                    if failure is not None:
-                        raise failure
             response = await conn.head(timeout)
         except BaseException:
             if body_task is not None:
@@ -488,11 +476,9 @@ class UpstreamClient:
         target: UpstreamTarget,
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterable[bytes] | None,
-        *,
-        chunked: bool,
     ) -> tuple[bytes, bool]:
-        """The request line and fields, as bytes, and whether the body goes chunked. Host is the
-        route's; the framing is the body's."""
+        """The request line and fields, as bytes, and whether the body goes chunked (streamed,
+        with no declared length). Host is the route's; the framing is the body's."""
         host_key = (target.host, target.port, target.scheme)
         host = self._host_fields.get(host_key)
         if host is None:
@@ -504,16 +490,17 @@ class UpstreamClient:
             b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target.path_and_query.encode("ascii")),
             host,
         ]
+        in_memory = body is None or isinstance(body, bytes)
         has_length = False
         for name, value in headers:
             if name == b"host" or name == b"transfer-encoding":
                 continue  # the route's host; framing is this client's
             if name == b"content-length":
-                if isinstance(body, bytes) or body is None:
-                    continue
+                if in_memory:
+                    continue  # the body's own length, below
                 has_length = True
             fields.append(name + b": " + value + b"\r\n")
-        chunked = chunked and not has_length
+        chunked = not in_memory and not has_length
         if isinstance(body, bytes) and body:
             fields.append(b"content-length: %d\r\n" % len(body))
         elif chunked:
