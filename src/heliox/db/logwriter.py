@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,6 +76,18 @@ WRITE_TIMEOUT = 5.0
 # After a failed write or replay, rows go straight to the spill file for this long before the
 # database is asked again (a hung database would otherwise cost a whole timeout per flush).
 RETRY_INTERVAL = 1.0
+# The writes run in threads beside the event loop (the SQLite driver's, and the roll-ups'
+# arithmetic). On a core they share with the loop, the kernel lets a running thread use up its
+# time slice (milliseconds) before the woken loop gets the CPU back, and the request that woke it
+# waits that long: a cache hit's p99 at concurrency 1 was 3 ms against a p50 of 0.2 ms. Every
+# this many rows those threads give the CPU away, which took that p99 to about 1 ms
+# (docs/performance.md, "The request log's writer and the tail at concurrency 1"). Only while
+# the writer keeps up: a thread that gives the CPU away gets less of it, and on a saturated core
+# it fell seconds behind (a write timed out and its rows were spilled). A batch of BATCH_SIZE or
+# more means it is behind, and it writes at the kernel's fair share until it has caught up.
+SHARE_CORE_EVERY = 32
+# Rows per COPY on PostgreSQL (see _write).
+COPY_ROWS = 256
 # How often the spill folder is searched for files of processes that have exited.
 ADOPT_INTERVAL = 30.0
 # How often the writer looks for a finished hour of keyed roll-ups to compact.
@@ -252,8 +264,9 @@ class LogWriter:
     async def _write(self, batch: list[LogRow]) -> None:
         if not batch:
             return
+        share = len(batch) < BATCH_SIZE  # keeping up: the writer's threads share the core
         if self._is_postgres:
-            records = [_as_record(row) for row in batch]
+            records = await asyncio.to_thread(_as_records, batch)
             async with self._engine.connect() as conn:
                 raw = await conn.get_raw_connection()
                 driver = raw.driver_connection
@@ -262,18 +275,28 @@ class LogWriter:
                 # The rows and their roll-ups commit together or not at all (a failed batch is
                 # spilled and replayed whole).
                 async with driver.transaction():
-                    await driver.copy_records_to_table(
-                        "request_logs", records=records, columns=list(COLUMNS)
-                    )
+                    # The driver encodes a COPY's rows on the event loop, all at once: a few
+                    # hundred at a time keeps each stretch short (~0.4 ms; a 600-row COPY held
+                    # the loop for 1 ms); the round trips between them leave it free.
+                    for start in range(0, len(records), COPY_ROWS):
+                        await driver.copy_records_to_table(
+                            "request_logs",
+                            records=records[start : start + COPY_ROWS],
+                            columns=COLUMNS,
+                        )
                     compacted = await driver.fetchval(_PG_MARK, rollups.COMPACTED_MARK)
-                    for grain, params in _rollup_params(batch, compacted or 0):
+                    grains = await asyncio.to_thread(
+                        _rollup_params, batch, compacted or 0, share
+                    )
+                    for grain, params in grains:
                         if params:
                             await driver.execute(_PG_UPSERTS[grain], *rollups.as_arrays(params))
                 self._driver = None
         else:
             # The driver's executemany on plain tuples: SQLAlchemy's per-row parameter processing
-            # cost more than the rest of a cache hit. Timestamps in SQLAlchemy's SQLite format.
-            rows = [(_sqlite_ts(row[0]), *row[1:]) for row in batch]
+            # cost more than the rest of a cache hit. Timestamps in SQLAlchemy's SQLite format,
+            # converted as the driver's thread consumes them, off the event loop.
+            rows = _sharing_the_core(((_sqlite_ts(row[0]), *row[1:]) for row in batch), share)
             async with self._engine.begin() as conn:
                 raw = await conn.get_raw_connection()
                 driver = raw.driver_connection
@@ -282,8 +305,11 @@ class LogWriter:
                 await driver.executemany(SQLITE_INSERT, rows)
                 cursor = await driver.execute(_SQLITE_MARK, (rollups.COMPACTED_MARK,))
                 mark = await cursor.fetchone()
-                for grain, params in _rollup_params(batch, mark[0] if mark else 0):
-                    await driver.executemany(_SQLITE_UPSERTS[grain], params)
+                compacted = mark[0] if mark else 0
+                grains = await asyncio.to_thread(_rollup_params, batch, compacted, share)
+                for grain, params in grains:
+                    upserts = _sharing_the_core(params, share)
+                    await driver.executemany(_SQLITE_UPSERTS[grain], upserts)
                 self._driver = None
         self.written += len(batch)
         self._metrics.count("log_rows_written", len(batch))
@@ -481,7 +507,7 @@ _SQLITE_MARK = f"SELECT upto FROM {rollups.MARKS_TABLE} WHERE name = ?"
 
 
 def _rollup_params(
-    batch: list[LogRow], compacted: float
+    batch: list[LogRow], compacted: float, share: bool
 ) -> list[tuple[rollups.Grain, list[tuple[Any, ...]]]]:
     fields = (
         (
@@ -496,7 +522,7 @@ def _rollup_params(
             row[_BYTES_IN],
             row[_BYTES_OUT],
         )
-        for row in batch
+        for row in _sharing_the_core(batch, share)
     )
     groups = rollups.aggregate(fields, compacted)
     return [(g, rollups.upsert_params(g, groups[g])) for g in rollups.GRAINS]
@@ -561,9 +587,10 @@ def _sqlite_ts(ts: Any) -> str:
     if micros >= 1_000_000:
         second, micros = second + 1, 0
     global _ts_memo
-    if _ts_memo[0] != second:
-        _ts_memo = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second)))
-    return f"{_ts_memo[1]}.{micros:06d}"
+    memo = _ts_memo  # read once: the writer's thread and a replay may both be formatting
+    if memo[0] != second:
+        memo = _ts_memo = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second)))
+    return f"{memo[1]}.{micros:06d}"
 
 
 _ts_memo: tuple[int, str] = (-1, "")
@@ -583,6 +610,25 @@ def _alive(pid: int, me: int) -> bool:
 
 def _widen(row: LogRow, width: int) -> LogRow:
     return row + (None,) * (width - len(row)) if len(row) < width else row
+
+
+def _sharing_the_core(rows: Iterable[T], share: bool) -> Iterator[T]:
+    """`rows`; when `share`, giving the CPU away every SHARE_CORE_EVERY of them (see there)."""
+    if not share:
+        yield from rows
+        return
+    for i, row in enumerate(rows):
+        if i and i % SHARE_CORE_EVERY == 0:
+            _yield_core()
+        yield row
+
+
+# sched_yield(2): returns at once when nothing else is waiting for the CPU; not on Windows.
+_yield_core: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
+
+
+def _as_records(batch: list[LogRow]) -> list[tuple[Any, ...]]:
+    return [_as_record(row) for row in batch]
 
 
 def _as_record(row: LogRow) -> tuple[Any, ...]:
