@@ -37,7 +37,7 @@ STOP_GRACE_SECONDS = 15
 # granian's I/O threads per worker (its default is 1). With one, that thread waits for the GIL
 # whenever the event loop holds it, and no socket is read or written meanwhile: a cache hit cost
 # 82-93 µs of CPU at 50 connections, and 69-78 µs with two, on Redis 102 against 91 µs; three
-# were no better, four worse (docs/performance.md, "Two server threads per worker").
+# were no better, four worse (docs/performance.md, "One server thread stalled every socket").
 RUNTIME_THREADS = 2
 
 ENV_HELP = """\

@@ -81,7 +81,7 @@ RETRY_INTERVAL = 1.0
 # time slice (milliseconds) before the woken loop gets the CPU back, and the request that woke it
 # waits that long: a cache hit's p99 at concurrency 1 was 3 ms against a p50 of 0.2 ms. Every
 # this many rows those threads give the CPU away, which took that p99 to about 1 ms
-# (docs/performance.md, "The request log's writer and the tail at concurrency 1"). Only while
+# (docs/performance.md, "The request log's writer was the tail at concurrency 1"). Only while
 # the writer keeps up: a thread that gives the CPU away gets less of it, and on a saturated core
 # it fell seconds behind (a write timed out and its rows were spilled). A batch of BATCH_SIZE or
 # more means it is behind, and it writes at the kernel's fair share until it has caught up.
