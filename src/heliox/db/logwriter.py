@@ -285,9 +285,7 @@ class LogWriter:
                             columns=COLUMNS,
                         )
                     compacted = await driver.fetchval(_PG_MARK, rollups.COMPACTED_MARK)
-                    grains = await asyncio.to_thread(
-                        _rollup_params, batch, compacted or 0, share
-                    )
+                    grains = await asyncio.to_thread(_rollup_params, batch, compacted or 0, share)
                     for grain, params in grains:
                         if params:
                             await driver.execute(_PG_UPSERTS[grain], *rollups.as_arrays(params))
