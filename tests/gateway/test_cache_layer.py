@@ -67,14 +67,17 @@ class Capture:
         self.headers: dict[str, str] = {}
         self.parts: list[bytes] = []
         self.fail_body = fail_body
+        self.ended = False
 
     async def __call__(self, message: Any) -> None:
+        assert not self.ended, "nothing may be sent after the answer's last message"
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = {k.decode(): v.decode() for k, v in message["headers"]}
             # One X-Cache, the gateway's: an upstream's own must never come along.
             assert [k for k, _ in message["headers"]].count(b"x-cache") == 1
         else:
+            self.ended = not message.get("more_body", False)
             if self.fail_body and message.get("body"):
                 raise ConnectionResetError("client went away")
             self.parts.append(message.get("body", b""))
@@ -244,6 +247,18 @@ async def test_miss_then_hit_with_headers(rig: Rig) -> None:
     assert rig.calls("/respond/a") == 1
     rig.clock.advance(7)
     assert (await rig.get("/respond/a")).headers["age"] == "7"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_relayed_answer_ends_once_and_with_its_last_part(rig: Rig, method: str) -> None:
+    capture = Capture()
+    answer = await rig.send(rig.request("/respond/end", method=method), capture)
+    assert answer.x_cache == "MISS" and capture.ended
+    if method == "GET":
+        # The upstream's body arrived whole: its part is the last message, no empty one after.
+        assert capture.parts == [answer.body] and answer.body
+    else:
+        assert capture.parts == [b""]
 
 
 async def test_query_order_is_one_entry(rig: Rig) -> None:

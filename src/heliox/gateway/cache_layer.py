@@ -559,12 +559,11 @@ class CacheLayer:
         to_client = not conditional and req.method != "HEAD"
         parts: list[bytes] | None = [] if keep is not None else None
         size = 0
-        ended = False
         try:
             try:
                 await sink.start(304 if conditional else resp.status, out)
                 if not to_client:
-                    await sink.body(b"", more=False)
+                    await sink.end()
             except ClientGone:
                 fill.client_gone = True
                 to_client = False
@@ -582,8 +581,7 @@ class CacheLayer:
                     try:
                         # The last part ends the answer (one message fewer); a surplus the
                         # upstream sent with it is known by then (`overran`, below).
-                        ended = resp.body_done
-                        await sink.body(chunk, more=not ended)
+                        await sink.body(chunk, more=not resp.body_done)
                     except ClientGone:
                         fill.client_gone = True
                         to_client = False
@@ -602,9 +600,9 @@ class CacheLayer:
             return None
         finally:
             resp.release()
-        if to_client and not ended:
+        if to_client:
             try:
-                await sink.body(b"", more=False)
+                await sink.end()
             except ClientGone:
                 fill.client_gone = True
         return None if parts is None else b"".join(parts)

@@ -87,12 +87,13 @@ class ResponseSink:
     """Wraps ASGI send: records status and bytes, maps a vanished client to ClientGone, and adds
     the per-request headers (rate-limit fields, request id) to whatever answer goes out."""
 
-    __slots__ = ("_send", "ex", "extra_headers", "started")
+    __slots__ = ("_send", "ended", "ex", "extra_headers", "started")
 
     def __init__(self, send: Send, ex: Exchange) -> None:
         self._send = send
         self.ex = ex
         self.started = False
+        self.ended = False  # the answer's last message has been handed to the server
         self.extra_headers: Headers = []
 
     async def start(self, status: int, headers: Headers) -> None:
@@ -107,10 +108,17 @@ class ResponseSink:
 
     async def body(self, chunk: bytes, *, more: bool) -> None:
         self.ex.bytes_out += len(chunk)
+        self.ended = not more
         try:
             await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
         except OSError as exc:
             raise ClientGone from exc
+
+    async def end(self) -> None:
+        """End the answer, unless its last part already did (a relay sends the upstream's last
+        part as the end when it knows it is the last, and one message fewer goes out)."""
+        if not self.ended:
+            await self.body(b"", more=False)
 
     async def problem(
         self, status: int, title: str, detail: str, headers: Headers | None = None, **ext: object

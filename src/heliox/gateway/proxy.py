@@ -165,15 +165,10 @@ async def relay(
     out.append((b"x-cache", x_cache))
     try:
         await sink.start(resp.status, out)
-        if req.method == "HEAD":
-            await sink.body(b"", more=False)
-            return
-        ended = False
-        async for chunk in resp.chunks():
-            ended = resp.body_done  # the last part ends the answer: one message fewer
-            await sink.body(chunk, more=not ended)
-        if not ended:
-            await sink.body(b"", more=False)
+        if req.method != "HEAD":
+            async for chunk in resp.chunks():
+                await sink.body(chunk, more=not resp.body_done)
+        await sink.end()
     except UpstreamError as exc:
         # Headers are out: the only honest signal left is to abort the client connection.
         req.ex.error = exc.detail
