@@ -217,13 +217,16 @@ def _get(gw: Gateway, path: str) -> httpx.Response:
 def _aborted(gw: Gateway, path: str) -> tuple[int, int]:
     """(status, bytes received) of a response the gateway must cut off mid-body."""
     received = 0
+    status: int | None = None
     with (
-        pytest.raises(httpx.HTTPError),  # peer closed / incomplete chunked read
+        pytest.raises(httpx.HTTPError) as failure,  # peer closed / incomplete chunked read
         httpx.stream("GET", gw.url + path, headers=ACME_H, timeout=15) as r,
     ):
         status = r.status_code
         for chunk in r.iter_raw():
             received += len(chunk)
+    # The error must end the body, not come before the answer: say which one came too early.
+    assert status is not None, f"no answer before the connection failed: {failure.value!r}"
     return status, received
 
 
