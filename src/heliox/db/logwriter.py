@@ -80,12 +80,19 @@ RETRY_INTERVAL = 1.0
 # arithmetic). On a core they share with the loop, the kernel lets a running thread use up its
 # time slice (milliseconds) before the woken loop gets the CPU back, and the request that woke it
 # waits that long: a cache hit's p99 at concurrency 1 was 3 ms against a p50 of 0.2 ms. Every
-# this many rows those threads give the CPU away, which took that p99 to about 1 ms
-# (docs/performance.md, "The request log's writer was the tail at concurrency 1"). Only while
-# the writer keeps up: a thread that gives the CPU away gets less of it, and on a saturated core
-# it fell seconds behind (a write timed out and its rows were spilled). A batch of BATCH_SIZE or
-# more means it is behind, and it writes at the kernel's fair share until it has caught up.
+# this many rows those threads give the CPU away (docs/performance.md, "The request log's writer
+# was the tail at concurrency 1"), as long as that costs the write little: a give-away lasts as
+# long as the others keep the CPU. An idle core costs it nothing (it returns at once); at one
+# connection a write gives the CPU away ~110 times and waits 10-17 ms in all. Once a write has
+# waited YIELD_BUDGET, or one give-away finds the core saturated, it runs the rest at the
+# kernel's fair share: giving way always, the writer fell seconds behind on a saturated core and
+# a write timed out. (Whether the writer is behind is no signal: at 8,000 requests a second the
+# queue reaches BATCH_SIZE every quarter second with the writer idle 95 % of the time.)
 SHARE_CORE_EVERY = 32
+YIELD_BUDGET = 0.05  # seconds per write
+# A give-away this long means the others used a whole time slice: the core is saturated, and
+# the rest of the write runs at the fair share (its requests wait in line anyway).
+SATURATED_WAIT = 0.001
 # Rows per COPY on PostgreSQL (see _write).
 COPY_ROWS = 256
 # How often the spill folder is searched for files of processes that have exited.
@@ -264,7 +271,7 @@ class LogWriter:
     async def _write(self, batch: list[LogRow]) -> None:
         if not batch:
             return
-        share = len(batch) < BATCH_SIZE  # keeping up: the writer's threads share the core
+        share = CoreShare(YIELD_BUDGET)
         if self._is_postgres:
             records = await asyncio.to_thread(_as_records, batch)
             async with self._engine.connect() as conn:
@@ -294,7 +301,7 @@ class LogWriter:
             # The driver's executemany on plain tuples: SQLAlchemy's per-row parameter processing
             # cost more than the rest of a cache hit. Timestamps in SQLAlchemy's SQLite format,
             # converted as the driver's thread consumes them, off the event loop.
-            rows = _sharing_the_core(((_sqlite_ts(row[0]), *row[1:]) for row in batch), share)
+            rows = share.rows((_sqlite_ts(row[0]), *row[1:]) for row in batch)
             async with self._engine.begin() as conn:
                 raw = await conn.get_raw_connection()
                 driver = raw.driver_connection
@@ -306,8 +313,7 @@ class LogWriter:
                 compacted = mark[0] if mark else 0
                 grains = await asyncio.to_thread(_rollup_params, batch, compacted, share)
                 for grain, params in grains:
-                    upserts = _sharing_the_core(params, share)
-                    await driver.executemany(_SQLITE_UPSERTS[grain], upserts)
+                    await driver.executemany(_SQLITE_UPSERTS[grain], share.rows(params))
                 self._driver = None
         self.written += len(batch)
         self._metrics.count("log_rows_written", len(batch))
@@ -505,7 +511,7 @@ _SQLITE_MARK = f"SELECT upto FROM {rollups.MARKS_TABLE} WHERE name = ?"
 
 
 def _rollup_params(
-    batch: list[LogRow], compacted: float, share: bool
+    batch: list[LogRow], compacted: float, share: CoreShare
 ) -> list[tuple[rollups.Grain, list[tuple[Any, ...]]]]:
     fields = (
         (
@@ -520,7 +526,7 @@ def _rollup_params(
             row[_BYTES_IN],
             row[_BYTES_OUT],
         )
-        for row in _sharing_the_core(batch, share)
+        for row in share.rows(batch)
     )
     groups = rollups.aggregate(fields, compacted)
     return [(g, rollups.upsert_params(g, groups[g])) for g in rollups.GRAINS]
@@ -610,15 +616,25 @@ def _widen(row: LogRow, width: int) -> LogRow:
     return row + (None,) * (width - len(row)) if len(row) < width else row
 
 
-def _sharing_the_core(rows: Iterable[T], share: bool) -> Iterator[T]:
-    """`rows`; when `share`, giving the CPU away every SHARE_CORE_EVERY of them (see there)."""
-    if not share:
-        yield from rows
-        return
-    for i, row in enumerate(rows):
-        if i and i % SHARE_CORE_EVERY == 0:
-            _yield_core()
-        yield row
+class CoreShare:
+    """One write's giving the CPU away: every SHARE_CORE_EVERY rows, until the time spent
+    waiting for it back reaches the budget or one give-away finds the core saturated (see
+    SHARE_CORE_EVERY)."""
+
+    def __init__(self, budget: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.left = budget
+        self._clock = clock
+
+    def rows(self, rows: Iterable[T]) -> Iterator[T]:
+        """`rows`, giving the CPU away between every SHARE_CORE_EVERY of them while budget is
+        left. Consumed in the writer's threads, one iterator at a time."""
+        for i, row in enumerate(rows):
+            if i and i % SHARE_CORE_EVERY == 0 and self.left > 0:
+                start = self._clock()
+                _yield_core()
+                waited = self._clock() - start
+                self.left = 0.0 if waited >= SATURATED_WAIT else self.left - waited
+            yield row
 
 
 # sched_yield(2): returns at once when nothing else is waiting for the CPU; not on Windows.
