@@ -4,6 +4,7 @@ rows that could not be written are spilled and replayed, never lost."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -178,6 +179,71 @@ async def test_unwritable_rows_are_spilled_then_replayed(
     assert not spill.exists()
     async with make_session_factory(engine)() as session:
         assert await session.scalar(select(func.count()).select_from(RequestLog)) == 41
+
+
+async def test_while_the_database_fails_a_retry_reads_one_chunk_of_the_spill_off_the_loop(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """The spill file grows with an outage: a retry that read and parsed all of it on the event
+    loop stalled every request for longer each time."""
+    writer = _writer(engine, tmp_path)
+    n = 2 * BATCH_SIZE + 7
+    await writer._spill([_row(i, time.time()) for i in range(n)])
+    reads: list[tuple[int, bool]] = []
+    read_spill = writer._read_spill
+
+    def spy(offset: int) -> logwriter.SpillChunk:
+        reads.append((offset, threading.current_thread() is threading.main_thread()))
+        return read_spill(offset)
+
+    writer._read_spill = spy  # type: ignore[method-assign]
+
+    async def refused(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+        raise ConnectionRefusedError("the database is down")
+
+    real = writer._not_yet_written
+    writer._not_yet_written = refused  # type: ignore[method-assign]
+    for _ in range(3):
+        writer._retry_at = 0.0
+        await writer.flush()
+    assert reads == [(0, False)] * 3  # one chunk per retry, each in a thread
+    assert await _count(engine) == 0
+
+    reads.clear()
+    writer._not_yet_written = real  # type: ignore[method-assign]
+    writer._retry_at = 0.0
+    await writer.flush()
+    assert [offset > 0 for offset, _ in reads] == [False, True, True]  # three chunks in order
+    assert not any(on_loop for _, on_loop in reads)
+    assert not (tmp_path / "spill.jsonl").exists()
+    assert await _count(engine) == n
+    assert writer._metrics.events["log_rows_replayed"] == n
+
+
+async def test_a_replay_cut_off_after_its_first_chunk_keeps_only_the_rest(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    writer = _writer(engine, tmp_path)
+    n = BATCH_SIZE + 5
+    await writer._spill([_row(i, time.time()) for i in range(n)])
+    calls = 0
+    real = writer._not_yet_written
+
+    async def second_refused(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionRefusedError("the database went down")
+        return await real(rows)
+
+    writer._not_yet_written = second_refused  # type: ignore[method-assign]
+    await writer.flush()
+    left = (tmp_path / "spill.jsonl").read_text().splitlines()
+    assert [json.loads(line)[1] for line in left] == [f"r-{i}" for i in range(BATCH_SIZE, n)]
+    assert await _count(engine) == BATCH_SIZE
+    writer._retry_at = 0.0
+    await writer.flush()
+    assert await _count(engine) == n and not (tmp_path / "spill.jsonl").exists()
 
 
 async def test_replaying_a_batch_that_did_commit_writes_it_once(

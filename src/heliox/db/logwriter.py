@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -180,7 +181,7 @@ class LogWriter:
                     await self._spill(self._take_all())
                 return
             if time.monotonic() >= self._adopt_at:
-                self._adopt_orphans()
+                await asyncio.to_thread(self._adopt_orphans)
             if time.monotonic() >= self._compact_at and not self._spill_path.exists():
                 await self._compact_rollups()
 
@@ -371,7 +372,8 @@ class LogWriter:
         try:
             self._spill_path.parent.mkdir(parents=True, exist_ok=True)
             with self._spill_path.open("a", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
+                lines = CoreShare(YIELD_BUDGET).rows(rows)
+                fh.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in lines)
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
@@ -416,71 +418,112 @@ class LogWriter:
     async def _replay_spill(self) -> bool:
         """Write the spill file back; True when it is gone (written, or nothing to do).
 
-        The queue may be spilled (appended to the file) while a replay call is outstanding:
-        those lines, past what was read, are kept for the next replay.
+        BATCH_SIZE rows at a time, each read and parsed in a thread: while the database is still
+        failing a retry costs one such chunk, not the whole file. (Read whole on the event loop,
+        every retry stalled every request for as long as the file had grown: after 30 s of
+        outage at 14,000 requests a second, 0.9 s at the p99.) The queue may be spilled
+        (appended to the file) while a replay is under way: lines past the size the file had
+        when it began are left for the next replay.
         """
         try:
-            data = self._spill_path.read_bytes()
-        except FileNotFoundError:
-            return True
+            size = await asyncio.to_thread(_file_size, self._spill_path)
         except OSError as exc:
             log.warning("cannot read the request log spill file: %s", exc)
             return False
-        read = len(data)
+        if size is None:
+            return True
+        offset = replayed = 0
+        try:
+            while offset < size:
+                chunk = await asyncio.to_thread(self._read_spill, offset)
+                if chunk.unreadable:
+                    # Counted once: _read_spill has taken them out of the file.
+                    self.lost += chunk.unreadable
+                    self._metrics.count("log_rows_lost", chunk.unreadable)
+                    size -= chunk.removed
+                if chunk.end == offset:
+                    break  # the file is shorter than it was (nothing past offset)
+                if chunk.rows:
+                    missing = await self._bounded(self._not_yet_written(chunk.rows))
+                    await self._bounded(self._write(missing))
+                replayed += len(chunk.rows)
+                offset = chunk.end
+        except Exception as exc:
+            self._retry_at = time.monotonic() + RETRY_INTERVAL
+            # The chunks already written leave the file, so none is written twice.
+            if offset:
+                await asyncio.to_thread(self._drop_spill_head, offset)
+            log.debug("spill replay deferred: %s", str(exc) or type(exc).__name__)
+            return False
+        await asyncio.to_thread(self._drop_spill_head, offset)
+        self._metrics.count("log_rows_replayed", replayed)
+        return True
+
+    def _read_spill(self, offset: int) -> SpillChunk:
+        """Up to BATCH_SIZE rows of the spill file from byte `offset` (run in a thread). Lines
+        that cannot be read (one cut short by a crash mid-append) are taken out of the file."""
+        with self._spill_path.open("rb") as fh:
+            fh.seek(offset)
+            lines = list(itertools.islice(fh, BATCH_SIZE))
+        end = offset + sum(map(len, lines))
         # Rows spilled by an earlier version lack the columns added since (all nullable).
         width = len(COLUMNS)
         rows: list[LogRow] = []
+        kept: list[bytes] = []
         unreadable = 0
-        for line in data.decode("utf-8", errors="replace").splitlines():
+        for line in CoreShare(YIELD_BUDGET).rows(lines):
             try:
                 rows.append(_widen(tuple(json.loads(line)), width))
-            except ValueError:  # a line cut short by a crash mid-append
+            except ValueError:
                 unreadable += bool(line.strip())
-        if unreadable:
-            # Counted once: the file is rewritten without them below, whatever the replay does.
-            self.lost += unreadable
-            self._metrics.count("log_rows_lost", unreadable)
-        written = 0
-        try:
-            for i in range(0, len(rows), BATCH_SIZE):
-                missing = await self._bounded(self._not_yet_written(rows[i : i + BATCH_SIZE]))
-                await self._bounded(self._write(missing))
-                written = i + BATCH_SIZE
-        except Exception as exc:
-            self._retry_at = time.monotonic() + RETRY_INTERVAL
-            # Earlier batches of this file are in; keep only the rest so none is written twice.
-            if written or unreadable:
-                self._rewrite_spill(rows[written:], read)
-            log.debug("spill replay deferred: %s", str(exc) or type(exc).__name__)
-            return False
-        self._rewrite_spill([], read)
-        self._metrics.count("log_rows_replayed", len(rows))
-        return True
+                continue
+            kept.append(line if line.endswith(b"\n") else line + b"\n")
+        if not unreadable:
+            return SpillChunk(rows, end, 0, 0)
+        good = b"".join(kept)
+        data = self._spill_path.read_bytes()
+        self._replace_spill(data[:offset] + good + data[end:])
+        return SpillChunk(rows, offset + len(good), unreadable, end - offset - len(good))
 
-    def _rewrite_spill(self, rows: list[LogRow], read: int) -> None:
-        """The spill file becomes `rows` plus whatever was appended after its first `read`
-        bytes (gone when both are empty)."""
+    def _drop_spill_head(self, offset: int) -> None:
+        """The spill file loses its first `offset` bytes (and is gone when nothing is left)."""
         try:
             with self._spill_path.open("rb") as fh:
-                fh.seek(read)
+                fh.seek(offset)
                 tail = fh.read()
         except FileNotFoundError:
-            tail = b""
+            return
         except OSError:
-            return  # the whole file is replayed again; rows already in are skipped then
-        head = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
-        if not head and not tail:
+            return  # replayed again whole; rows already in are skipped then
+        self._replace_spill(tail)
+
+    def _replace_spill(self, data: bytes) -> None:
+        if not data:
             self._spill_path.unlink(missing_ok=True)
             return
         staged = self._spill_path.with_name(self._spill_path.name + ".tmp")
         try:
             with staged.open("wb") as fh:
-                fh.write(head + tail)
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(staged, self._spill_path)
         except OSError as exc:
             log.warning("cannot rewrite the request log spill file: %s", exc)
+
+
+class SpillChunk(NamedTuple):
+    rows: list[LogRow]
+    end: int  # the file offset after them
+    unreadable: int  # lines that could not be read, now out of the file
+    removed: int  # the bytes that went with them
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 # Roll-ups (heliox.db.rollups) are added to in the batch's own transaction, so analytics read
