@@ -220,6 +220,37 @@ async def test_while_the_database_fails_a_retry_reads_one_chunk_of_the_spill_off
     assert writer._metrics.events["log_rows_replayed"] == n
 
 
+async def test_requests_logged_during_a_long_replay_are_spilled_not_dropped(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A database back after an outage, under load: the replay of many chunks takes seconds,
+    and the queue, never seen by the write timeout's watch (each call is short), filled up and
+    dropped rows."""
+    writer = _writer(engine, tmp_path, queue_size=100)  # spilled at 50
+    n = 2 * BATCH_SIZE + 7
+    await writer._spill([_row(i, time.time()) for i in range(n)])
+    read_spill = writer._read_spill
+    arrived = 0
+
+    def with_traffic(offset: int) -> logwriter.SpillChunk:
+        nonlocal arrived
+        if arrived < 180:  # each of three chunks' time brings more than half the queue's bound
+            for _ in range(60):
+                writer.enqueue(_row(n + arrived, time.time()))
+                arrived += 1
+        return read_spill(offset)
+
+    writer._read_spill = with_traffic  # type: ignore[method-assign]
+    for _ in range(5):
+        writer._retry_at = 0.0
+        await writer.flush()
+        if not (tmp_path / "spill.jsonl").exists() and not writer.pending:
+            break
+    assert writer.lost == 0 and writer._metrics.events["log_queue_dropped"] == 0
+    assert arrived == 180
+    assert await _count(engine) == n + arrived  # every row: the spilled and the arrived
+
+
 async def test_a_replay_cut_off_after_its_first_chunk_keeps_only_the_rest(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:

@@ -244,14 +244,19 @@ class LogWriter:
                 done, _ = await asyncio.wait({task}, timeout=min(remaining, FLUSH_INTERVAL))
                 if done:
                     return task.result()
-                self._metrics.gauges["log_queue_length"] = len(self._queue)
-                if len(self._queue) >= self._high_water:
-                    await self._spill(self._take_all())
+                await self._relieve_queue()
         except asyncio.CancelledError:
             task.cancel()
             raise
         self._abandon(task)
         raise TimeoutError(f"no answer from the database within {self._write_timeout:g} s")
+
+    async def _relieve_queue(self) -> None:
+        """Spill the queue once it holds half its bound: the write or replay in progress may
+        take long, and a full queue drops rows."""
+        self._metrics.gauges["log_queue_length"] = len(self._queue)
+        if len(self._queue) >= self._high_water:
+            await self._spill(self._take_all())
 
     def _abandon(self, task: asyncio.Task[Any]) -> None:
         driver, self._driver = self._driver, None
@@ -448,6 +453,9 @@ class LogWriter:
                     await self._bounded(self._write(missing))
                 replayed += len(chunk.rows)
                 offset = chunk.end
+                # A replay of many chunks, each call short of a flush interval, would never let
+                # _bounded see the queue: under load it filled and dropped rows.
+                await self._relieve_queue()
         except Exception as exc:
             self._retry_at = time.monotonic() + RETRY_INTERVAL
             # The chunks already written leave the file, so none is written twice.
