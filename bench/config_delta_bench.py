@@ -40,12 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import gateway, http, services
 from benchkit.procs import Processes, children, exit_on_signals, wait_until
+from benchkit.services import DEFAULT_PG, DEFAULT_REDIS
 from benchkit.soakkeys import bump_postgres, load_postgres, new_keyset
 
-DEFAULT_PG = os.environ.get(
-    "HELIOX_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-DEFAULT_REDIS = os.environ.get("HELIOX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 BOUND = 2.0  # seconds: the stated propagation bound
 PROBE_INTERVAL = 0.005
 ROUTE = "demo"  # a seeded route that needs a key

@@ -30,11 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchkit import gateway as gw_kit
 from benchkit import services
 from benchkit.procs import Processes
-
-DEFAULT_PG = os.environ.get(
-    "HELIOX_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-DEFAULT_REDIS = os.environ.get("HELIOX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+from benchkit.services import DEFAULT_PG, DEFAULT_REDIS
 
 
 def say(message: str) -> None:

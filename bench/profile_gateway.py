@@ -27,11 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchkit import gateway, machine, services, stacks, wrk
 from benchkit.procs import Processes, exit_on_signals, pinned, set_niceness, wait_until
 from benchkit.report import EMBEDDED, REDIS
-
-DEFAULT_PG = os.environ.get(
-    "HELIOX_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-DEFAULT_REDIS = os.environ.get("HELIOX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+from benchkit.services import DEFAULT_PG, DEFAULT_REDIS
 
 
 def say(message: str) -> None:

@@ -36,13 +36,10 @@ from benchkit import http as bhttp
 from benchkit.cpu import CpuMeter, Usage
 from benchkit.procs import Processes, exit_on_signals, set_niceness
 from benchkit.report import EMBEDDED, HIT, LATENCY, MISS, REDIS, Report, Row, fmt_time
+from benchkit.services import DEFAULT_PG, DEFAULT_REDIS
 
 MODE_LABEL = {EMBEDDED: "Heliox embedded", REDIS: "Heliox Redis+PG"}
 FLOOR_LABEL = f"floor (granian {gateway.FLOOR_INTERFACE})"
-DEFAULT_PG = os.environ.get(
-    "HELIOX_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-DEFAULT_REDIS = os.environ.get("HELIOX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# Where a run's throwaway database and Redis key prefix go (bench/README.md).
+DEFAULT_PG = os.environ.get(
+    "HELIOX_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+DEFAULT_REDIS = os.environ.get("HELIOX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @dataclass
