@@ -197,20 +197,11 @@ async def test_while_the_database_fails_a_retry_reads_one_chunk_of_the_spill_off
         return read_spill(offset)
 
     writer._read_spill = spy  # type: ignore[method-assign]
-
-    async def refused(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
-        raise ConnectionRefusedError("the database is down")
-
-    real = writer._not_yet_written
-    writer._not_yet_written = refused  # type: ignore[method-assign]
-    for _ in range(3):
-        writer._retry_at = 0.0
-        await writer.flush()
+    await _retry_with_the_database_down(writer, 3)
     assert reads == [(0, False)] * 3  # one chunk per retry, each in a thread
     assert await _count(engine) == 0
 
     reads.clear()
-    writer._not_yet_written = real  # type: ignore[method-assign]
     writer._retry_at = 0.0
     await writer.flush()
     assert [offset > 0 for offset, _ in reads] == [False, True, True]  # three chunks in order
@@ -373,17 +364,8 @@ async def test_a_line_cut_short_is_counted_lost_once(engine: AsyncEngine, tmp_pa
     spill = tmp_path / "spill.jsonl"
     with spill.open("a") as fh:
         fh.write('[1795000000.5,"r-cut",1,')
-
-    async def refused(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
-        raise ConnectionRefusedError("the database is down")
-
-    real = writer._not_yet_written
-    writer._not_yet_written = refused  # type: ignore[method-assign]
-    for _ in range(3):
-        writer._retry_at = 0.0
-        await writer.flush()
+    await _retry_with_the_database_down(writer, 3)
     assert writer.lost == 1
-    writer._not_yet_written = real  # type: ignore[method-assign]
     writer._retry_at = 0.0
     await writer.flush()
     assert not spill.exists()
@@ -403,6 +385,22 @@ def test_sqlite_timestamps_match_the_datetime_format() -> None:
     instants += [1_780_000_000.9999996, 1_780_000_000.0000004, 1_780_000_001.0]
     for t in sorted(instants) + instants:
         assert _sqlite_ts(t) == datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+async def _retry_with_the_database_down(writer: LogWriter, times: int) -> None:
+    """`times` flushes, each retrying the spill file, while the database refuses every call."""
+
+    async def refused(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+        raise ConnectionRefusedError("the database is down")
+
+    real = writer._not_yet_written
+    writer._not_yet_written = refused  # type: ignore[method-assign]
+    try:
+        for _ in range(times):
+            writer._retry_at = 0.0
+            await writer.flush()
+    finally:
+        writer._not_yet_written = real  # type: ignore[method-assign]
 
 
 async def _count(engine: AsyncEngine) -> int:
