@@ -142,6 +142,9 @@ async def test_a_full_batch_on_an_idle_core_gives_the_cpu_away_all_through(
     queue reaches it every quarter second): what stops the giving away is its cost."""
     yields: list[None] = []
     monkeypatch.setattr(logwriter, "_yield_core", lambda: yields.append(None))
+    # Whatever the test machine's pauses: a give-away here is never slow enough to stop them.
+    monkeypatch.setattr(logwriter, "SATURATED_WAIT", 60.0)
+    monkeypatch.setattr(logwriter, "YIELD_BUDGET", 60.0)
     writer = _writer(engine, tmp_path, queue_size=BATCH_SIZE * 2)
     for i in range(BATCH_SIZE):
         writer.enqueue(_row(i, time.time()))
@@ -371,6 +374,18 @@ async def test_a_line_cut_short_is_counted_lost_once(engine: AsyncEngine, tmp_pa
     assert not spill.exists()
     assert (writer.lost, await _count(engine)) == (1, 3)
     assert writer._metrics.events["log_rows_lost"] == 1
+
+
+async def test_a_chunk_of_nothing_but_cut_lines_does_not_end_the_replay(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    writer = _writer(engine, tmp_path)
+    spill = tmp_path / "spill.jsonl"
+    spill.write_text('[1795000000.5,"r-cut",1,\n' * BATCH_SIZE)
+    await writer._spill([_row(i, time.time()) for i in range(3)])
+    await writer.flush()
+    assert not spill.exists()
+    assert (writer.lost, await _count(engine)) == (BATCH_SIZE, 3)
 
 
 def test_sqlite_timestamps_match_the_datetime_format() -> None:

@@ -433,23 +433,29 @@ class LogWriter:
         when it began are left for the next replay.
         """
         try:
-            size = await asyncio.to_thread(_file_size, self._spill_path)
+            size = self._spill_path.stat().st_size  # as cheap as the exists() that led here
+        except FileNotFoundError:
+            return True
         except OSError as exc:
             log.warning("cannot read the request log spill file: %s", exc)
             return False
-        if size is None:
-            return True
         offset = replayed = 0
         try:
             while offset < size:
-                chunk = await asyncio.to_thread(self._read_spill, offset)
+                try:
+                    chunk = await asyncio.to_thread(self._read_spill, offset)
+                except OSError as exc:
+                    log.warning("cannot read the request log spill file: %s", exc)
+                    raise
                 if chunk.unreadable:
                     # Counted once: _read_spill has taken them out of the file.
                     self.lost += chunk.unreadable
                     self._metrics.count("log_rows_lost", chunk.unreadable)
                     size -= chunk.removed
+                    if not chunk.rows:
+                        continue  # a chunk of nothing else: what followed it is at offset now
                 if chunk.end == offset:
-                    break  # the file is shorter than it was (nothing past offset)
+                    break  # nothing past offset: the file is shorter than it was
                 if chunk.rows:
                     missing = await self._bounded(self._not_yet_written(chunk.rows))
                     await self._bounded(self._write(missing))
@@ -527,13 +533,6 @@ class SpillChunk(NamedTuple):
     end: int  # the file offset after them
     unreadable: int  # lines that could not be read, now out of the file
     removed: int  # the bytes that went with them
-
-
-def _file_size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None
 
 
 # Roll-ups (heliox.db.rollups) are added to in the batch's own transaction, so analytics read
