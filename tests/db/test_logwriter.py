@@ -3,6 +3,7 @@ rows that could not be written are spilled and replayed, never lost."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -159,6 +160,27 @@ async def test_full_queue_is_counted_not_silent(engine: AsyncEngine, tmp_path: P
         writer.enqueue(_row(i, time.time()))
     assert writer.pending == 100
     assert writer._metrics.events["log_queue_dropped"] == 30
+
+
+async def test_a_small_queue_wakes_the_writer_before_it_fills(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOG_QUEUE_SIZE below a full batch: the writer wakes at a quarter of the queue, not at
+    BATCH_SIZE rows or the interval, so a healthy database loses nothing between intervals."""
+    monkeypatch.setattr(logwriter, "FLUSH_INTERVAL", 60.0)  # only the early wake can write
+    writer = _writer(engine, tmp_path, queue_size=100)
+    writer.start()
+    try:
+        for burst in range(1, 9):  # 200 rows in all, twice the queue's bound
+            for i in range(25):
+                writer.enqueue(_row(burst * 100 + i, time.time()))
+            async with asyncio.timeout(30):
+                while writer.written < burst * 25:
+                    await asyncio.sleep(0.01)
+    finally:
+        await writer.stop()
+    assert (writer.written, writer.lost) == (200, 0)
+    assert await _count(engine) == 200
 
 
 async def test_unwritable_rows_are_spilled_then_replayed(

@@ -129,6 +129,10 @@ class LogWriter:
         self._write_timeout = write_timeout
         # While a write is outstanding the queue is spilled once it holds this many rows.
         self._high_water = max(1, queue_size // 2)
+        # The writer wakes before its interval once this many rows are queued: a full batch, or
+        # a quarter of a small queue (LOG_QUEUE_SIZE below a quarter second of traffic filled
+        # and dropped rows between two intervals with the database healthy and the writer idle).
+        self._wake_at = max(1, min(BATCH_SIZE, queue_size // 4))
         # The driver connection of the call in progress: closed at once when the call times out.
         self._driver: Any = None
         self._retry_at = 0.0  # monotonic time before which the database is not asked again
@@ -146,7 +150,7 @@ class LogWriter:
             self.lost += 1
             return
         self._queue.append(row)
-        if len(self._queue) >= BATCH_SIZE:
+        if len(self._queue) >= self._wake_at:
             self._wake.set()
 
     @property
@@ -224,7 +228,7 @@ class LogWriter:
                 )
                 await self._spill(batch + self._take_all())
                 return
-            if len(self._queue) < BATCH_SIZE and not self._stopping:
+            if len(self._queue) < self._wake_at and not self._stopping:
                 # What arrived during this write waits for the next interval: draining it at
                 # once would turn a steady load into one tiny write per few requests.
                 return
