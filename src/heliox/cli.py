@@ -364,7 +364,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
         )
         return 0
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.server import Server
 
@@ -396,6 +396,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         factory=True,
         runtime_threads=RUNTIME_THREADS,
+        # asyncio's own loop, whatever else is installed: granian would pick uvloop by itself
+        # when it is there, and the gateway on uvloop measured no faster (docs/performance.md,
+        # "uvloop"); one loop is the one the suite and the benchmarks run.
+        loop=Loops.asyncio,
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
         # Applied in every worker: LOG_FORMAT for heliox's and granian's lines alike.
         log_dictconfig=structured_log.logging_config(settings.log_format, settings.log_level),

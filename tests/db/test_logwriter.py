@@ -174,9 +174,10 @@ async def test_a_small_queue_wakes_the_writer_before_it_fills(
         for burst in range(1, 9):  # 200 rows in all, twice the queue's bound
             for i in range(25):
                 writer.enqueue(_row(burst * 100 + i, time.time()))
-            async with asyncio.timeout(30):
-                while writer.written < burst * 25:
-                    await asyncio.sleep(0.01)
+            deadline = time.monotonic() + 30
+            while writer.written < burst * 25:
+                assert time.monotonic() < deadline, f"burst {burst}: {writer.written} rows written"
+                await asyncio.sleep(0.01)
     finally:
         await writer.stop()
     assert (writer.written, writer.lost) == (200, 0)

@@ -202,6 +202,8 @@ def start_asgi_server(
 def test_the_documented_asgi_entry_points_serve(
     tmp_path: Path, upstream: Upstream, server: str, target: list[str], exit_status: int
 ) -> None:
+    """Both servers run the app on uvloop here (the dev extra installs it, and each picks it by
+    itself): a cache fill reaches the upstream through it (it answered 502 on uvloop before)."""
     import sqlite3
 
     port = free_port()

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.faults import OwnRedis
+from tests.loops import LoopFactory, loop_factories
+
+ON_BOTH_LOOPS = ("test_redis_pipe.py", "test_redis_breaker.py")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, LoopFactory]:
+    return loop_factories(item, ON_BOTH_LOOPS)
 
 
 @pytest.fixture

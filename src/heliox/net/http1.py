@@ -26,7 +26,7 @@ import asyncio
 import collections
 import logging
 import re
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("heliox.upstream")
 
@@ -207,8 +207,10 @@ class Http1Connection(asyncio.Protocol):
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports (granian runs on uvloop when it is
+        # installed) do not derive from asyncio.Transport, and that check failed every upstream
+        # connection with a 502.
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
 
     def connection_lost(self, exc: Exception | None) -> None:
