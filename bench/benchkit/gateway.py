@@ -88,12 +88,16 @@ class Floor:
 # bare server is fastest with one (26 against 30 µs per request here), so the floor stays the
 # most that server can do, and the two threads' gain shows in Heliox's ratio, not in a lower floor.
 FLOOR_INTERFACE = "asgi"
+# And the loop `heliox serve` names (cli.py): granian would take uvloop wherever it is installed,
+# as it is in the dev environment.
+FLOOR_LOOP = "asyncio"
 
 
 def start_floor(procs: Processes, cpu: int | None) -> Floor:
     """granian alone, one worker, answering a HIT-shaped constant (benchkit/floor_apps.py)."""
     port = free_port()
     cmd = [sys.executable, "-m", "granian", "--interface", FLOOR_INTERFACE, "--workers", "1"]
+    cmd += ["--loop", FLOOR_LOOP]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     cmd.append(f"benchkit.floor_apps:{FLOOR_INTERFACE}_app")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
