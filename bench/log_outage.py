@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import sqlite3
 import sys
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import asyncpg
 from benchkit import gateway, http, machine, services, wrk
-from benchkit.procs import Processes, exit_on_signals
+from benchkit.procs import Processes, exit_on_signals, wait_until
 from benchkit.services import DEFAULT_PG, DEFAULT_REDIS
 
 TABLE = "request_logs"
@@ -136,8 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         db.rename(AWAY, TABLE)
         run("log table back", args.connections)
         start = time.monotonic()
-        while spilled_rows(workdir) and time.monotonic() - start < args.drain_timeout:
-            time.sleep(0.5)
+        with contextlib.suppress(TimeoutError):  # reported below
+            wait_until(lambda: not spilled_rows(workdir), "spill drained", args.drain_timeout, 0.5)
         left = spilled_rows(workdir)
         print(
             f"spill file drained {time.monotonic() - start:.1f} s after the load stopped"

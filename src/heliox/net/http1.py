@@ -207,9 +207,9 @@ class Http1Connection(asyncio.Protocol):
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not an isinstance check: uvloop's transports (granian runs on uvloop when it is
-        # installed) do not derive from asyncio.Transport, and that check failed every upstream
-        # connection with a 502.
+        # Not an isinstance check: uvloop's transports do not derive from asyncio.Transport, and
+        # servers run the app on uvloop whenever it is installed (uvicorn; granian unless told
+        # otherwise, as `heliox serve` tells it): that check failed every upstream call with 502.
         self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
 
