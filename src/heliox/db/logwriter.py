@@ -124,6 +124,9 @@ class LogWriter:
         self._queue_size = queue_size
         self._spill_path = spill_path
         self._wake = asyncio.Event()
+        # Set when the queue reaches its high water: a write in progress spills it at once (a
+        # watch every FLUSH_INTERVAL let a small LOG_QUEUE_SIZE fill and drop rows meanwhile).
+        self._brim = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._write_timeout = write_timeout
@@ -150,8 +153,11 @@ class LogWriter:
             self.lost += 1
             return
         self._queue.append(row)
-        if len(self._queue) >= self._wake_at:
+        queued = len(self._queue)
+        if queued >= self._wake_at:
             self._wake.set()
+            if queued >= self._high_water:
+                self._brim.set()
 
     @property
     def pending(self) -> int:
@@ -247,8 +253,16 @@ class LogWriter:
         deadline = loop.time() + self._write_timeout
         try:
             while (remaining := deadline - loop.time()) > 0:
-                done, _ = await asyncio.wait({task}, timeout=min(remaining, FLUSH_INTERVAL))
-                if done:
+                brim = asyncio.ensure_future(self._brim.wait())
+                try:
+                    await asyncio.wait(
+                        {task, brim},
+                        timeout=min(remaining, FLUSH_INTERVAL),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    brim.cancel()
+                if task.done():
                     return task.result()
                 await self._relieve_queue()
         except asyncio.CancelledError:
@@ -259,7 +273,9 @@ class LogWriter:
 
     async def _relieve_queue(self) -> None:
         """Spill the queue once it holds half its bound: the write or replay in progress may
-        take long, and a full queue drops rows."""
+        take long, and a full queue drops rows. Called when the queue reaches that (`_brim`),
+        after each chunk of a replay, and every FLUSH_INTERVAL of a write."""
+        self._brim.clear()  # before the spill: rows that reach it again meanwhile set it again
         self._metrics.gauges["log_queue_length"] = len(self._queue)
         if len(self._queue) >= self._high_water:
             await self._spill(self._take_all())
