@@ -174,7 +174,11 @@ async def test_a_small_queue_wakes_the_writer_before_it_fills(
         for burst in range(1, 9):  # 200 rows in all, twice the queue's bound
             for i in range(25):
                 writer.enqueue(_row(burst * 100 + i, time.time()))
-            await _until(lambda burst=burst: writer.written >= burst * 25)
+
+            def written(n: int = burst * 25) -> bool:
+                return writer.written >= n
+
+            await _until(written)
     finally:
         await writer.stop()
     assert (writer.written, writer.lost) == (200, 0)
