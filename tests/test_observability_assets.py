@@ -23,6 +23,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from heliox.gateway.exchange import AnswerAborted
 from heliox.metrics import EVENT_METRICS, PROCESS_STALE_SECONDS, Metrics
 from heliox.structured_log import (
     ACCESS_FIELDS,
@@ -357,6 +358,25 @@ def test_logging_config_sends_every_logger_to_stderr_as_json(
     logging.config.dictConfig(logging_config("text", "WARNING"))
     logging.getLogger("heliox.gateway").warning("three")
     assert re.fullmatch(r"\S+ \S+ WARNING heliox\.gateway: three\n", stderr.getvalue())
+
+
+def test_logging_config_leaves_out_the_servers_report_of_an_aborted_answer(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """granian reports every exception out of the app as an application error with its
+    traceback as text; an answer Heliox aborted on purpose (AnswerAborted) is not one."""
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    logging.config.dictConfig(logging_config("text", "INFO"))
+    granian = logging.getLogger("_granian.utils")
+    report = "Application callable raised an exception\nTraceback (most recent call last):\n"
+    granian.error(report + f"  ...\n{AnswerAborted.__name__}: upstream broke off the body")
+    granian.error(report + "  ...\nValueError: a real failure")
+    logging.getLogger("heliox.gateway").warning("AnswerAborted: another logger's line stays")
+    lines = stderr.getvalue().splitlines()
+    assert any(line.endswith("ValueError: a real failure") for line in lines)
+    assert not any("upstream broke off the body" in line for line in lines)
+    assert any("another logger's line stays" in line for line in lines)
 
 
 # --- ACCESS_LOG ----------------------------------------------------------------------------------

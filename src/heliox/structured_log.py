@@ -101,11 +101,13 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"heliox": formatter},
+        "filters": {"aborted_answers": {"()": f"{__name__}.AbortedAnswerFilter"}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "formatter": "heliox",
                 "stream": "ext://sys.stderr",
+                "filters": ["aborted_answers"],
             }
         },
         "root": {"level": level, "handlers": ["stderr"]},
@@ -117,6 +119,25 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
             "alembic": {"level": "WARNING"},  # `heliox serve` prints its own progress lines
         },
     }
+
+
+# `heliox.gateway.exchange.AnswerAborted`'s name, as granian's traceback text shows it (not
+# imported: this module loads without the gateway).
+ABORTED_ANSWER = "AnswerAborted"
+
+
+class AbortedAnswerFilter(logging.Filter):
+    """Leaves out the server's report of an answer Heliox aborted on purpose
+    (`heliox.gateway.exchange.AnswerAborted`, raised when an upstream breaks off mid-body):
+    granian logs it as an application error with a traceback, one per broken answer, while
+    Heliox has already logged the cause (one warning per route and interval) and written it to
+    the request log. granian passes the traceback as text, which ends with the exception's
+    name and message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("_granian"):
+            return True
+        return f"\n{ABORTED_ANSWER}: " not in record.getMessage()
 
 
 def configure(log_format: str, level: str) -> None:

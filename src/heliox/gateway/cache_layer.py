@@ -596,7 +596,8 @@ class CacheLayer:
             req.ex.error = exc.detail
             resp.close()
             if to_client:
-                raise  # headers are out: aborting the connection is the only honest signal
+                self.deps.metrics.upstream_errors[(req.route.name, exc.status)] += 1
+                await sink.abort(exc.detail)  # the head is out: only an abort says it failed
             return None
         finally:
             resp.release()

@@ -157,9 +157,10 @@ async def send_upstream_error(
 
 
 async def relay(
-    resp: UpstreamResponse, req: ProxyRequest, sink: ResponseSink, x_cache: bytes
+    resp: UpstreamResponse, req: ProxyRequest, sink: ResponseSink, x_cache: bytes, metrics: Metrics
 ) -> None:
-    """Stream an upstream response to the client as it arrives."""
+    """Stream an upstream response to the client as it arrives; an upstream that breaks off
+    mid-body aborts the client's connection (and counts as an upstream error)."""
     out = from_upstream(resp.headers)
     out.append((b"via", VIA))
     out.append((b"x-cache", x_cache))
@@ -170,10 +171,9 @@ async def relay(
                 await sink.body(chunk, more=not resp.body_done)
         await sink.end()
     except UpstreamError as exc:
-        # Headers are out: the only honest signal left is to abort the client connection.
-        req.ex.error = exc.detail
         resp.close()
-        raise
+        metrics.upstream_errors[(req.route.name, exc.status)] += 1
+        await sink.abort(exc.detail)  # the head is out: only an abort says it failed
     finally:
         resp.release()
 
@@ -186,5 +186,5 @@ async def pass_through(
     if resp is None:
         return None
     req.ex.cache_status = "BYPASS"
-    await relay(resp, req, sink, b"BYPASS")
+    await relay(resp, req, sink, b"BYPASS", metrics)
     return resp.status
