@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -146,3 +148,15 @@ class OwnRedis:
             self.proc.kill()
             self.proc.wait(5)
         self.proc = None
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """Redis stopped in its tracks (SIGSTOP) for the block: connections stay open and new
+        ones are accepted by the kernel, but nothing is answered, as CLIENT PAUSE does; unlike
+        a pause, the hang ends when the block does rather than at a time fixed in advance."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)

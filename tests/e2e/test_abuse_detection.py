@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +138,16 @@ def _spike_after_a_baseline(gw: Gateway) -> tuple[int, str]:
     return key_id, key
 
 
-def _assert_never_flagged(gw: Gateway, key_id: int, key: str) -> None:
-    """No block and no event for `key_id`. Its verdict, had there been one, was taken before the
-    positive control's (same process, in order), so once the control is listed it would be too."""
+def _assert_never_flagged(gw: Gateway, keys: dict[str, tuple[int, str]]) -> None:
+    """No block and no event for any of `keys` (what each stands for: its key id and key).
+    Their verdicts, had there been any, were taken before the positive control's (same process,
+    in order), so once the control is listed they would be too."""
     control_id, _ = _spike_after_a_baseline(gw)
     wait_until(lambda: _listed(gw, control_id) is not None, timeout=15)
-    assert _listed(gw, key_id) is None
-    assert _events(gw, key_id) == []
-    assert _get(gw, key) == 200
+    for name, (key_id, key) in keys.items():
+        assert _listed(gw, key_id) is None, f"{name}: blocked"
+        assert _events(gw, key_id) == [], f"{name}: flagged"
+        assert _get(gw, key) == 200, name
     with gw.admin() as admin:
         assert admin.post(f"/admin/abuse/unblock/{control_id}").json()["unblocked"] is True
 
@@ -159,42 +162,49 @@ def _pause_then_one_after_another(gw: Gateway, key: str, n: int) -> None:
     assert codes == {200: n}
 
 
-def test_a_fresh_keys_first_burst_after_silence_is_not_blocked(
-    detecting_gateway: Gateway,
-) -> None:
-    """A 500 req/s key: one request, 62 s (here 6.2 s) of silence, then 8 one after another."""
-    gw = detecting_gateway
-    key_id, key = _create_key(gw, rps=500, burst=1000)  # its first request
-    _pause_then_one_after_another(gw, key, 8)
-    _assert_never_flagged(gw, key_id, key)
-
-
-def test_the_seeded_keys_few_requests_after_a_pause_are_not_blocked(
-    detecting_gateway: Gateway,
-) -> None:
-    """The seeded Acme key (500 req/s): one request, a pause, then the five of a cache check."""
-    gw = detecting_gateway
-    key_id = _seeded_key_id(gw, ACME)
-    assert _get(gw, ACME) == 200
-    _pause_then_one_after_another(gw, ACME, 5)
-    _assert_never_flagged(gw, key_id, ACME)
-
-
-def test_a_slow_steady_key_sending_nine_at_once_is_not_blocked(
-    detecting_gateway: Gateway,
-) -> None:
-    """The seeded TechFlow key (250 req/s): one request a window for 8 windows, then 9 at once."""
-    gw = detecting_gateway
-    key_id = _seeded_key_id(gw, TECHFLOW)
+def _slow_steady_then_nine_at_once(gw: Gateway, key: str) -> None:
+    """One request a window for 8 windows, then 9 at once."""
     with gw.client() as c:
         _next_window()
         for _ in range(8):
             start = time.time()
-            assert c.get("/g/demo/items", headers={"X-API-Key": TECHFLOW}).status_code == 200
+            assert c.get("/g/demo/items", headers={"X-API-Key": key}).status_code == 200
             _wait_for_clock(float(int(start / WINDOW) + 1) * WINDOW)
-    codes = asyncio.run(_burst(gw, TECHFLOW, 9))
+    codes = asyncio.run(_burst(gw, key, 9))
     assert codes == {200: 9}
-    _assert_never_flagged(gw, key_id, TECHFLOW)
+
+
+def _one_then_a_pause_then(gw: Gateway, key: str, n: int) -> None:
+    """One request (a fresh key's first was sent when it was created), a pause, then `n`."""
+    assert _get(gw, key) == 200
+    _pause_then_one_after_another(gw, key, n)
+
+
+def test_ordinary_shapes_are_not_blocked(detecting_gateway: Gateway) -> None:
+    """Three shapes of ordinary traffic, each on its own key and all at once (the detector
+    judges each key on its own counts): a fresh 500 req/s key's first burst after a silence
+    (one request, 62 s, here 6.2 s, of silence, then 8 one after another); the seeded Acme key
+    (500 req/s) sending the five requests of a cache check after a pause; the seeded TechFlow
+    key (250 req/s) sending one request a window for 8 windows, then 9 at once."""
+    gw = detecting_gateway
+    fresh_id, fresh = _create_key(gw, rps=500, burst=1000)  # its first request
+    shapes = {
+        "a fresh key's first burst after silence": (
+            fresh_id, fresh, lambda: _pause_then_one_after_another(gw, fresh, 8)
+        ),
+        "the seeded key's few requests after a pause": (
+            _seeded_key_id(gw, ACME), ACME, lambda: _one_then_a_pause_then(gw, ACME, 5)
+        ),
+        "a slow steady key sending nine at once": (
+            _seeded_key_id(gw, TECHFLOW), TECHFLOW,
+            lambda: _slow_steady_then_nine_at_once(gw, TECHFLOW),
+        ),
+    }  # fmt: skip
+    with ThreadPoolExecutor(len(shapes)) as pool:
+        sent = {name: pool.submit(send) for name, (_, _, send) in shapes.items()}
+    for name, done in sent.items():
+        assert done.exception() is None, f"{name}: {done.exception()!r}"
+    _assert_never_flagged(gw, {name: (key_id, key) for name, (key_id, key, _) in shapes.items()})
 
 
 def test_the_readme_demo_spike_is_blocked_and_listed_with_its_reason(

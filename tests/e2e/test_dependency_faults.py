@@ -56,11 +56,6 @@ def _redis_state(gw: Gateway) -> dict[str, Any]:
     return state
 
 
-def _pause(r: OwnRedis, seconds: float) -> None:
-    """Redis keeps its connections but answers nothing (it cannot be unpaused early)."""
-    r.client().client_pause(int(seconds * 1000), all=True)
-
-
 def _timed_get(c: httpx.Client, path: str) -> tuple[httpx.Response, float]:
     t0 = time.monotonic()
     r = c.get(path, headers=KEY)
@@ -98,17 +93,13 @@ def test_a_request_waits_for_a_hung_redis_at_most_once(
 ) -> None:
     gw = budget_gateway
     _healthy(gw)
-    _pause(own_redis, 12)
-    try:
-        with httpx.Client(base_url=gw.url, timeout=30) as c:
-            # A cached MISS: admission, lookup, lock, store and notice all go to Redis.
-            cached, cached_s = _timed_get(c, f"/g/demo/items?f3={uuid.uuid4().hex}")
-            uncached, uncached_s = _timed_get(c, "/g/webhooks/items")
+    with own_redis.hung(), httpx.Client(base_url=gw.url, timeout=30) as c:
+        # A cached MISS: admission, lookup, lock, store and notice all go to Redis.
+        cached, cached_s = _timed_get(c, f"/g/demo/items?f3={uuid.uuid4().hex}")
+        uncached, uncached_s = _timed_get(c, "/g/webhooks/items")
         t0 = time.monotonic()
         health = _health(gw)
         health_s = time.monotonic() - t0
-    finally:
-        wait_until(lambda: own_redis.client().ping(), timeout=30)  # the pause is over
     assert cached.status_code == 200, cached.text
     assert uncached.status_code == 200, uncached.text
     assert "ratelimit-limit" not in uncached.headers  # admitted without a check: fail open
@@ -126,22 +117,18 @@ def test_an_open_breaker_keeps_a_hung_redis_off_the_request_path(
 ) -> None:
     gw = breaker_gateway
     _healthy(gw)
-    _pause(own_redis, 25)
-    try:
-        with httpx.Client(base_url=gw.url, timeout=30) as c:
-            # Each of these pays at most one timeout and counts one failure.
-            for _ in range(BREAKER_FAILURES):
-                assert c.get("/g/products/items", headers=KEY).status_code == 200
-            wait_until(lambda: _redis_state(gw)["breaker"] != "closed", timeout=15)
-            health = _health(gw)
-            t0 = time.monotonic()
-            answers = [
-                c.get(path, headers=KEY)
-                for path in ["/g/webhooks/items", f"/g/demo/items?f3={uuid.uuid4().hex}"] * 10
-            ]
-            elapsed = time.monotonic() - t0
-    finally:
-        wait_until(lambda: own_redis.client().ping(), timeout=40)
+    with own_redis.hung(), httpx.Client(base_url=gw.url, timeout=30) as c:
+        # Each of these pays at most one timeout and counts one failure.
+        for _ in range(BREAKER_FAILURES):
+            assert c.get("/g/products/items", headers=KEY).status_code == 200
+        wait_until(lambda: _redis_state(gw)["breaker"] != "closed", timeout=15)
+        health = _health(gw)
+        t0 = time.monotonic()
+        answers = [
+            c.get(path, headers=KEY)
+            for path in ["/g/webhooks/items", f"/g/demo/items?f3={uuid.uuid4().hex}"] * 10
+        ]
+        elapsed = time.monotonic() - t0
     assert health["status"] == "degraded"
     assert health["checks"]["redis"] == "degraded"
     assert [r.status_code for r in answers] == [200] * 20
