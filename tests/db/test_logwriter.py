@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from heliox.db import logwriter, rollups
 from heliox.db.engine import make_engine, make_session_factory
-from heliox.db.logwriter import BATCH_SIZE, COPY_ROWS, SHARE_CORE_EVERY, LogWriter
+from heliox.db.logwriter import (
+    BATCH_SIZE,
+    COPY_ROWS,
+    SHARE_CORE_EVERY,
+    SPILL_COPY_BLOCK,
+    LogWriter,
+)
 from heliox.db.migrate import upgrade_database
 from heliox.db.models import RequestLog
 from heliox.metrics import Metrics
@@ -446,6 +453,40 @@ async def test_a_chunk_of_nothing_but_cut_lines_does_not_end_the_replay(
     await writer.flush()
     assert not spill.exists()
     assert (writer.lost, await _count(engine)) == (BATCH_SIZE, 3)
+
+
+async def test_rewriting_a_large_spill_file_takes_a_block_of_memory_not_the_file(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A spill file holds an outage's worth of rows (gigabytes at a high rate). Dropping its
+    replayed head, or taking a cut line out of it, read the whole file into memory."""
+    writer = _writer(engine, tmp_path)
+    spill = tmp_path / "spill.jsonl"
+    line = json.dumps(list(_row(0, 1_795_000_000.5))).encode() + b"\n"
+    per_block = -(-SPILL_COPY_BLOCK // len(line))
+    with spill.open("wb") as fh:
+        fh.write(b'[1795000000.5,"r-cut",1,\n')  # cut short by a crash mid-append
+        for _ in range(48):
+            fh.write(line * per_block)  # 48 blocks of whole lines
+    size = spill.stat().st_size
+    tracemalloc.start()
+    try:
+        chunk = writer._read_spill(0)  # takes the cut line out of the file
+        _, read_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        held, _ = tracemalloc.get_traced_memory()  # the chunk's rows, still referenced
+        writer._drop_spill_head(chunk.end)
+        _, drop_peak = tracemalloc.get_traced_memory()
+        drop_peak -= held
+    finally:
+        tracemalloc.stop()
+    assert (chunk.unreadable, len(chunk.rows)) == (1, BATCH_SIZE - 1)
+    assert spill.stat().st_size == size - chunk.removed - (BATCH_SIZE - 1) * len(line)
+    with spill.open("rb") as fh:
+        assert fh.readline() == line
+    # The file is 48 blocks; reading a chunk holds its rows parsed (about 4 blocks' worth).
+    assert read_peak < 8 * SPILL_COPY_BLOCK, read_peak
+    assert drop_peak < 4 * SPILL_COPY_BLOCK, drop_peak  # a block being read, the last written
 
 
 def test_sqlite_timestamps_match_the_datetime_format() -> None:

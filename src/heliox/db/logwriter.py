@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -96,6 +97,8 @@ YIELD_BUDGET = 0.05  # seconds per write
 SATURATED_WAIT = 0.001
 # Rows per COPY on PostgreSQL (see _write).
 COPY_ROWS = 256
+# The block a rewrite of the spill file copies at a time (see LogWriter._splice_spill).
+SPILL_COPY_BLOCK = 1 << 20
 # How often the spill folder is searched for files of processes that have exited.
 ADOPT_INTERVAL = 30.0
 # How often the writer looks for a finished hour of keyed roll-ups to compact.
@@ -517,34 +520,41 @@ class LogWriter:
         if not unreadable:
             return SpillChunk(rows, end, 0, 0)
         good = b"".join(kept)
-        data = self._spill_path.read_bytes()
-        self._replace_spill(data[:offset] + good + data[end:])
+        self._splice_spill(offset, good, end)
         return SpillChunk(rows, offset + len(good), unreadable, end - offset - len(good))
 
     def _drop_spill_head(self, offset: int) -> None:
-        """The spill file loses its first `offset` bytes (and is gone when nothing is left)."""
-        try:
-            with self._spill_path.open("rb") as fh:
-                fh.seek(offset)
-                tail = fh.read()
-        except FileNotFoundError:
-            return
-        except OSError:
-            return  # replayed again whole; rows already in are skipped then
-        self._replace_spill(tail)
+        """The spill file loses its first `offset` bytes (and is gone when nothing is left).
+        When it cannot be rewritten it is replayed again whole; rows already in are skipped."""
+        self._splice_spill(0, b"", offset)
 
-    def _replace_spill(self, data: bytes) -> None:
-        if not data:
-            self._spill_path.unlink(missing_ok=True)
-            return
+    def _splice_spill(self, head: int, middle: bytes, rest: int) -> None:
+        """The spill file becomes its first `head` bytes, then `middle`, then its bytes from
+        `rest` on (and is gone when that is nothing), copied SPILL_COPY_BLOCK bytes at a time:
+        the file holds an outage's worth of rows, and read whole (as it was) a rewrite took as
+        much memory as the file was large."""
         staged = self._spill_path.with_name(self._spill_path.name + ".tmp")
         try:
-            with staged.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(staged, self._spill_path)
+            with self._spill_path.open("rb") as src, staged.open("wb") as dst:
+                while head > 0 and (block := src.read(min(SPILL_COPY_BLOCK, head))):
+                    dst.write(block)
+                    head -= len(block)
+                dst.write(middle)
+                src.seek(rest)
+                shutil.copyfileobj(src, dst, SPILL_COPY_BLOCK)
+                empty = dst.tell() == 0
+                dst.flush()
+                os.fsync(dst.fileno())
+            if empty:
+                staged.unlink()
+                self._spill_path.unlink()
+            else:
+                os.replace(staged, self._spill_path)
+        except FileNotFoundError:
+            staged.unlink(missing_ok=True)  # gone already: nothing to rewrite
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                staged.unlink(missing_ok=True)
             log.warning("cannot rewrite the request log spill file: %s", exc)
 
 
