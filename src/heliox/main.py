@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from heliox import __version__
+from heliox import __version__, structured_log
 from heliox.config import Settings, load_settings
 from heliox.gateway.app import Gateway
 from heliox.metrics import PROMETHEUS_CONTENT_TYPE
@@ -51,6 +51,7 @@ def build_app(settings: Settings, *, served: bool = False) -> Gateway | Graceful
 
     Built from the inside out, each layer wrapping the one below it.
     """
+    structured_log.quiet_aborted_answers()
     runtime = Runtime(settings)
     api = _api(settings, runtime)
     gateway = Gateway(runtime, api)

@@ -101,13 +101,11 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"heliox": formatter},
-        "filters": {"aborted_answers": {"()": f"{__name__}.AbortedAnswerFilter"}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "formatter": "heliox",
                 "stream": "ext://sys.stderr",
-                "filters": ["aborted_answers"],
             }
         },
         "root": {"level": level, "handlers": ["stderr"]},
@@ -121,23 +119,34 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
     }
 
 
-# `heliox.gateway.exchange.AnswerAborted`'s name, as granian's traceback text shows it (not
-# imported: this module loads without the gateway).
+# `heliox.gateway.exchange.AnswerAborted`'s name (not imported: this module loads without the
+# gateway).
 ABORTED_ANSWER = "AnswerAborted"
+# Where the servers report an exception out of the app: granian (its traceback as text), uvicorn.
+SERVER_ERROR_LOGGERS = ("_granian.utils", "uvicorn.error")
 
 
 class AbortedAnswerFilter(logging.Filter):
-    """Leaves out the server's report of an answer Heliox aborted on purpose
-    (`heliox.gateway.exchange.AnswerAborted`, raised when an upstream breaks off mid-body):
-    granian logs it as an application error with a traceback, one per broken answer, while
-    Heliox has already logged the cause (one warning per route and interval) and written it to
-    the request log. granian passes the traceback as text, which ends with the exception's
-    name and message."""
+    """Leaves out a server's report of an answer Heliox aborted on purpose (AnswerAborted,
+    raised when an upstream breaks off mid-body after the head went out): the servers log it as
+    an application error with a traceback, one per broken answer, while Heliox has logged the
+    cause itself (one warning per route and interval) and written it to the request log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("_granian"):
-            return True
-        return f"\n{ABORTED_ANSWER}: " not in record.getMessage()
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            return type(exc).__name__ != ABORTED_ANSWER
+        return f"\n{ABORTED_ANSWER}: " not in record.getMessage()  # granian: the text ends so
+
+
+def quiet_aborted_answers() -> None:
+    """Install AbortedAnswerFilter on the servers' error loggers (once per process): on the
+    loggers themselves, so that it holds whoever configured the handlers (`heliox serve`,
+    granian or uvicorn run by hand)."""
+    for name in SERVER_ERROR_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, AbortedAnswerFilter) for f in logger.filters):
+            logger.addFilter(AbortedAnswerFilter())
 
 
 def configure(log_format: str, level: str) -> None:

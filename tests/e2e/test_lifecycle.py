@@ -203,7 +203,9 @@ def test_the_documented_asgi_entry_points_serve(
     tmp_path: Path, upstream: Upstream, server: str, target: list[str], exit_status: int
 ) -> None:
     """Both servers run the app on uvloop here (the dev extra installs it, and each picks it by
-    itself): a cache fill reaches the upstream through it (it answered 502 on uvloop before)."""
+    itself): a cache fill reaches the upstream through it (it answered 502 on uvloop before).
+    An answer the upstream breaks off mid-body is cut off for the client, and the server does
+    not log that abort as a crash of the application (it did, with a traceback, each time)."""
     import sqlite3
 
     port = free_port()
@@ -219,11 +221,27 @@ def test_the_documented_asgi_entry_points_serve(
         )
         assert items.status_code == 200
         assert items.headers["x-cache"] in ("MISS", "HIT")
+        with (
+            pytest.raises(httpx.HTTPError),  # the connection cut under the body
+            httpx.stream(
+                "GET",
+                f"http://127.0.0.1:{port}/g/demo/abort?after=1000&length=400000",
+                headers={"X-API-Key": ACME},
+                timeout=10,
+            ) as broken,
+        ):
+            assert broken.status_code == 200
+            broken.read()
     finally:
         assert proc.stop() == exit_status, proc.output()
-    # The lifespan shutdown ran: the request's log row was flushed to the database.
+    output = proc.output()
+    assert "Exception in ASGI application" not in output  # uvicorn's report of an exception
+    assert "Application callable raised an exception" not in output  # granian's
+    # The lifespan shutdown ran: the requests' log rows were flushed to the database.
     with sqlite3.connect(tmp_path / "heliox.db") as conn:
-        assert conn.execute("SELECT path, status FROM request_logs").fetchall() == [("/items", 200)]
+        rows = conn.execute("SELECT path, status, error FROM request_logs ORDER BY ts").fetchall()
+    assert [row[:2] for row in rows] == [("/items", 200), ("/abort", 200)]
+    assert "its connection was cut" in rows[1][2]
 
 
 # --- heliox keys against running gateways ------------------------------------------------------
