@@ -41,7 +41,7 @@ class AnswerAborted(Exception):
 # hands the head and the body's parts to hyper, which writes them to the socket once the body
 # has nothing more ready; an abort that reaches it before that closes the connection with them
 # still in its buffer. With a short body the client then got no answer at all: 10 times in 900
-# without the pause, none in 1,800 with 5 ms, also with both CPUs busy.
+# without the pause, none in 1,800 with 5 ms (also with both CPUs busy); twice that, for margin.
 ABORT_GRACE = 0.01
 
 
