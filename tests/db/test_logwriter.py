@@ -312,12 +312,16 @@ async def test_requests_logged_during_a_long_replay_are_spilled_not_dropped(
     assert await _count(engine) == n + arrived  # every row: the spilled and the arrived
 
 
-async def test_a_replay_cut_off_after_its_first_chunk_keeps_only_the_rest(
+async def test_a_replay_cut_off_after_its_first_chunk_resumes_after_it(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
+    """The file is left as it is (rewriting it without the chunks written copied what was left
+    of it, an outage's worth, at every failure); the next replay starts after them."""
     writer = _writer(engine, tmp_path)
+    spill = tmp_path / "spill.jsonl"
     n = BATCH_SIZE + 5
     await writer._spill([_row(i, time.time()) for i in range(n)])
+    size = spill.stat().st_size
     calls = 0
     real = writer._not_yet_written
 
@@ -330,12 +334,14 @@ async def test_a_replay_cut_off_after_its_first_chunk_keeps_only_the_rest(
 
     writer._not_yet_written = second_refused  # type: ignore[method-assign]
     await writer.flush()
-    left = (tmp_path / "spill.jsonl").read_text().splitlines()
-    assert [json.loads(line)[1] for line in left] == [f"r-{i}" for i in range(BATCH_SIZE, n)]
+    assert spill.stat().st_size == size  # not rewritten
     assert await _count(engine) == BATCH_SIZE
+    assert writer._metrics.events["log_rows_replayed"] == BATCH_SIZE
     writer._retry_at = 0.0
     await writer.flush()
-    assert await _count(engine) == n and not (tmp_path / "spill.jsonl").exists()
+    assert calls == 3  # the second replay read only the chunk after the one written
+    assert await _count(engine) == n and not spill.exists()
+    assert writer._metrics.events["log_rows_replayed"] == n
 
 
 async def test_replaying_a_batch_that_did_commit_writes_it_once(

@@ -142,6 +142,10 @@ class LogWriter:
         # The driver connection of the call in progress: closed at once when the call times out.
         self._driver: Any = None
         self._retry_at = 0.0  # monotonic time before which the database is not asked again
+        # Bytes at the head of the spill file already in the database: a replay the database
+        # cut short resumes there. (Rewriting the file without them at every failure copied
+        # what was left of it, an outage's worth of rows, each time the database flapped.)
+        self._replayed_to = 0
         self._adopt_at = 0.0
         self._compact_at = time.monotonic() + COMPACT_INTERVAL
         self._abandoned: set[asyncio.Task[Any]] = set()
@@ -458,11 +462,13 @@ class LogWriter:
         try:
             size = self._spill_path.stat().st_size  # as cheap as the exists() that led here
         except FileNotFoundError:
+            self._replayed_to = 0
             return True
         except OSError as exc:
             log.warning("cannot read the request log spill file: %s", exc)
             return False
-        offset = replayed = 0
+        offset = self._replayed_to if self._replayed_to <= size else 0
+        replayed = 0
         try:
             while offset < size:
                 try:
@@ -489,12 +495,14 @@ class LogWriter:
                 await self._relieve_queue()
         except Exception as exc:
             self._retry_at = time.monotonic() + RETRY_INTERVAL
-            # The chunks already written leave the file, so none is written twice.
-            if offset:
-                await asyncio.to_thread(self._drop_spill_head, offset)
+            # The next replay starts after the chunks already written, so none is written twice
+            # (a process that adopts the file replays it whole and skips the rows already in).
+            self._replayed_to = offset
+            self._metrics.count("log_rows_replayed", replayed)
             log.debug("spill replay deferred: %s", str(exc) or type(exc).__name__)
             return False
         await asyncio.to_thread(self._drop_spill_head, offset)
+        self._replayed_to = 0
         self._metrics.count("log_rows_replayed", replayed)
         return True
 
