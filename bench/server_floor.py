@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[0] += ["1.00", "1.00"]
         for label, options, app in VARIANTS:
             port = free_port()
-            cmd = [sys.executable, "-m", "granian", *options, "--loop", "asyncio"]
+            cmd = [sys.executable, "-m", "granian", *options, "--loop", gateway.FLOOR_LOOP]
             cmd += ["--host", "127.0.0.1"]
             cmd += ["--port", str(port), "--workers", "1", "--log-level", "warning"]
             cmd.append(f"benchkit.floor_apps:{app}")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.faults import TcpProxy
 from tests.e2e.hardening_support import (
@@ -331,8 +332,13 @@ def test_body_broken_off_aborts_the_client_and_stores_nothing(
 def _upstream_errors(gw: Gateway, route: str, status: int) -> float:
     with gw.admin() as c:
         text = c.get("/metrics/prometheus").text
-    series = f'heliox_upstream_errors_total{{route="{route}",status="{status}"}} '
-    return next((float(ln[len(series) :]) for ln in text.splitlines() if ln.startswith(series)), 0)
+    labels = {"route": route, "status": str(status)}
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "heliox_upstream_errors_total" and sample.labels == labels
+    )
 
 
 @pytest.mark.parametrize("cached", [True, False], ids=["cached", "uncached"])
@@ -357,11 +363,15 @@ def test_the_head_of_a_broken_answer_always_reaches_the_client(
 
 
 def test_reset_mid_body_from_the_example_upstream(gateway: Gateway, upstream: Upstream) -> None:
-    """The example upstream's /abort (its answers say no-store, so this checks the abort)."""
+    """The example upstream's /abort (its answers say no-store, so this checks the abort), in
+    both modes: counted as an upstream error, and not logged by the server as a crash."""
     t = tag()
+    before = _upstream_errors(gateway, "demo", 502)
     status, received = _aborted(gateway, f"/g/demo/abort?after=200000&length=400000&t={t}")
     assert status == 200
     assert received < 400_000
+    wait_until(lambda: _upstream_errors(gateway, "demo", 502) - before == 1, timeout=5)
+    assert "Application callable raised an exception" not in gateway.proc.output()
     assert_still_serving(gateway)
 
 

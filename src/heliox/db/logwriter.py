@@ -498,12 +498,12 @@ class LogWriter:
             # The next replay starts after the chunks already written, so none is written twice
             # (a process that adopts the file replays it whole and skips the rows already in).
             self._replayed_to = offset
-            self._metrics.count("log_rows_replayed", replayed)
             log.debug("spill replay deferred: %s", str(exc) or type(exc).__name__)
             return False
+        finally:
+            self._metrics.count("log_rows_replayed", replayed)
         await asyncio.to_thread(self._drop_spill_head, offset)
         self._replayed_to = 0
-        self._metrics.count("log_rows_replayed", replayed)
         return True
 
     def _read_spill(self, offset: int) -> SpillChunk:
