@@ -18,6 +18,8 @@ from pathlib import Path
 
 import redis
 
+from tests.e2e.harness import port_range
+
 __all__ = ["LocalCluster"]
 
 MASTERS = 3
@@ -36,11 +38,12 @@ def _free(port: int) -> bool:
 
 
 def _free_ports(count: int) -> list[int]:
-    """`count` ports free now, each with a free bus port (both in 20000-31999)."""
+    """`count` ports free now, each with a free bus port (both in this process's range)."""
+    low, high = port_range()
     ports: list[int] = []
     taken: set[int] = set()
     for _ in range(2000):
-        port, bus = random.randint(20000, 31999), random.randint(20000, 31999)
+        port, bus = random.randint(low, high), random.randint(low, high)
         if {port, bus} & taken or port == bus or not (_free(port) and _free(bus)):
             continue
         ports += [port, bus]

@@ -31,9 +31,29 @@ CLOUDBRIDGE = "hx_prod_cloudbridge_5m7n9p1q3r5s7t9u2v"
 SEEDED_KEYS = (ACME, ACME_STAGE, TECHFLOW, CLOUDBRIDGE)
 
 
+# Where tests pick ports: below the ephemeral range (from 32768), where the kernel never hands
+# one out by itself. scripts/test runs the suite in several processes (pytest-xdist); each picks
+# from a slice of its own, so that two never pick the same port in the moment before its server
+# binds it.
+PORTS = (20000, 32000)
+
+
+def port_range() -> tuple[int, int]:
+    """The ports (inclusive) this test process picks from."""
+    low, high = PORTS
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if count <= 1 or not worker.startswith("gw"):
+        return low, high
+    width = (high - low + 1) // count
+    low += int(worker[2:]) * width
+    return low, low + width - 1
+
+
 def free_port() -> int:
+    low, high = port_range()
     for _ in range(200):
-        port = random.randint(20000, 32000)
+        port = random.randint(low, high)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
