@@ -8,9 +8,7 @@ for the failover test; everything else sees three masters.
 
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from tests.e2e.harness import port_range
+from tests.e2e.harness import free_port
 
 __all__ = ["LocalCluster"]
 
@@ -28,29 +26,14 @@ MASTERS = 3
 NODE_TIMEOUT_MS = 2000
 
 
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_ports(count: int) -> list[int]:
-    """`count` ports free now, each with a free bus port (both in this process's range)."""
-    low, high = port_range()
+    """`count` distinct ports free now (`free_port`: below 32768, in this process's slice)."""
     ports: list[int] = []
-    taken: set[int] = set()
-    for _ in range(2000):
-        port, bus = random.randint(low, high), random.randint(low, high)
-        if {port, bus} & taken or port == bus or not (_free(port) and _free(bus)):
-            continue
-        ports += [port, bus]
-        taken |= {port, bus}
-        if len(ports) == 2 * count:
-            return ports
-    raise RuntimeError("no free ports below 32768")
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 class LocalCluster:
@@ -64,7 +47,7 @@ class LocalCluster:
             raise RuntimeError("redis-server and redis-cli are needed for a Redis Cluster")
         self.exe, self.cli = exe, cli
         self.workdir = workdir
-        pairs = _free_ports(2 * MASTERS)
+        pairs = _free_ports(2 * 2 * MASTERS)  # a port and a bus port for each node
         self.ports = pairs[0::2]
         self.bus_ports = pairs[1::2]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
