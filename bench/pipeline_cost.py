@@ -3,6 +3,7 @@
     .venv/bin/python bench/pipeline_cost.py                  # HIT and MISS, embedded
     .venv/bin/python bench/pipeline_cost.py --mode redis     # on Redis + PostgreSQL
     .venv/bin/python bench/pipeline_cost.py --profile hit    # cProfile of the HIT loop
+    .venv/bin/python bench/pipeline_cost.py --instructions   # instructions per request (valgrind)
 
 The gateway is built as `heliox serve` builds it and called as its ASGI server would call it, one
 request at a time, so the figure is the pipeline's own cost: key, admission, cache, response,
@@ -10,6 +11,12 @@ metrics and the request log (its SQLite writer thread included: process CPU coun
 `bench/run.py` measures the same pipeline behind granian and nginx; this script is for finding
 what a change saves without a quiet machine: process CPU per request moves little when other jobs
 run, where wrk's req/s moves a lot.
+
+On a virtual machine even process CPU scatters by 20 % or more between runs. `--instructions`
+counts instructions instead (valgrind's callgrind, switched on only around the measured requests,
+the log writer's threads included): the same code gives the same count whatever else the machine
+does, so a change worth a few percent shows. It is slow (valgrind runs the process ~50x slower):
+use a few thousand requests.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import asyncio
 import cProfile
 import os
 import pstats
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -157,6 +166,119 @@ async def stalls(
     print("slowest (µs at s):", ", ".join(f"{d * 1e6:.0f}@{at:.3f}" for d, at in worst))
 
 
+async def counted(
+    driver: Driver, paths: dict[str, str], headers: list[tuple[bytes, bytes]], args: Any
+) -> None:
+    """The requests `--instructions` counts: each case waits until its parent has switched
+    callgrind's counting on (a file in `args.marks`), runs, waits until the log writer has
+    written their rows, and says so, so the count holds those requests and nothing else."""
+    marks = Path(args.marks)
+    for name, path in paths.items():
+        n = args.requests if name == "HIT" else max(1, args.requests // 10)
+        _mark(marks / f"{name}.ready", str(n))
+        await _appears(marks / f"{name}.go")
+        logs = driver.app.runtime.logs
+        written = logs.written + n
+        for i in range(n):
+            await driver.call(path, headers)
+            if i % 64 == 0:
+                await asyncio.sleep(0)
+        _mark(marks / f"{name}.served")
+        await _appears(marks / f"{name}.read")
+        while logs.written < written:  # noqa: ASYNC110 - their rows are their cost too
+            await asyncio.sleep(0.05)
+        _mark(marks / f"{name}.done", "")
+        await _appears(marks / f"{name}.counted")
+
+
+async def _appears(path: Path) -> None:
+    while not os.path.exists(path):  # noqa: ASYNC110, ASYNC240 - written by another process; a stat
+        await asyncio.sleep(0.05)
+
+
+def instructions(args: argparse.Namespace) -> None:
+    """Re-run this script under callgrind, counting only the measured requests of each case."""
+    valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
+    if valgrind is None or control is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    marks = Path(tempfile.mkdtemp(prefix="heliox-callgrind-"))
+    argv = [a for a in sys.argv[1:] if a != "--instructions"]  # --dumps is only read here
+    cmd = [valgrind, "--tool=callgrind", "--separate-threads=yes", "--instr-atstart=no"]
+    cmd.append(f"--callgrind-out-file={marks}/cg.%p")
+    cmd += [sys.executable, str(Path(__file__).resolve()), *argv, "--marks", str(marks)]
+    say("starting the gateway under valgrind (a minute or more)")
+    child = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        for name in ("HIT", "MISS"):
+            n = int(_wait_for(marks / f"{name}.ready", child))
+            subprocess.run([control, "-z", str(child.pid)], check=True, capture_output=True)
+            subprocess.run([control, "-i", "on", str(child.pid)], check=True, capture_output=True)
+            _mark(marks / f"{name}.go", "")
+            # The loop's count when the requests are answered; the other threads' once the
+            # log writer has written their rows (the loop only waits meanwhile).
+            _wait_for(marks / f"{name}.served", child)
+            _, loop = _events(_counts(control, child.pid))
+            _mark(marks / f"{name}.read", "")
+            _wait_for(marks / f"{name}.done", child)
+            total, loop_after = _events(_counts(control, child.pid))
+            if args.dumps:
+                subprocess.run(
+                    [control, f"--dump={name}", str(child.pid)], check=True, capture_output=True
+                )
+            subprocess.run([control, "-i", "off", str(child.pid)], check=True, capture_output=True)
+            others = total - loop_after
+            print(
+                f"{args.mode:9} {name:5} {(loop + others) / n / 1000:7.1f} k instructions/request, "
+                f"{loop / n / 1000:7.1f} k of them on the event loop's thread  (n={n})",
+                flush=True,
+            )
+            _mark(marks / f"{name}.counted", "")
+        child.wait(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        if args.dumps:
+            Path(args.dumps).mkdir(parents=True, exist_ok=True)
+            for dump in marks.glob("cg.*.[0-9]*"):
+                shutil.move(dump, Path(args.dumps) / dump.name)
+            say(f"callgrind's files, a thread each (dump 1: HIT, 2: MISS): {args.dumps}")
+        shutil.rmtree(marks, ignore_errors=True)
+
+
+def _mark(path: Path, text: str = "") -> None:
+    """A file the other process polls for, whole when it appears."""
+    part = path.with_suffix(".part")
+    part.write_text(text)
+    part.rename(path)
+
+
+def _counts(control: str, pid: int) -> str:
+    return subprocess.run(
+        [control, "-e", str(pid)], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def _wait_for(path: Path, child: subprocess.Popen[bytes]) -> str:
+    while not path.exists():
+        if child.poll() is not None:
+            raise SystemExit(f"the measured process exited ({child.returncode}) before {path.name}")
+        time.sleep(0.1)
+    return path.read_text()
+
+
+def _events(status: str) -> tuple[int, int]:
+    """The instructions counted so far, all threads and the first (the event loop's), from
+    `callgrind_control -e`: a "Totals:" line, then one "Th <n>  <count>" line per thread."""
+    counts = [
+        int(line.split()[2].replace(",", ""))
+        for line in status.split("Totals:", 1)[-1].splitlines()
+        if line.strip().startswith("Th ")
+    ]
+    if not counts:
+        raise SystemExit(f"callgrind_control gave no totals:\n{status}")
+    return sum(counts), counts[0]
+
+
 async def run(args: argparse.Namespace, backends: services.ProductionBackends | None) -> None:
     from heliox.config import load_settings
     from heliox.main import build_app
@@ -208,7 +330,9 @@ async def run(args: argparse.Namespace, backends: services.ProductionBackends | 
             await asyncio.sleep(0.1)
         for _ in range(2000):  # warm: memo tables, the entry in process, code paths
             await driver.call(hit, headers)
-        if args.stalls:
+        if args.marks:
+            await counted(driver, {"HIT": hit, "MISS": miss}, headers, args)
+        elif args.stalls:
             await stalls(driver, hit, headers, args.stalls)
         elif args.profile:
             path = hit if args.profile == "hit" else miss
@@ -245,10 +369,22 @@ def main() -> None:
     parser.add_argument(
         "--stalls", type=float, metavar="SECONDS", help="sequential HITs: where the slow ones fall"
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under valgrind instead of CPU time (repeatable)",
+    )
+    parser.add_argument(
+        "--dumps", metavar="DIR", help="with --instructions: keep callgrind's files here"
+    )
+    parser.add_argument("--marks", help=argparse.SUPPRESS)  # set by --instructions
     parser.add_argument("--top", type=int, default=40, help="profile rows to print")
     parser.add_argument("--pg-admin-dsn", default=DEFAULT_PG)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS)
     args = parser.parse_args()
+    if args.instructions:
+        instructions(args)
+        return
     backends = services.create(args.pg_admin_dsn, args.redis_url) if args.mode == "redis" else None
     try:
         asyncio.run(run(args, backends))

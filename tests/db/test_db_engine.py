@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,24 @@ async def test_sqlite_engine_creates_folder_and_sets_pragmas(tmp_path: Path) -> 
         await engine.dispose()
     assert db_file.is_file()
     assert (journal, busy, fks) == ("wal", 5000, 1)
+
+
+def test_none_binds_as_null_through_the_registered_adapter(tmp_path: Path) -> None:
+    # The engine module registers an adapter for None (the request log binds many per row, and
+    # Python 3.11's lookup without one raises and discards an AttributeError for each): it must
+    # be there, and None must still arrive as SQL NULL, in a plain sqlite3 connection too.
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)]("anything") is None
+    conn = sqlite3.connect(tmp_path / "nulls.db")
+    try:
+        conn.execute("CREATE TABLE t (a TEXT, b INTEGER, c REAL)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(None, None, None), ("x", None, 1.5)])
+        rows = conn.execute("SELECT typeof(a), typeof(b), typeof(c), a, b, c FROM t").fetchall()
+    finally:
+        conn.close()
+    assert rows == [
+        ("null", "null", "null", None, None, None),
+        ("text", "null", "real", "x", None, 1.5),
+    ]
 
 
 @pytest.mark.postgres

@@ -87,7 +87,14 @@ def keep_until(policy: CachePolicyConfig, times: EntryTimes, headers: Headers) -
 
 def expires_at(entry: StoredResponse) -> float:
     """When the entry is of no more use: past its stale windows and its keep window."""
-    return max(entry.stale_until, entry.error_until, entry.keep_until)
+    # Conditionals, not max(): this runs on every cache hit, and max() of three floats costs
+    # several times as much.
+    until = entry.stale_until
+    error_until = entry.error_until
+    if error_until > until:
+        until = error_until
+    keep_until = entry.keep_until
+    return keep_until if keep_until > until else until
 
 
 def live(entry: E | None, now: float) -> E | None:

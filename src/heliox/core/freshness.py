@@ -341,7 +341,8 @@ def entry_times(
 
 def age_seconds(entry: StoredTimes, now: float) -> float:
     """The entry's current age (§4.2.3: its age on arrival plus its time in the cache)."""
-    return max(0.0, entry.age_at_store + now - entry.stored_at)
+    age = entry.age_at_store + now - entry.stored_at
+    return age if age > 0.0 else 0.0  # not max(): on every cache hit
 
 
 def lookup_state(entry: StoredTimes, now: float, request_cc: CacheControl = EMPTY) -> LookupState:

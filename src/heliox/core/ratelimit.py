@@ -85,7 +85,9 @@ def token_bucket(
         tokens = state.tokens
         ts = state.ts_us
         if now_us > ts:  # a clock that steps back refills nothing and keeps the later stamp
-            tokens = min(cap, tokens + (now_us - ts) * rate / US)
+            tokens += (now_us - ts) * rate / US
+            if tokens > cap:  # not min(): on every request
+                tokens = cap
             ts = now_us
     allowed = tokens + EPS >= cost
     if allowed:

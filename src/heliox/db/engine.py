@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
@@ -20,6 +22,16 @@ PG_POOL_TIMEOUT_SECONDS = 10.0
 # Server-side connections are dropped by proxies and failovers long before this; recycle first.
 PG_POOL_RECYCLE_SECONDS = 1800
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
+
+
+# Python 3.11's sqlite3 binds None through its adapter lookup, which asks the protocol type for
+# `__adapt__` and so formats and discards an AttributeError for every None bound. A cache hit's
+# request-log row binds six (of 21 values), its roll-ups more: the bare insert of such a row
+# took 3.0 µs, 2.0 µs with this (about 11,000 instructions a row, valgrind). An adapter
+# registered for None is found first; an empty dict's `get` returns None for anything, in C.
+# Process-wide, like every sqlite3 adapter, and harmless elsewhere: None still binds as NULL.
+_AS_NULL: dict[None, None] = {}  # stays empty
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", _AS_NULL.get))
 
 
 def is_sqlite_url(url: str | URL) -> bool:

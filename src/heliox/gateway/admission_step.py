@@ -390,11 +390,16 @@ def rate_limit_headers(admission: AdmissionRequest, result: AdmissionResult) -> 
     window = 0
     if spec is not None and result.limit:
         rate_q = result.limit
+        # Conditionals rather than max(): these run on every admitted request.
         if spec.algorithm == TOKEN_BUCKET:
-            window = max(1, round(spec.burst / spec.rate))
+            window = round(spec.burst / spec.rate)
+            if window < 1:
+                window = 1
         else:
             window = spec.window_seconds
-        reset = max(0, int(-(-result.reset_after // 1)))
+        reset = int(-(-result.reset_after // 1))
+        if reset < 0:
+            reset = 0
         limit_b = b"%d" % rate_q
         remaining_b = b"%d" % result.remaining
         reset_b = b"%d" % reset

@@ -47,7 +47,10 @@ class CacheEntry:
 
     @property
     def expires_at(self) -> float:
-        return max(self.stale_until, self.error_until, self.keep_until)
+        until = self.stale_until  # conditionals, not max(): read on every cache hit
+        if self.error_until > until:
+            until = self.error_until
+        return self.keep_until if self.keep_until > until else until
 
     @property
     def etag(self) -> bytes | None:
