@@ -291,6 +291,10 @@ async def run(args: argparse.Namespace, backends: services.ProductionBackends | 
         env["DATABASE_URL"] = f"sqlite+aiosqlite:///{procs.workdir}/heliox.db"
         if backends is not None:
             env.update(backends.env())
+        if args.marks:
+            # Under valgrind a batch's write takes seconds: past the default timeout the writer
+            # would spill the batch and replay it, and count JSON work a served gateway never does.
+            env["LOG_WRITE_TIMEOUT"] = "60"
         os.environ.update(env)
         app = build_app(load_settings(), served=args.served)
         inbox, life = await lifespan(app)

@@ -28,9 +28,11 @@ from typing import Protocol, TypeVar
 
 from heliox.core.cachecontrol import CacheControl
 from heliox.core.freshness import (
+    STATE_EXPIRED,
+    STATE_HIT,
+    STATE_STALE,
     EntryTimes,
     Headers,
-    LookupState,
     StoredTimes,
     cacheable_request,
     can_serve_stale_on_error,
@@ -45,6 +47,10 @@ from heliox.core.freshness import (
 from heliox.snapshot import CachePolicyConfig
 
 __all__ = [
+    "ACTION_HIT",
+    "ACTION_ONLY_IF_CACHED",
+    "ACTION_STALE",
+    "ACTION_WRITE_THROUGH",
     "Action",
     "Decision",
     "Outcome",
@@ -116,6 +122,13 @@ class Action(StrEnum):
     FILL = "fill"
 
 
+# For the request path, as freshness.STATE_*: an Enum class's attribute costs ten globals.
+ACTION_HIT = Action.HIT
+ACTION_STALE = Action.STALE
+ACTION_WRITE_THROUGH = Action.WRITE_THROUGH
+ACTION_ONLY_IF_CACHED = Action.ONLY_IF_CACHED
+
+
 # Built per request, so not frozen: frozen=True sets each field through object.__setattr__,
 # about ten times the cost of the construction itself. Read-only by convention.
 @dataclass(slots=True)
@@ -169,17 +182,17 @@ def judge(
     None for nothing) and whether this process already refreshes it (`updating`)."""
     entry = live(entry, now)
     # Past the stale windows but in the keep window, lookup_state says EXPIRED: revalidate.
-    state = LookupState.EXPIRED if entry is None else lookup_state(entry, now, request_cc)
-    if entry is not None and state is LookupState.HIT:
+    state = STATE_EXPIRED if entry is None else lookup_state(entry, now, request_cc)
+    if entry is not None and state is STATE_HIT:
         return _NEGATIVE_HIT if _negative(policy, entry) else _HIT
-    if entry is not None and state is LookupState.STALE:
+    if entry is not None and state is STATE_STALE:
         if _negative(policy, entry):
             return _NEGATIVE_STALE
         return _UPDATING if updating else _STALE
     if request_cc.only_if_cached:
         return _ONLY_IF_CACHED
     lookup = remembers_404s(policy) and (
-        entry is None or state is LookupState.EXPIRED or entry.status == 404
+        entry is None or state is STATE_EXPIRED or entry.status == 404
     )
     revalidate = entry is not None and bool(conditional_headers(entry.headers))
     return Decision(

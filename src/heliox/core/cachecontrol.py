@@ -87,10 +87,19 @@ _DELTAS = {
 
 def joined(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """Every line of list header `name` joined with ", " (RFC 9110 §5.3), or None if absent."""
-    values = [value for key, value in headers if key == name]
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else b", ".join(values)
+    # A loop, not a comprehension (a function object and a frame per call on Python 3.11): this
+    # runs on every cache lookup, and the field is usually absent or on one line.
+    first: bytes | None = None
+    more: list[bytes] | None = None
+    for key, value in headers:
+        if key == name:
+            if first is None:
+                first = value
+            elif more is None:
+                more = [first, value]
+            else:
+                more.append(value)
+    return first if more is None else b", ".join(more)
 
 
 def _text(value: bytes | str) -> str:

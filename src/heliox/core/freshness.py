@@ -111,6 +111,15 @@ class LookupState(StrEnum):
     EXPIRED = "expired"  # nothing usable: a miss
 
 
+# The states under plain module names for the code every cache lookup runs: on Python 3.11 an
+# Enum class's attributes are read through its metaclass's __getattr__ hook, about ten times the
+# cost of a global.
+STATE_HIT = LookupState.HIT
+STATE_STALE = LookupState.STALE
+STATE_MUST_REVALIDATE = LookupState.MUST_REVALIDATE
+STATE_EXPIRED = LookupState.EXPIRED
+
+
 class StoreDecision(NamedTuple):
     ok: bool
     reason: str  # "ok" or a short token for metrics and Cache-Status `detail`
@@ -353,16 +362,16 @@ def lookup_state(entry: StoredTimes, now: float, request_cc: CacheControl = EMPT
     STALE it answers 504 (§5.2.1.7) instead of going upstream.
     """
     if now >= entry.stale_until and now >= entry.error_until:
-        return LookupState.EXPIRED
+        return STATE_EXPIRED
     if request_cc is not EMPTY and not request_accepts(entry, now, request_cc):
-        return LookupState.MUST_REVALIDATE
+        return STATE_MUST_REVALIDATE
     if now < entry.fresh_until:
-        return LookupState.HIT
+        return STATE_HIT
     if now < entry.stale_until:
-        return LookupState.STALE  # RFC 5861 §3
+        return STATE_STALE  # RFC 5861 §3
     # Past the stale window but inside the error window: the upstream must be asked, and the
     # entry answers only if that fails.
-    return LookupState.MUST_REVALIDATE
+    return STATE_MUST_REVALIDATE
 
 
 def request_accepts(entry: StoredTimes, now: float, request_cc: CacheControl) -> bool:

@@ -124,7 +124,13 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
 
 def header_values(headers: Headers, name: bytes) -> list[bytes]:
     """Every value of header `name` (lower-case), in order."""
-    return [value for key, value in headers if key == name]
+    # A loop, not a comprehension: on Python 3.11 a comprehension builds a function object and a
+    # frame each time it runs, and this runs several times per request.
+    values: list[bytes] = []
+    for key, value in headers:
+        if key == name:
+            values.append(value)
+    return values
 
 
 def is_valid_header_value(value: bytes) -> bool:

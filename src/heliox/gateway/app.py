@@ -223,7 +223,7 @@ class Gateway:
         if bad_host is not None:
             await sink.problem(400, "Bad Host header", bad_host)
             return
-        if any(self.via_marker in via for via in header_values(headers, b"via")):
+        if self._looped(headers):
             await sink.problem(
                 508,
                 "Loop detected",
@@ -285,6 +285,14 @@ class Gateway:
             peer_host,
             limit if send_body else None,
         )
+
+    def _looped(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether a Via field names this deployment (a loop, no generator: on every request)."""
+        marker = self.via_marker
+        for name, value in headers:  # noqa: SIM110 - any() would run a generator
+            if name == b"via" and marker in value:
+                return True
+        return False
 
     def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> KeyConfig | None:
         raw: bytes | None = None

@@ -34,7 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from heliox.core.cache_engine import (
-    Action,
+    ACTION_HIT,
+    ACTION_ONLY_IF_CACHED,
+    ACTION_STALE,
+    ACTION_WRITE_THROUGH,
     Decision,
     Outcome,
     classify,
@@ -160,7 +163,7 @@ class CacheLayer:
         assert policy is not None, "the pipeline only sends routes with a cache policy here"
         early = classify(policy, req.method, req.lookup_headers)
         if early is not None:
-            if early.action is Action.WRITE_THROUGH:
+            if early.action is ACTION_WRITE_THROUGH:
                 await self._write_through(req, sink)
             else:
                 await self._bypass(req, sink, early.detail or "method")
@@ -178,16 +181,16 @@ class CacheLayer:
         updating = self.flights.busy(key)
         decision = judge(policy, req.method, request_cc, entry, now, updating=updating)
         action = decision.action
-        if action is Action.HIT or action is Action.STALE:
+        if action is ACTION_HIT or action is ACTION_STALE:
             assert entry is not None
             status_field = cache_status(
                 hit=True, ttl=ttl_seconds(entry, now), detail=decision.detail
             )
             await send_entry(sink, req, entry, now, decision.label, status_field)
-            if action is Action.STALE and not updating:
+            if action is ACTION_STALE and not updating:
                 self._refresh(req, key, entry)
             return
-        if action is Action.ONLY_IF_CACHED:
+        if action is ACTION_ONLY_IF_CACHED:
             # RFC 9111 §5.2.1.7: nothing stored that may be served, and no forwarding allowed.
             req.ex.cache_status = "MISS"
             await sink.problem(
