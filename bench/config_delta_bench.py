@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,6 +84,10 @@ def events(gw: gateway.Gateway) -> dict[str, int]:
 
 def status(gw: gateway.Gateway, key: str) -> int:
     return http.get(f"{gw.url}/g/{ROUTE}/items", headers={"X-API-Key": key}, timeout=5).status
+
+
+def _is_now(gw: gateway.Gateway, key: str, want: int) -> bool:
+    return status(gw, key) == want
 
 
 def until(predicate: Callable[[], bool], timeout: float) -> float:
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             kind, expected = changes.next()
             written = time.monotonic() - t0
-            until(lambda want=expected: status(b, changes.key) == want, timeout=30)
+            until(partial(_is_now, b, changes.key, expected), timeout=30)
             total = time.monotonic() - t0
             seen[kind].append((total, written))
             if total > BOUND / 2:  # say which one, and where its time went

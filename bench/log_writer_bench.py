@@ -26,9 +26,16 @@ import heliox.db.logwriter as lw
 from heliox.db.engine import make_engine
 from heliox.db.logwriter import COLUMNS, LogWriter
 from heliox.db.migrate import upgrade_database
+from heliox.db.rollups import Grain
 from heliox.metrics import Metrics
 
 ROUTES = "catalog search users orders inventory pricing reports auth media webhooks legacy misc"
+
+
+def _no_rollups(
+    batch: list[lw.LogRow], compacted: float, share: lw.CoreShare
+) -> list[tuple[Grain, list[tuple[Any, ...]]]]:
+    return []  # rows only: the writer with its roll-ups switched off
 
 
 async def feed(url: str, rate: int, seconds: float, rollups: bool) -> tuple[int, int, float, float]:
@@ -36,7 +43,7 @@ async def feed(url: str, rate: int, seconds: float, rollups: bool) -> tuple[int,
     engine = make_engine(url)
     saved = lw._rollup_params
     if not rollups:
-        lw._rollup_params = lambda batch, compacted: []
+        lw._rollup_params = _no_rollups
     writer = LogWriter(
         engine,
         is_postgres=url.startswith("postgresql"),

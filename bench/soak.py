@@ -292,7 +292,7 @@ class Stack:
 
 
 async def _pg(dsn: str, sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect(dsn, timeout=10)
     try:

@@ -41,7 +41,7 @@ def new_keyset(count: int) -> KeySet:
 
 async def load_postgres(dsn: str, keys: KeySet) -> None:
     """A tenant and `keys.count` keys in one INSERT ... SELECT (PostgreSQL computes the hashes)."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
