@@ -35,7 +35,17 @@ from benchkit import gateway, machine, nginx, services, wrk
 from benchkit import http as bhttp
 from benchkit.cpu import CpuMeter, Usage
 from benchkit.procs import Processes, exit_on_signals, set_niceness
-from benchkit.report import EMBEDDED, HIT, LATENCY, MISS, REDIS, Report, Row, fmt_time
+from benchkit.report import (
+    EMBEDDED,
+    HIT,
+    LATENCY,
+    MISS,
+    REDIS,
+    Report,
+    Row,
+    fmt_time,
+    scatter_note,
+)
 from benchkit.services import DEFAULT_PG, DEFAULT_REDIS
 
 MODE_LABEL = {EMBEDDED: "Heliox embedded", REDIS: "Heliox Redis+PG"}
@@ -212,6 +222,10 @@ class Bench:
             f"errors {result.errors}  upstream calls {upstream_calls}  "
             f"others on CPU {'-' if row.foreign is None else f'{row.foreign:.0%}'}{flag}"
         )
+        scatter = scatter_note(f"{case} {server} c={connections}", [t.result.rps for t in runs])
+        if scatter is not None:
+            self.report.notes.append(scatter)
+            say(f"warning: {scatter}")
         if case == HIT and upstream_calls > max(10, result.requests // 100):
             self.report.notes.append(
                 f"{server} c={connections}: the upstream saw {upstream_calls} requests during a "

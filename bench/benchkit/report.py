@@ -21,6 +21,24 @@ NGINX_TARGETS = {(MISS, EMBEDDED): 0.35, (MISS, REDIS): 0.35}
 # Concurrency 1, cache HIT: what Heliox adds to the upstream's own p50, and its p99 over its p50.
 ADDED_P50_TARGETS = {EMBEDDED: 50e-6, REDIS: 150e-6}
 P99_OVER_P50 = 3.0
+# Repeats of one configuration further apart than this (fastest over slowest) mean the machine's
+# speed changed during the run: a virtual machine's CPU was seen to give the bare server 10,404
+# and 49,479 req/s minutes apart, with no other process on it.
+SCATTER_LIMIT = 1.25
+
+
+def scatter_note(label: str, rps: Sequence[float]) -> str | None:
+    """A warning for the report when the repeats of `label` scattered past SCATTER_LIMIT."""
+    if len(rps) < 2 or min(rps) <= 0:
+        return None
+    spread = max(rps) / min(rps)
+    if spread <= SCATTER_LIMIT:
+        return None
+    return (
+        f"{label}: its runs scattered from {min(rps):,.0f} to {max(rps):,.0f} req/s "
+        f"({spread:.1f}x): the machine's speed changed during the run, and the median and the "
+        "ratios taken from it are not a measurement of the servers"
+    )
 
 
 @dataclass

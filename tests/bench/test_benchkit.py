@@ -192,6 +192,17 @@ def test_repeated_runs_report_medians_and_summed_counts() -> None:
     assert (r.rps, r.p99, r.requests, r.non_2xx) == (2_000, 0.020, 30_000, 5)
 
 
+def test_repeats_that_scatter_are_flagged() -> None:
+    assert report.scatter_note("HIT floor c=50", [32_568, 36_487, 19_233]) == (
+        "HIT floor c=50: its runs scattered from 19,233 to 36,487 req/s (1.9x): the machine's "
+        "speed changed during the run, and the median and the ratios taken from it are not a "
+        "measurement of the servers"
+    )
+    assert report.scatter_note("HIT floor c=50", [32_568, 34_000, 36_000]) is None  # 1.11x
+    assert report.scatter_note("one run", [10_000]) is None
+    assert report.scatter_note("no answers", [0, 5_000]) is None  # flagged as errors instead
+
+
 def test_cpu_ratios_are_the_references_cpu_over_heliox_cpu() -> None:
     row = _pair(report.HIT, report.EMBEDDED, 4_000, 0.010)
     assert row.cpu_ratio is None and row.floor_cpu_ratio is None  # not measured
