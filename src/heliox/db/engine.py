@@ -26,7 +26,7 @@ DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 
 # Python 3.11's sqlite3 binds None through its adapter lookup, which asks the protocol type for
 # `__adapt__` and so formats and discards an AttributeError for every None bound. A cache hit's
-# request-log row binds six (of 21 values), its roll-ups more: the bare insert of such a row
+# request-log row binds five (of 21 values), its roll-ups more: the bare insert of such a row
 # took 3.0 µs, 2.0 µs with this (about 11,000 instructions a row, valgrind). An adapter
 # registered for None is found first; an empty dict's `get` returns None for anything, in C.
 # Process-wide, like every sqlite3 adapter, and harmless elsewhere: None still binds as NULL.
