@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import gateway as gw_kit
 from benchkit import services
-from benchkit.procs import Processes
+from benchkit.procs import Processes, ProcessExited, exit_on_signals, wait_until
 from benchkit.services import DEFAULT_PG, DEFAULT_REDIS
 
 
@@ -85,6 +87,14 @@ class Driver:
         await self.app(self.scope(path, headers), self.receive, self.send)
         return self.status
 
+    async def calls(self, path: str, headers: list[tuple[bytes, bytes]], n: int) -> None:
+        """`n` requests one after another, the loop's other work (timers, the log writer's
+        loop side) let run between them every 64."""
+        for i in range(n):
+            await self.call(path, headers)
+            if i % 64 == 0:
+                await asyncio.sleep(0)
+
 
 async def lifespan(app: Any) -> tuple[asyncio.Queue[dict[str, Any]], asyncio.Task[None]]:
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -128,10 +138,7 @@ async def measure(
     runs = []
     for _ in range(3):
         t0, l0 = time.process_time(), time.thread_time()
-        for i in range(n):
-            await driver.call(path, headers)
-            if i % 64 == 0:
-                await asyncio.sleep(0)  # timers and the log writer run between requests
+        await driver.calls(path, headers, n)
         loop_cpu = time.thread_time() - l0
         # Let the log writer take what these requests queued: its CPU belongs to them.
         await asyncio.sleep(0.3)
@@ -166,33 +173,47 @@ async def stalls(
     print("slowest (µs at s):", ", ".join(f"{d * 1e6:.0f}@{at:.3f}" for d, at in worst))
 
 
+def cases(hit: str, miss: str, requests: int) -> list[tuple[str, str, int]]:
+    """The measured cases: name, path, requests (a MISS costs ten HITs: a tenth as many)."""
+    return [("HIT", hit, requests), ("MISS", miss, max(1, requests // 10))]
+
+
 async def counted(
-    driver: Driver, paths: dict[str, str], headers: list[tuple[bytes, bytes]], args: Any
+    driver: Driver,
+    measured: list[tuple[str, str, int]],
+    headers: list[tuple[bytes, bytes]],
+    marks: Path,
 ) -> None:
     """The requests `--instructions` counts: each case waits until its parent has switched
-    callgrind's counting on (a file in `args.marks`), runs, waits until the log writer has
+    callgrind's counting on (a file in `marks`), runs, waits until the log writer has
     written their rows, and says so, so the count holds those requests and nothing else."""
-    marks = Path(args.marks)
-    for name, path in paths.items():
-        n = args.requests if name == "HIT" else max(1, args.requests // 10)
+    for name, path, n in measured:
         _mark(marks / f"{name}.ready", str(n))
-        await _appears(marks / f"{name}.go")
+        await _until(partial(os.path.exists, marks / f"{name}.go"), "the go-ahead")
         logs = driver.app.runtime.logs
         written = logs.written + n
-        for i in range(n):
-            await driver.call(path, headers)
-            if i % 64 == 0:
-                await asyncio.sleep(0)
+        await driver.calls(path, headers, n)
         _mark(marks / f"{name}.served")
-        await _appears(marks / f"{name}.read")
-        while logs.written < written:  # noqa: ASYNC110 - their rows are their cost too
-            await asyncio.sleep(0.05)
-        _mark(marks / f"{name}.done", "")
-        await _appears(marks / f"{name}.counted")
+        await _until(partial(os.path.exists, marks / f"{name}.read"), "the count read")
+        await _until(lambda: logs.written >= written, "the log writer's rows")  # noqa: B023
+        _mark(marks / f"{name}.done")
+        await _until(partial(os.path.exists, marks / f"{name}.counted"), "the count printed")
 
 
-async def _appears(path: Path) -> None:
-    while not os.path.exists(path):  # noqa: ASYNC110, ASYNC240 - written by another process; a stat
+# Longest any one step of `--instructions` may take under valgrind before the run gives up.
+STEP_TIMEOUT = 1800.0
+_PARENT = os.getppid()  # in the measured process: the `--instructions` run that started it
+
+
+async def _until(done: Callable[[], bool], what: str) -> None:
+    """Poll `done` (a file the parent writes, or the log writer's count), within STEP_TIMEOUT;
+    the process gives up when the parent that started it is gone (it has been re-parented)."""
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while not done():
+        if os.getppid() != _PARENT:
+            raise SystemExit(f"the parent process is gone; stopped waiting for {what}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no {what} within {STEP_TIMEOUT:.0f} s")
         await asyncio.sleep(0.05)
 
 
@@ -213,12 +234,12 @@ def instructions(args: argparse.Namespace) -> None:
             n = int(_wait_for(marks / f"{name}.ready", child))
             subprocess.run([control, "-z", str(child.pid)], check=True, capture_output=True)
             subprocess.run([control, "-i", "on", str(child.pid)], check=True, capture_output=True)
-            _mark(marks / f"{name}.go", "")
+            _mark(marks / f"{name}.go")
             # The loop's count when the requests are answered; the other threads' once the
             # log writer has written their rows (the loop only waits meanwhile).
             _wait_for(marks / f"{name}.served", child)
             _, loop = _events(_counts(control, child.pid))
-            _mark(marks / f"{name}.read", "")
+            _mark(marks / f"{name}.read")
             _wait_for(marks / f"{name}.done", child)
             total, loop_after = _events(_counts(control, child.pid))
             if args.dumps:
@@ -232,11 +253,17 @@ def instructions(args: argparse.Namespace) -> None:
                 f"{loop / n / 1000:7.1f} k of them on the event loop's thread  (n={n})",
                 flush=True,
             )
-            _mark(marks / f"{name}.counted", "")
+            _mark(marks / f"{name}.counted")
         child.wait(timeout=120)
     finally:
         if child.poll() is None:
-            child.kill()
+            # SIGTERM first: the measured process stops its example upstream on the way out
+            # (exit_on_signals); killed outright, it left that upstream running.
+            child.terminate()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
         if args.dumps:
             Path(args.dumps).mkdir(parents=True, exist_ok=True)
             for dump in marks.glob("cg.*.[0-9]*"):
@@ -259,10 +286,16 @@ def _counts(control: str, pid: int) -> str:
 
 
 def _wait_for(path: Path, child: subprocess.Popen[bytes]) -> str:
-    while not path.exists():
+    """The text of `path` once the measured process has written it (it may take minutes)."""
+
+    def written() -> bool:
         if child.poll() is not None:
-            raise SystemExit(f"the measured process exited ({child.returncode}) before {path.name}")
-        time.sleep(0.1)
+            raise ProcessExited(
+                f"the measured process exited ({child.returncode}) before {path.name}"
+            )
+        return path.exists()
+
+    wait_until(written, f"the measured process's {path.name}", timeout=STEP_TIMEOUT, interval=0.1)
     return path.read_text()
 
 
@@ -335,7 +368,7 @@ async def run(args: argparse.Namespace, backends: services.ProductionBackends | 
         for _ in range(2000):  # warm: memo tables, the entry in process, code paths
             await driver.call(hit, headers)
         if args.marks:
-            await counted(driver, {"HIT": hit, "MISS": miss}, headers, args)
+            await counted(driver, cases(hit, miss, args.requests), headers, Path(args.marks))
         elif args.stalls:
             await stalls(driver, hit, headers, args.stalls)
         elif args.profile:
@@ -347,8 +380,7 @@ async def run(args: argparse.Namespace, backends: services.ProductionBackends | 
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
         else:
-            cases = [("HIT", hit, args.requests), ("MISS", miss, max(1, args.requests // 10))]
-            for name, path, n in cases:
+            for name, path, n in cases(hit, miss, args.requests):
                 per, loop = await measure(driver, path, headers, n, name)
                 print(
                     f"{args.mode:9} {name:5} {per * 1e6:7.1f} µs CPU/request, "
@@ -386,6 +418,7 @@ def main() -> None:
     parser.add_argument("--pg-admin-dsn", default=DEFAULT_PG)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS)
     args = parser.parse_args()
+    exit_on_signals()  # SIGTERM, SIGINT: the finally blocks stop the processes this run started
     if args.instructions:
         instructions(args)
         return

@@ -66,7 +66,8 @@ def ceil_seconds(seconds: float) -> int:
 
 def token_bucket_window(burst: int, rate: float) -> int:
     """The `w` of a token bucket: the seconds it takes to refill from empty, at least 1."""
-    return max(1, round(burst / rate))
+    window = round(burst / rate)
+    return window if window > 1 else 1  # not max(): on every admitted request
 
 
 def iso(epoch: float) -> str:

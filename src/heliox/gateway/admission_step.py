@@ -390,15 +390,12 @@ def rate_limit_headers(admission: AdmissionRequest, result: AdmissionResult) -> 
     window = 0
     if spec is not None and result.limit:
         rate_q = result.limit
-        # Conditionals rather than max(): these run on every admitted request.
         if spec.algorithm == TOKEN_BUCKET:
-            window = round(spec.burst / spec.rate)
-            if window < 1:
-                window = 1
+            window = token_bucket_window(spec.burst, spec.rate)
         else:
             window = spec.window_seconds
         reset = int(-(-result.reset_after // 1))
-        if reset < 0:
+        if reset < 0:  # not max(): on every admitted request
             reset = 0
         limit_b = b"%d" % rate_q
         remaining_b = b"%d" % result.remaining
