@@ -33,8 +33,9 @@ from heliox.state.admission import (
 )
 from heliox.state.admission_memory import MemoryAdmission
 from heliox.state.admission_redis import RedisAdmission
+from heliox.state.redis_pipe import PipelinedRedis
 from tests.cluster_support import LocalCluster
-from tests.support import FakeClock
+from tests.support import FakeClock, pipelined_redis
 
 T0 = datetime(2026, 11, 27, 12, tzinfo=UTC).timestamp()
 NY = "America/New_York"
@@ -73,10 +74,23 @@ async def pooled_client(redis_server: str) -> AsyncIterator[aioredis.Redis]:
         await pool.aclose()
 
 
+@pytest.fixture
+async def piped_client(redis_server: str) -> AsyncIterator[PipelinedRedis]:
+    client = pipelined_redis(redis_server)
+    assert client.pipe is not None
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture(
     params=[
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
+        # The gateway's own client: its admission commands are encoded once per request shape
+        # and sent through the pipe (heliox.state.admission_redis.AdmitCall).
+        pytest.param("redis-pipe", marks=pytest.mark.redis),
         pytest.param("redis-cluster", marks=pytest.mark.redis),
     ],
     name="h",
@@ -98,7 +112,8 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         cluster: LocalCluster = request.getfixturevalue("redis_cluster")
         urls = [f"redis://127.0.0.1:{port}/0" for port in cluster.masters()]
     else:
-        client = request.getfixturevalue("pooled_client")
+        kind = "piped_client" if request.param == "redis-pipe" else "pooled_client"
+        client = request.getfixturevalue(kind)
         prefix = request.getfixturevalue("redis_prefix")
         urls = [request.getfixturevalue("redis_server")]
 

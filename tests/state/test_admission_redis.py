@@ -35,7 +35,7 @@ from heliox.state.admission import (
 )
 from heliox.state.admission_memory import MemoryAdmission
 from heliox.state.admission_redis import LuaScript, RedisAdmission
-from tests.support import FakeClock
+from tests.support import FakeClock, pipelined_redis
 
 pytestmark = pytest.mark.redis
 
@@ -163,6 +163,64 @@ async def test_a_script_missing_on_the_server_is_loaded_and_retried(
     assert counting.calls == {"evalsha": 2, "script_load": 1}
     assert (await b.admit(req)).remaining == 0
     assert counting.calls == {"evalsha": 3, "script_load": 1}
+
+
+async def test_through_the_pipe_a_script_missing_on_the_server_is_loaded_and_retried(
+    redis_server: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh = LuaScript.from_source(
+        "admit.lua", admission_redis.ADMIT.source + f"\n-- {uuid.uuid4()}"
+    )
+    monkeypatch.setattr(admission_redis, "ADMIT", fresh)
+    piped = pipelined_redis(redis_server)
+    assert piped.pipe is not None
+    try:
+        b = RedisAdmission(piped, prefix=redis_prefix)
+        req = AdmissionRequest("k:1", LimitSpec(TOKEN_BUCKET, 1, 2))
+        first = await b.admit(req)
+        assert first.allowed and first.remaining == 1
+        # The encoded EVALSHA met NOSCRIPT, the script was loaded, the same command sent again.
+        assert piped.pipe.commands_sent == 3
+        assert (await b.admit(req)).remaining == 0
+        assert piped.pipe.commands_sent == 4
+    finally:
+        await piped.aclose()
+
+
+async def test_a_request_shape_is_encoded_once_per_backend_and_quota_period(
+    redis_server: str, redis_prefix: str
+) -> None:
+    clock = FakeClock(T0)
+    piped = pipelined_redis(redis_server)
+    assert piped.pipe is not None
+    try:
+        b = RedisAdmission(piped, prefix=redis_prefix, clock=clock)
+        req = AdmissionRequest(
+            "k:1:r:7", LimitSpec(TOKEN_BUCKET, 1, 10), daily_quota=5, quota_subject="k:1"
+        )
+        await b.admit(req)
+        call = req.backend_memo
+        assert call is not None and call.command is not None
+        sent = piped.pipe.commands_sent
+        for left in (3, 2):
+            clock.advance(0.001)  # the clock override is the command's one open argument
+            r = await b.admit(req)
+            assert r.allowed and r.daily_remaining == left
+        assert req.backend_memo is call
+        assert piped.pipe.commands_sent == sent + 2  # one EVALSHA each, nothing else
+
+        clock.advance(86400)  # the next day: a new period, so a new command, a fresh quota
+        r = await b.admit(req)
+        assert r.allowed and r.daily_remaining == 4
+        assert req.backend_memo is not call
+
+        # Another backend (another prefix) never sends the first one's command.
+        other = RedisAdmission(piped, prefix=redis_prefix + "other:", clock=clock)
+        r = await other.admit(req)
+        assert r.daily_remaining == 4 and r.remaining == 9
+        assert (await b.usage("k:1")).daily_used == 1
+    finally:
+        await piped.aclose()
 
 
 async def test_redis_down_raises_admission_unavailable() -> None:

@@ -12,7 +12,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from heliox.state.redis_pipe import PipelinedRedis, encode_command
+from heliox.state.redis_pipe import (
+    PipelinedRedis,
+    RedisUnavailable,
+    SplitCommand,
+    encode_command,
+    start_request_budget,
+)
 from tests.e2e.faults import OwnRedis
 from tests.support import pipelined_redis
 
@@ -32,6 +38,24 @@ def test_encoding_splits_two_word_commands() -> None:
         b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n$8\r\nreturn 1\r\n"
     )
     assert encode_command(("SET", b"k", 1)) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n"
+
+
+def test_a_split_command_is_the_whole_command_with_its_open_argument() -> None:
+    before, after = ("EVALSHA", "ab" * 20, 2, "k1", "k2"), ("tb", "1.5", "", "10")
+    split = SplitCommand(before, after)
+    assert split.with_arg(b"") == encode_command((*before, "", *after))
+    assert split.with_arg(b"1795780800000000") == encode_command(
+        (*before, "1795780800000000", *after)
+    )
+    assert SplitCommand(("PING",), ()).with_arg(b"x") == encode_command(("PING", "x"))
+
+
+async def test_encoded_commands_pass_the_same_guards(piped: PipelinedRedis) -> None:
+    assert await piped.execute_encoded(encode_command(("PING",))) == b"PONG"
+    start_request_budget()
+    piped._failed(RedisTimeoutError("a timeout earlier in this request"))
+    with pytest.raises(RedisUnavailable):
+        await piped.execute_encoded(encode_command(("PING",)))
 
 
 async def test_same_answers_as_redis_py(piped: PipelinedRedis, redis_prefix: str) -> None:

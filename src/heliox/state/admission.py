@@ -104,6 +104,9 @@ class AdmissionRequest:
     monthly_quota: int | None = None
     quota_subject: str = ""
     cost: int = 1
+    # A backend's own per-request-shape work, kept with the request (see
+    # heliox.state.admission_redis.AdmitCall); not part of what is asked.
+    backend_memo: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.cost < 0:

@@ -34,7 +34,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from importlib import resources
@@ -60,6 +60,7 @@ from heliox.state.admission import (
     QuotaUsage,
     build_result,
 )
+from heliox.state.redis_pipe import PipelinedRedis, SplitCommand
 
 _STATE_MARGIN_MS = str(STATE_TTL_MARGIN_SECONDS * 1000)
 _QUOTA_MARGIN_MS = str(QUOTA_TTL_MARGIN_SECONDS * 1000)
@@ -94,22 +95,36 @@ class RedisScripts:
     """The only place that talks to Redis: EVALSHA (loading the script on NOSCRIPT) and TIME,
     Redis errors raised as `AdmissionUnavailable`. Also the auth throttle's script runner."""
 
-    __slots__ = ("client",)
+    __slots__ = ("client", "pipe")
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        # Commands encoded once (`run_encoded`) go straight to the pipe, when there is one.
+        self.pipe = client if isinstance(client, PipelinedRedis) and client.pipe else None
 
     async def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[str]) -> list[Any]:
+        reply = await self._loaded(
+            script, lambda: self.client.evalsha(script.sha, len(keys), *keys, *args)
+        )
+        return list(reply)
+
+    async def run_encoded(self, script: LuaScript, command: bytes) -> list[Any]:
+        """`run` for an EVALSHA of `script` already encoded (`SplitCommand`); needs `pipe`."""
+        pipe = self.pipe
+        assert pipe is not None
+        reply: list[Any] = await self._loaded(script, lambda: pipe.execute_encoded(command))
+        return reply
+
+    async def _loaded(self, script: LuaScript, call: Callable[[], Awaitable[Any]]) -> Any:
         try:
             try:
-                reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                return await call()
             except NoScriptError:
                 # First use on this server, or after SCRIPT FLUSH / a restart / a failover.
                 await self.client.script_load(script.source)
-                reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                return await call()
         except (RedisError, OSError, TimeoutError) as exc:
             raise AdmissionUnavailable(f"redis: {exc!r}") from exc
-        return list(reply)
 
     async def time(self) -> float:
         try:
@@ -128,6 +143,30 @@ def _escape(name: str) -> str:
         # A brace would move the hash tag; escape (and escape the escape) so names stay distinct.
         return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
     return name
+
+
+class AdmitCall:
+    """The admission script's keys and arguments for one request shape in one pair of quota
+    periods (`RedisAdmission._admit_call`), and the command encoded when it goes through the
+    pipe, with the clock override (tests only) as its open argument."""
+
+    __slots__ = ("args", "command", "daily", "keys", "monthly", "owner")
+
+    def __init__(
+        self,
+        owner: RedisAdmission,
+        daily: QuotaPeriod | None,
+        monthly: QuotaPeriod | None,
+        keys: list[str],
+        args: list[str],
+        command: SplitCommand | None,
+    ) -> None:
+        self.owner = owner
+        self.daily = daily
+        self.monthly = monthly
+        self.keys = keys
+        self.args = args  # without the first, the clock override
+        self.command = command
 
 
 class RedisAdmission:
@@ -204,11 +243,15 @@ class RedisAdmission:
                 daily = self._calendar.daily(guess)
             if req.monthly_quota is not None:
                 monthly = self._calendar.monthly(guess)
+            call = self._admit_call(req, daily, monthly)
             local_before = self._local_clock()
-            if self._cluster and self._generation_key is not None:
-                reply = await self._admit_on_cluster(self._admit_call(req, daily, monthly))
+            if call.command is not None:
+                override = b"" if self._clock is None else self._override().encode()
+                reply = await self._redis.run_encoded(ADMIT, call.command.with_arg(override))
+            elif self._cluster and self._generation_key is not None:
+                reply = await self._admit_on_cluster(call.keys, [self._override(), *call.args])
             else:
-                reply = await self._redis.run(ADMIT, *self._admit_call(req, daily, monthly))
+                reply = await self._redis.run(ADMIT, call.keys, [self._override(), *call.args])
             status = _str(reply[0])
             now_us = int(float(reply[1]))
             self._learn(now_us, local_before)
@@ -217,12 +260,12 @@ class RedisAdmission:
             guess = now_us / US
         raise AdmissionUnavailable("quota period changed on every attempt")
 
-    async def _admit_on_cluster(self, call: tuple[list[str], list[str]]) -> list[Any]:
+    async def _admit_on_cluster(self, keys: list[str], args: list[str]) -> list[Any]:
         """The script and the generation read, sent together; the reply as the script gives it
         on one Redis. The generation failing alone costs only the copies (None: not used)."""
         assert self._generation_key is not None
         replies: list[Any] = await asyncio.gather(
-            self._redis.run(ADMIT, *call),
+            self._redis.run(ADMIT, keys, args),
             self._redis.run(GENERATION, [self._generation_key], ["read"]),
             return_exceptions=True,
         )
@@ -236,10 +279,27 @@ class RedisAdmission:
 
     def _admit_call(
         self, req: AdmissionRequest, daily: QuotaPeriod | None, monthly: QuotaPeriod | None
-    ) -> tuple[list[str], list[str]]:
+    ) -> AdmitCall:
+        """The script's keys and arguments for `req` (all but the first argument, the clock
+        override), kept on `req` while its quota periods last: the admission request of a key on
+        a route is built once (heliox.gateway.admission_step), and so, here, is its command."""
+        call = req.backend_memo
+        if (
+            type(call) is AdmitCall
+            and call.owner is self
+            and call.daily is daily
+            and call.monthly is monthly
+        ):
+            return call
+        call = req.backend_memo = self._build_admit_call(req, daily, monthly)
+        return call
+
+    def _build_admit_call(
+        self, req: AdmissionRequest, daily: QuotaPeriod | None, monthly: QuotaPeriod | None
+    ) -> AdmitCall:
         principal = req.principal
         keys = [self.block_key(principal)]
-        args = [self._override()]
+        args: list[str] = []
         spec = req.limit
         if spec is None:
             args += ["", "", "", "", str(req.cost)]
@@ -262,7 +322,10 @@ class RedisAdmission:
         if self._generation_key is not None and not self._cluster:
             keys.append(self._generation_key)
             args.append("1")
-        return keys, args
+        command = None
+        if self._redis.pipe is not None:
+            command = SplitCommand(("EVALSHA", ADMIT.sha, len(keys), *keys), tuple(args))
+        return AdmitCall(self, daily, monthly, keys, args, command)
 
     def _result(
         self,

@@ -47,6 +47,7 @@ class ClusterRedis(RedisCluster):
     # The guards are PipelinedRedis's own, over this class's `_send` and `_check`: one
     # implementation of the breaker, budget and probe for both kinds of deployment.
     _failed = PipelinedRedis._failed
+    _may_send = PipelinedRedis._may_send
     _note_trouble = PipelinedRedis._note_trouble
     _start_probe = PipelinedRedis._start_probe
     _run_probe = PipelinedRedis._run_probe
