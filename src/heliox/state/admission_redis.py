@@ -147,10 +147,10 @@ def _escape(name: str) -> str:
 
 class AdmitCall:
     """The admission script's keys and arguments for one request shape in one pair of quota
-    periods (`RedisAdmission._admit_call`), and the command encoded when it goes through the
-    pipe, with the clock override (tests only) as its open argument."""
+    periods (`RedisAdmission._admit_call`), and, once the shape is sent a second time through
+    the pipe, the command encoded, with the clock override (tests only) as its open argument."""
 
-    __slots__ = ("args", "command", "daily", "keys", "monthly", "owner")
+    __slots__ = ("args", "command", "daily", "keys", "monthly", "owner", "sent")
 
     def __init__(
         self,
@@ -159,14 +159,26 @@ class AdmitCall:
         monthly: QuotaPeriod | None,
         keys: list[str],
         args: list[str],
-        command: SplitCommand | None,
     ) -> None:
         self.owner = owner
         self.daily = daily
         self.monthly = monthly
         self.keys = keys
         self.args = args  # without the first, the clock override
-        self.command = command
+        self.command: SplitCommand | None = None
+        self.sent = False
+
+    def encoded(self) -> SplitCommand | None:
+        """The command to send as it is, from the second use on: a request built for one use
+        (no API key, or a key under a slowdown) is encoded once, as any command is."""
+        if self.command is None:
+            if not self.sent:
+                self.sent = True
+                return None
+            self.command = SplitCommand(
+                ("EVALSHA", ADMIT.sha, len(self.keys), *self.keys), tuple(self.args)
+            )
+        return self.command
 
 
 class RedisAdmission:
@@ -245,9 +257,10 @@ class RedisAdmission:
                 monthly = self._calendar.monthly(guess)
             call = self._admit_call(req, daily, monthly)
             local_before = self._local_clock()
-            if call.command is not None:
+            command = call.encoded() if self._redis.pipe is not None else None
+            if command is not None:
                 override = b"" if self._clock is None else self._override().encode()
-                reply = await self._redis.run_encoded(ADMIT, call.command.with_arg(override))
+                reply = await self._redis.run_encoded(ADMIT, command.with_arg(override))
             elif self._cluster and self._generation_key is not None:
                 reply = await self._admit_on_cluster(call.keys, [self._override(), *call.args])
             else:
@@ -322,10 +335,7 @@ class RedisAdmission:
         if self._generation_key is not None and not self._cluster:
             keys.append(self._generation_key)
             args.append("1")
-        command = None
-        if self._redis.pipe is not None:
-            command = SplitCommand(("EVALSHA", ADMIT.sha, len(keys), *keys), tuple(args))
-        return AdmitCall(self, daily, monthly, keys, args, command)
+        return AdmitCall(self, daily, monthly, keys, args)
 
     def _result(
         self,
