@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from heliox.core import freshness
 from heliox.core.cachecontrol import EMPTY, format_http_date, parse_cache_control
 from heliox.core.freshness import (
     NEVER_STORED_STATUSES,
@@ -19,6 +20,7 @@ from heliox.core.freshness import (
     entry_times,
     freshen_headers,
     headers_to_store,
+    hit_status,
     initial_age,
     lookup_bypass,
     lookup_state,
@@ -355,6 +357,14 @@ def test_cache_status_values() -> None:
         b'heliox; hit; detail="stale if error"'
     )
     assert cache_status(hit=True, key='c:"x"\\') == b'heliox; hit; key="c:\\"x\\"\\\\"'
+
+
+def test_hit_status_is_cache_status_memoised_and_bounded() -> None:
+    for ttl, detail in ((12, None), (-3, "stale if error"), (0, "negative"), (12, None)):
+        assert hit_status(ttl, detail) == cache_status(hit=True, ttl=ttl, detail=detail)
+    for ttl in range(10_000):  # one per second of a long TTL, and more
+        assert hit_status(ttl) == b"heliox; hit; ttl=%d" % ttl
+    assert len(freshness._HIT_STATUS) <= 4096
 
 
 def test_cache_status_refuses_contradictions() -> None:

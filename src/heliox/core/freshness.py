@@ -459,6 +459,21 @@ def cache_status(
     return "; ".join(parts).encode("latin-1", "replace")
 
 
+_HIT_STATUS: dict[tuple[int, str | None], bytes] = {}
+
+
+def hit_status(ttl: int, detail: str | None = None) -> bytes:
+    """`cache_status(hit=True, ttl=ttl, detail=detail)`, memoised: every answer from the cache
+    carries one, and building it (a list, a join, an encode) was a visible share of a HIT."""
+    memo_key = (ttl, detail)
+    found = _HIT_STATUS.get(memo_key)
+    if found is None:
+        if len(_HIT_STATUS) >= 4096:
+            _HIT_STATUS.clear()  # bounded: ttls and details are few, but never trust that
+        found = _HIT_STATUS[memo_key] = cache_status(hit=True, ttl=ttl, detail=detail)
+    return found
+
+
 def headers_to_store(headers: Headers) -> list[tuple[bytes, bytes]]:
     """The response headers worth keeping: no hop-by-hop, cookies, Age or rate-limit fields."""
     return [

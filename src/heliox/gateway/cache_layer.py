@@ -50,6 +50,7 @@ from heliox.core.freshness import (
     LookupState,
     cache_status,
     conditional_headers,
+    hit_status,
     lookup_state,
     must_ask_origin,
     not_modified,
@@ -183,9 +184,7 @@ class CacheLayer:
         action = decision.action
         if action is ACTION_HIT or action is ACTION_STALE:
             assert entry is not None
-            status_field = cache_status(
-                hit=True, ttl=ttl_seconds(entry, now), detail=decision.detail
-            )
+            status_field = hit_status(ttl_seconds(entry, now), decision.detail)
             await send_entry(sink, req, entry, now, decision.label, status_field)
             if action is ACTION_STALE and not updating:
                 self._refresh(req, key, entry)
@@ -225,7 +224,7 @@ class CacheLayer:
         self, req: ProxyRequest, sink: ResponseSink, entry: CacheEntry | None, now: float
     ) -> None:
         if entry is not None and entry.status == 404:
-            status_field = cache_status(hit=True, ttl=ttl_seconds(entry, now), detail="negative")
+            status_field = hit_status(ttl_seconds(entry, now), "negative")
             await send_entry(sink, req, entry, now, "NEGATIVE", status_field)
         else:
             await send_negative(sink, req, cache_status(hit=True, detail="negative"))

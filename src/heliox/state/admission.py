@@ -223,22 +223,31 @@ def build_result(
     now: float,
     cache_generation: bytes | None = None,
 ) -> AdmissionResult:
-    """Assemble a result (for backends); quota remaining is None where the counter was not read."""
+    """Assemble a result (for backends); quota remaining is None where the counter was not read.
+
+    Called for every request: the fields go by position, in `AdmissionResult`'s order (by name
+    they cost twice as much), and conditionals stand in for max()."""
     dq, mq = req.daily_quota, req.monthly_quota
+    daily_left = None
+    if dq is not None and daily_used is not None:
+        daily_left = dq - daily_used if daily_used < dq else 0
+    monthly_left = None
+    if mq is not None and monthly_used is not None:
+        monthly_left = mq - monthly_used if monthly_used < mq else 0
     return AdmissionResult(
-        allowed=allowed,
-        reason=reason,
-        limit=limit,
-        remaining=remaining,
-        reset_after=reset_after,
-        retry_after=retry_after,
-        blocked_until=blocked_until,
-        daily_limit=dq,
-        daily_remaining=None if dq is None or daily_used is None else max(0, dq - daily_used),
-        daily_reset=None if daily is None else daily.end,
-        monthly_limit=mq,
-        monthly_remaining=None if mq is None or monthly_used is None else max(0, mq - monthly_used),
-        monthly_reset=None if monthly is None else monthly.end,
-        now=now,
-        cache_generation=cache_generation,
+        allowed,
+        reason,
+        limit,
+        remaining,
+        reset_after,
+        retry_after,
+        blocked_until,
+        dq,
+        daily_left,
+        None if daily is None else daily.end,
+        mq,
+        monthly_left,
+        None if monthly is None else monthly.end,
+        now,
+        cache_generation,
     )
