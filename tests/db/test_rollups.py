@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from heliox.db import analytics_queries as q
 from heliox.db import analytics_reads as reads
-from heliox.db import rollup_queries, rollups
+from heliox.db import logwriter, rollup_queries, rollups
 from heliox.db.engine import make_engine
 from heliox.db.logwriter import LogWriter, compact_rollups
 from heliox.db.migrate import upgrade_database
@@ -277,9 +277,14 @@ async def test_writer_keeps_every_grain_in_step_with_the_rows(
 
 
 @pytest.mark.postgres
-async def test_compaction_waits_for_a_batch_in_flight_instead_of_skipping(pg_url: str) -> None:
+async def test_compaction_waits_for_a_batch_in_flight_instead_of_skipping(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Writers hold the mark FOR SHARE in every batch: compaction must wait for them (not skip
     the mark as locked, which under steady traffic would be always)."""
+    # The watcher below must see the wait before the compaction gives up on it: with the
+    # product's 5 s, a machine loaded by the whole suite once let it give up first.
+    monkeypatch.setattr(logwriter, "COMPACT_LOCK_TIMEOUT", "60s")
     await upgrade_database(pg_url)
     engine = make_engine(pg_url, pool_size=3)
     try:

@@ -105,6 +105,8 @@ ADOPT_INTERVAL = 30.0
 COMPACT_INTERVAL = 60.0
 # Advisory lock of the compaction on PostgreSQL ("heliox" + 1, beside the migrations' lock).
 COMPACT_LOCK_KEY = 0x68656C696F78 + 1
+# How long a compaction waits for the batches in flight before it gives up until the next interval.
+COMPACT_LOCK_TIMEOUT = "5s"
 _SPILL_NAME = re.compile(r"^logs-spill-(\d+)(?:-adopting-\d+)?\.jsonl$")
 T = TypeVar("T")
 
@@ -635,7 +637,7 @@ async def compact_rollups(engine: AsyncEngine, now: float) -> datetime | None:
                 text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": COMPACT_LOCK_KEY}
             ):
                 return None
-            await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+            await conn.execute(text(f"SET LOCAL lock_timeout = '{COMPACT_LOCK_TIMEOUT}'"))
         else:
             # Take SQLite's write lock first: a read that later writes could find its snapshot
             # overtaken by another writer's commit.
