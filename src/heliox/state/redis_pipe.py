@@ -5,7 +5,9 @@ answers in a few. Here the commands the request path issues (GET, EVALSHA, SET, 
 encoded by hand, written together once per event-loop turn on ONE connection (a command sent
 while nothing is in flight is written at once), and their replies parsed by `hiredis.Reader` and
 matched in order: concurrent requests share round trips, and each command costs a few
-microseconds. Everything else (pub/sub, SCAN, admin work) goes through
+microseconds. A command sent again and again with the same arguments (the admission script of a
+key on a route) can be encoded once (`SplitCommand`) and sent as it is (`execute_encoded`), past
+redis-py's command layers. Everything else (pub/sub, SCAN, admin work) goes through
 redis-py's pool unchanged, and so do the hot commands when the URL is not TCP.
 
 Failure semantics are the plain ones: a broken connection fails every command in flight with
