@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
+from heliox.state.redis_pipe import PipelinedRedis
 from tests.e2e.faults import OwnRedis
 from tests.loops import LoopFactory, loop_factories
+from tests.support import pipelined_redis
 
 ON_BOTH_LOOPS = ("test_redis_pipe.py", "test_redis_breaker.py")
 
@@ -29,3 +31,14 @@ def own_redis(tmp_path: Path, redis_server: str) -> Iterator[OwnRedis]:
         yield own
     finally:
         own.stop()
+
+
+@pytest.fixture
+async def piped(redis_server: str) -> AsyncIterator[PipelinedRedis]:
+    """The gateway's own Redis client (hot commands through the pipe) on the shared Redis."""
+    client = pipelined_redis(redis_server)
+    assert client.pipe is not None
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -33,9 +33,8 @@ from heliox.state.admission import (
 )
 from heliox.state.admission_memory import MemoryAdmission
 from heliox.state.admission_redis import RedisAdmission
-from heliox.state.redis_pipe import PipelinedRedis
 from tests.cluster_support import LocalCluster
-from tests.support import FakeClock, pipelined_redis
+from tests.support import FakeClock
 
 T0 = datetime(2026, 11, 27, 12, tzinfo=UTC).timestamp()
 NY = "America/New_York"
@@ -74,16 +73,6 @@ async def pooled_client(redis_server: str) -> AsyncIterator[aioredis.Redis]:
         await pool.aclose()
 
 
-@pytest.fixture
-async def piped_client(redis_server: str) -> AsyncIterator[PipelinedRedis]:
-    client = pipelined_redis(redis_server)
-    assert client.pipe is not None
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture(
     params=[
         "memory",
@@ -112,7 +101,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         cluster: LocalCluster = request.getfixturevalue("redis_cluster")
         urls = [f"redis://127.0.0.1:{port}/0" for port in cluster.masters()]
     else:
-        kind = "piped_client" if request.param == "redis-pipe" else "pooled_client"
+        kind = "piped" if request.param == "redis-pipe" else "pooled_client"
         client = request.getfixturevalue(kind)
         prefix = request.getfixturevalue("redis_prefix")
         urls = [request.getfixturevalue("redis_server")]

@@ -4,7 +4,6 @@ commands share writes, failures are immediate and recovery automatic."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,16 +20,6 @@ from heliox.state.redis_pipe import (
 )
 from tests.e2e.faults import OwnRedis
 from tests.support import pipelined_redis
-
-
-@pytest.fixture
-async def piped(redis_server: str) -> AsyncIterator[PipelinedRedis]:
-    client = pipelined_redis(redis_server)
-    assert client.pipe is not None
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def test_encoding_splits_two_word_commands() -> None:

@@ -38,6 +38,7 @@ import contextvars
 import logging
 import ssl
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import hiredis
@@ -345,14 +346,7 @@ class PipelinedRedis(aioredis.Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         self._may_send()
-        try:
-            result = await self._send(args, options)
-        except Exception as exc:
-            self._failed(exc)
-            raise
-        if self.breaker.consecutive:
-            self.breaker.ok()
-        return result
+        return await self._guarded(self._send(args, options))
 
     async def execute_encoded(self, wire: bytes) -> Any:
         """A pipelined command already in RESP (`SplitCommand`), under the same guards as
@@ -361,21 +355,26 @@ class PipelinedRedis(aioredis.Redis):
         pipe = self.pipe
         assert pipe is not None, "encoded commands need the pipe (a TCP URL)"
         self._may_send()
+        return await self._guarded(pipe.execute_encoded(wire))
+
+    def _may_send(self) -> None:
+        """Refuse at once while the breaker is open or the request has spent its budget."""
+        if not self.breaker.closed or _budget.get() == SPENT:
+            raise RedisUnavailable(
+                "Redis circuit breaker is open" if not self.breaker.closed
+                else "this request already waited for Redis once"
+            )  # fmt: skip
+
+    async def _guarded(self, sending: Awaitable[Any]) -> Any:
+        """The reply of `sending`, its failure counted for the breaker and the budget."""
         try:
-            result = await pipe.execute_encoded(wire)
+            result = await sending
         except Exception as exc:
             self._failed(exc)
             raise
         if self.breaker.consecutive:
             self.breaker.ok()
         return result
-
-    def _may_send(self) -> None:
-        if not self.breaker.closed or _budget.get() == SPENT:
-            raise RedisUnavailable(
-                "Redis circuit breaker is open" if not self.breaker.closed
-                else "this request already waited for Redis once"
-            )  # fmt: skip
 
     async def _send(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         pipe = self.pipe
