@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -72,8 +73,9 @@ def thread_ticks(pid: int) -> dict[int, tuple[str, int]]:
     return out
 
 
-def measure(args: argparse.Namespace, label: str, src: str | None) -> Measured:
-    procs = Processes(Path(tempfile.mkdtemp(prefix="heliox-thread-cpu-")))
+def measure(args: argparse.Namespace, label: str, src: str | None, workdir: Path) -> Measured:
+    workdir.mkdir()
+    procs = Processes(workdir)
     backends: services.ProductionBackends | None = None
     try:
         up = gateway.start_upstream(procs, 0)
@@ -151,13 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.against is not None:
         versions.insert(0, (args.against, args.against))
     results: dict[str, list[Measured]] = {label: [] for label, _ in versions}
-    for n in range(args.rounds):
-        for label, src in versions:
-            case = f"{args.mode} {args.case} c={args.connections}"
-            say(f"round {n + 1}/{args.rounds}: {label}, {case}")
-            m = measure(args, label, src)
-            show(m)
-            results[label].append(m)
+    workdir = Path(tempfile.mkdtemp(prefix="heliox-thread-cpu-"))
+    try:
+        for n in range(args.rounds):
+            for i, (label, src) in enumerate(versions):
+                case = f"{args.mode} {args.case} c={args.connections}"
+                say(f"round {n + 1}/{args.rounds}: {label}, {case}")
+                m = measure(args, label, src, workdir / f"{n}-{i}")
+                show(m)
+                results[label].append(m)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     if args.rounds > 1 or len(versions) > 1:
         print("medians:")
         for label, runs in results.items():
