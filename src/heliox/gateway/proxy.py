@@ -41,11 +41,11 @@ def gateway_owned(name: bytes) -> bool:
 
 def from_upstream(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """An upstream response's headers as the client may see them."""
-    # A loop with `gateway_owned` inlined, not a comprehension calling it: this runs on every
-    # MISS, per field, and a comprehension is a function object and a frame on Python 3.11.
+    # A loop, not a comprehension: this runs on every MISS, and a comprehension is a function
+    # object and a frame on Python 3.11.
     kept: list[tuple[bytes, bytes]] = []
     for name, value in downstream_response_headers(headers, drop=CONSUMED_FIELDS):
-        if name not in _GATEWAY_OWNED and not name.startswith(_GATEWAY_OWNED_PREFIXES):
+        if not gateway_owned(name):
             kept.append((name, value))
     return kept
 

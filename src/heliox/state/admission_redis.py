@@ -95,12 +95,13 @@ class RedisScripts:
     """The only place that talks to Redis: EVALSHA (loading the script on NOSCRIPT) and TIME,
     Redis errors raised as `AdmissionUnavailable`. Also the auth throttle's script runner."""
 
-    __slots__ = ("client", "pipe")
+    __slots__ = ("client", "piped")
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        # Commands encoded once (`run_encoded`) go straight to the pipe, when there is one.
-        self.pipe = client if isinstance(client, PipelinedRedis) and client.pipe else None
+        # The client again when it has a pipe, which commands encoded once (`run_encoded`)
+        # go straight to; None otherwise (a Redis Cluster, a unix socket).
+        self.piped = client if isinstance(client, PipelinedRedis) and client.pipe else None
 
     async def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[str]) -> list[Any]:
         reply = await self._loaded(
@@ -109,10 +110,10 @@ class RedisScripts:
         return list(reply)
 
     async def run_encoded(self, script: LuaScript, command: bytes) -> list[Any]:
-        """`run` for an EVALSHA of `script` already encoded (`SplitCommand`); needs `pipe`."""
-        pipe = self.pipe
-        assert pipe is not None
-        reply: list[Any] = await self._loaded(script, lambda: pipe.execute_encoded(command))
+        """`run` for an EVALSHA of `script` already encoded (`SplitCommand`); needs `piped`."""
+        piped = self.piped
+        assert piped is not None
+        reply: list[Any] = await self._loaded(script, lambda: piped.execute_encoded(command))
         return reply
 
     async def _loaded(self, script: LuaScript, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -257,7 +258,7 @@ class RedisAdmission:
                 monthly = self._calendar.monthly(guess)
             call = self._admit_call(req, daily, monthly)
             local_before = self._local_clock()
-            command = call.encoded() if self._redis.pipe is not None else None
+            command = call.encoded() if self._redis.piped is not None else None
             if command is not None:
                 override = b"" if self._clock is None else self._override().encode()
                 reply = await self._redis.run_encoded(ADMIT, command.with_arg(override))
