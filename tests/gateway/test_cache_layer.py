@@ -22,6 +22,7 @@ from heliox.net.upstream_client import UpstreamClient, UpstreamTarget
 from heliox.runtime import CacheDeps
 from heliox.snapshot import CachePolicyConfig, RouteConfig
 from heliox.state.bloom_store import MemoryNegativeCache, RedisNegativeCache
+from heliox.state.cache import CacheEntry, CacheUnavailable
 from heliox.state.cache_l1 import FreshEntries
 from heliox.state.cache_memory import MemoryCacheStore
 from heliox.state.cache_redis import RedisCacheStore
@@ -788,6 +789,43 @@ async def test_redis_down_means_misses_not_errors(
     finally:
         await layer.close()
         await dead.aclose()
+
+
+class UnreadableStore(MemoryCacheStore):
+    """An in-process store whose reads fail, as a store of another kind may."""
+
+    async def get(self, key: str) -> CacheEntry | None:
+        raise CacheUnavailable("the store cannot be read")
+
+
+async def test_an_in_process_store_with_a_read_of_its_own_is_read_through_it(
+    upstream: tuple[int, RequestStats], client: UpstreamClient
+) -> None:
+    """The in-process store is read without an await (`MemoryCacheStore.get_now`): a store type
+    that reads its own way must still be asked through its `get`, failures included."""
+    port, stats = upstream
+    clock = FakeClock(time.time())
+    plain = MemoryCacheStore(clock=clock)
+    for store, second in ((plain, "HIT"), (UnreadableStore(clock=clock), "MISS")):
+        deps = CacheDeps(
+            fresh_entries=None,
+            cache=store,
+            negative=MemoryNegativeCache(expected_items=100, false_positive_rate=0.01),
+            redis=None,
+            metrics=Metrics(),
+            upstream=client,
+            key_prefix="heliox:",
+            add_task=lambda task: None,
+        )
+        layer = CacheLayer(deps, clock=clock)
+        rig = Rig(layer, deps, clock, port, stats)
+        try:
+            assert (await rig.get("/respond/own-read")).x_cache == "MISS"
+            assert (await rig.get("/respond/own-read")).x_cache == second
+            assert deps.metrics.events["redis_errors"] == (2 if second == "MISS" else 0)
+        finally:
+            await layer.close()
+    assert plain.get_now(rig.key("/respond/own-read")) is not None
 
 
 # --- the request's own directives on shared answers (RFC 9111 §5.2.1) -----------------------------

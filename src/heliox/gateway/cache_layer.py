@@ -82,6 +82,7 @@ from heliox.net.upstream_client import UpstreamError, UpstreamResponse
 from heliox.runtime import CacheDeps
 from heliox.snapshot import CachePolicyConfig
 from heliox.state.cache import CacheEntry
+from heliox.state.cache_memory import MemoryCacheStore
 from heliox.state.lock_redis import RedisLocks
 
 __all__ = ["GAUGE_INTERVAL", "CacheLayer"]
@@ -172,7 +173,11 @@ class CacheLayer:
 
         request_cc = parse_cache_control(joined(req.lookup_headers, b"cache-control"))
         key = entry_key(req)
-        entry = await self._read_one(req, key)
+        store = self.deps.cache
+        if type(store) is MemoryCacheStore and self.fresh_entries is None:
+            entry = store.get_now(key)  # in process: no await, two coroutines fewer per hit
+        else:
+            entry = await self._read_one(req, key)
         if entry is not None and entry.status == INDEX_STATUS:
             # The URL's responses vary beyond the policy's headers: read the request's variant.
             key, entry = await self.io.variant(req, key, entry, lambda at: self._read_one(req, at))

@@ -74,6 +74,11 @@ class MemoryCacheStore:
         self._generation = 0  # raised by every delete, purge and invalidation
 
     async def get(self, key: str) -> CacheEntry | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str) -> CacheEntry | None:
+        """`get` without the await: the cache layer reads an in-process store directly (two
+        coroutines fewer on every cache hit)."""
         slot = self._lru.get(key)
         if slot is None:
             return None
