@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,10 @@ _OWNED = (
     "ABUSE_ACTION",
     "LOG_LEVEL",
 )
+
+
+# Seconds a server started under valgrind is given to answer (it runs some fifty times slower).
+_SLOW_START = 600
 
 
 @dataclass
@@ -93,10 +97,12 @@ FLOOR_INTERFACE = "asgi"
 FLOOR_LOOP = "asyncio"
 
 
-def start_floor(procs: Processes, cpu: int | None) -> Floor:
-    """granian alone, one worker, answering a HIT-shaped constant (benchkit/floor_apps.py)."""
+def start_floor(procs: Processes, cpu: int | None, wrap: Sequence[str] = ()) -> Floor:
+    """granian alone, one worker, answering a HIT-shaped constant (benchkit/floor_apps.py).
+    `wrap`: a command the server runs under (valgrind)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "granian", "--interface", FLOOR_INTERFACE, "--workers", "1"]
+    cmd = [*wrap, sys.executable, "-m", "granian", "--interface", FLOOR_INTERFACE]
+    cmd += ["--workers", "1"]
     cmd += ["--loop", FLOOR_LOOP]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     cmd.append(f"benchkit.floor_apps:{FLOOR_INTERFACE}_app")
@@ -108,7 +114,7 @@ def start_floor(procs: Processes, cpu: int | None) -> Floor:
         proc.check_alive()
         return http.get(fl.url, timeout=1).status == 200
 
-    wait_until(ready, "floor (bare granian)", timeout=30)
+    wait_until(ready, "floor (bare granian)", timeout=_SLOW_START if wrap else 30)
     return fl
 
 
@@ -135,9 +141,11 @@ def start_gateway(
     upstream: Upstream,
     env_extra: Mapping[str, str],
     cpu: int | None,
+    wrap: Sequence[str] = (),
 ) -> Gateway:
+    """`wrap`: a command the gateway runs under (valgrind)."""
     port = free_port()
-    cmd = pinned([sys.executable, "-m", "heliox", "serve", "--port", str(port)], cpu)
+    cmd = pinned([*wrap, sys.executable, "-m", "heliox", "serve", "--port", str(port)], cpu)
     proc = procs.start(f"gateway-{mode}", cmd, gateway_env(upstream, env_extra))
     gw = Gateway(proc, port, mode)
 
@@ -145,7 +153,7 @@ def start_gateway(
         proc.check_alive()
         return http.get(gw.url + "/health", timeout=1).status == 200
 
-    wait_until(ready, f"gateway ({mode})", timeout=90)
+    wait_until(ready, f"gateway ({mode})", timeout=_SLOW_START if wrap else 90)
     return gw
 
 
