@@ -173,6 +173,32 @@ async def client() -> AsyncIterator[UpstreamClient]:
 RigFactory = Callable[..., Awaitable[Rig]]
 
 
+def rig_over(
+    store: Any,
+    negative: Any,
+    redis: Redis | None,
+    upstream: tuple[int, RequestStats],
+    client: UpstreamClient,
+    clock: FakeClock,
+    *,
+    prefix: str = "heliox:",
+    **layer_kw: Any,
+) -> Rig:
+    """A cache layer on the stores given; its caller closes it."""
+    deps = CacheDeps(
+        fresh_entries=layer_kw.pop("fresh_entries", None),
+        cache=store,
+        negative=negative,
+        redis=redis,
+        metrics=Metrics(),
+        upstream=client,
+        key_prefix=prefix,
+        add_task=lambda task: None,  # the layer closes its own tasks in these tests
+    )
+    port, stats = upstream
+    return Rig(CacheLayer(deps, clock=clock, **layer_kw), deps, clock, port, stats)
+
+
 @pytest.fixture
 async def make_rig(
     upstream: tuple[int, RequestStats],
@@ -181,7 +207,6 @@ async def make_rig(
 ) -> AsyncIterator[RigFactory]:
     """Build rigs on the memory or Redis store; Redis rigs built in one test share one prefix,
     like gateway instances sharing one Redis."""
-    port, stats = upstream
     made: list[Rig] = []
     redis_clients: list[Redis] = []
     shared: dict[str, str] = {}
@@ -202,18 +227,7 @@ async def make_rig(
             redis_clients.append(redis)
             store = RedisCacheStore(redis, prefix=prefix + "cache:")
             negative = RedisNegativeCache(redis, prefix=prefix + "neg:", **negative_kw)
-        deps = CacheDeps(
-            fresh_entries=layer_kw.pop("fresh_entries", None),
-            cache=store,
-            negative=negative,
-            redis=redis,
-            metrics=Metrics(),
-            upstream=client,
-            key_prefix=prefix,
-            add_task=lambda task: None,  # the layer closes its own tasks in these tests
-        )
-        layer = CacheLayer(deps, clock=clock, **layer_kw)
-        rig = Rig(layer, deps, clock, port, stats)
+        rig = rig_over(store, negative, redis, upstream, client, clock, prefix=prefix, **layer_kw)
         made.append(rig)
         return rig
 
@@ -765,29 +779,18 @@ async def test_an_instance_waits_for_anothers_refresh_instead_of_retrying_the_lo
 async def test_redis_down_means_misses_not_errors(
     upstream: tuple[int, RequestStats], client: UpstreamClient
 ) -> None:
-    port, stats = upstream
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
-    clock = FakeClock(time.time())
-    deps = CacheDeps(
-        fresh_entries=None,
-        cache=RedisCacheStore(dead, prefix="x:"),
-        negative=RedisNegativeCache(dead, expected_items=100, false_positive_rate=0.01),
-        redis=dead,
-        metrics=Metrics(),
-        upstream=client,
-        key_prefix="x:",
-        add_task=lambda task: None,
-    )
-    layer = CacheLayer(deps, clock=clock)
-    rig = Rig(layer, deps, clock, port, stats)
+    store = RedisCacheStore(dead, prefix="x:")
+    negative = RedisNegativeCache(dead, expected_items=100, false_positive_rate=0.01)
+    rig = rig_over(store, negative, dead, upstream, client, FakeClock(time.time()), prefix="x:")
     try:
         for _ in range(2):
             answer = await rig.get("/respond/down")
             assert (answer.status, answer.x_cache) == (200, "MISS")
         assert (await rig.get("/items/nope-down")).status == 404
-        assert deps.metrics.events["redis_errors"] >= 4
+        assert rig.deps.metrics.events["redis_errors"] >= 4
     finally:
-        await layer.close()
+        await rig.layer.close()
         await dead.aclose()
 
 
@@ -803,28 +806,17 @@ async def test_an_in_process_store_with_a_read_of_its_own_is_read_through_it(
 ) -> None:
     """The in-process store is read without an await (`MemoryCacheStore.get_now`): a store type
     that reads its own way must still be asked through its `get`, failures included."""
-    port, stats = upstream
     clock = FakeClock(time.time())
     plain = MemoryCacheStore(clock=clock)
     for store, second in ((plain, "HIT"), (UnreadableStore(clock=clock), "MISS")):
-        deps = CacheDeps(
-            fresh_entries=None,
-            cache=store,
-            negative=MemoryNegativeCache(expected_items=100, false_positive_rate=0.01),
-            redis=None,
-            metrics=Metrics(),
-            upstream=client,
-            key_prefix="heliox:",
-            add_task=lambda task: None,
-        )
-        layer = CacheLayer(deps, clock=clock)
-        rig = Rig(layer, deps, clock, port, stats)
+        negative = MemoryNegativeCache(expected_items=100, false_positive_rate=0.01)
+        rig = rig_over(store, negative, None, upstream, client, clock)
         try:
             assert (await rig.get("/respond/own-read")).x_cache == "MISS"
             assert (await rig.get("/respond/own-read")).x_cache == second
-            assert deps.metrics.events["redis_errors"] == (2 if second == "MISS" else 0)
+            assert rig.deps.metrics.events["redis_errors"] == (2 if second == "MISS" else 0)
         finally:
-            await layer.close()
+            await rig.layer.close()
     assert plain.get_now(rig.key("/respond/own-read")) is not None
 
 
