@@ -48,7 +48,7 @@ class ClusterRedis(RedisCluster):
     # implementation of the breaker, budget and probe for both kinds of deployment.
     _failed = PipelinedRedis._failed
     _may_send = PipelinedRedis._may_send
-    _guarded = PipelinedRedis._guarded
+    _answered = PipelinedRedis._answered
     _note_trouble = PipelinedRedis._note_trouble
     _start_probe = PipelinedRedis._start_probe
     _run_probe = PipelinedRedis._run_probe
