@@ -102,7 +102,8 @@ def counted(
     workdir: Path, pid: int, run: Callable[[], wrk.WrkResult]
 ) -> tuple[wrk.WrkResult, list[tuple[str, float]]]:
     """`run` with callgrind counting in `pid`; thousands of instructions per request of each of
-    its threads (callgrind numbers them in order of creation, as their ids are)."""
+    its threads. Names are matched by order of creation (callgrind's numbers, the threads' ids):
+    a thread that ended before the count would shift them, so they are a guide, not a key."""
     control = "callgrind_control"
     subprocess.run([control, "--instr=on", str(pid)], check=True, capture_output=True)
     result = run()
@@ -240,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for n in range(args.rounds):
             for i, (label, src) in enumerate(versions):
-                case = f"{args.mode} {args.case} c={args.connections}"
+                what = "bare server" if label == FLOOR else f"{args.mode} {args.case}"
+                case = f"{what} c={args.connections}"
                 say(f"round {n + 1}/{args.rounds}: {label}, {case}")
                 m = measure(args, label, src, workdir / f"{n}-{i}")
                 show(m)
